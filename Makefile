@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   -> virtual environment + the main job on the embedded default (ArtifactGSI-Sim, small, CPU)
+#   make test   -> virtual environment + the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data
+# Demo size: small enough for a 2-core CPU.
+DEMO_PATIENTS ?= 6
+DEMO_SLICES ?= 12
+DEMO_SIZE ?= 128
+
+.PHONY: setup demo test test-fast lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned exactly, so that no dependency pulls another build
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/artifactgsi simulate --out $(DATA)/raw --patients $(DEMO_PATIENTS) --slices $(DEMO_SLICES) --size $(DEMO_SIZE) --clean-patients 2
+	$(BIN)/artifactgsi preview $(DATA)/raw/SIM0000000 --out $(DATA)/preview.png
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_simulator.py
+
+clean:
+	rm -rf $(DATA) .pytest_cache

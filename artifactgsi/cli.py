@@ -75,5 +75,38 @@ def preview(
     typer.echo(str(path))
 
 
+@app.command()
+def download(
+    repo_id: str = typer.Argument(None, help="Hub dataset repo (default: the project's)"),
+    revision: str = typer.Option(None, help="branch, tag or commit"),
+    local_dir: Path = typer.Option(None, help="copy into this folder instead of the HF cache"),
+) -> None:
+    """Download a built dataset from the Hugging Face Hub and verify it against its manifest."""
+    from .hub import DatasetFolderError
+    from .hub import download as _download
+
+    try:
+        typer.echo(str(_download(repo_id, revision, local_dir)))
+    except DatasetFolderError as e:
+        _fail(str(e))
+
+
+@app.command()
+def push(
+    out: Path = typer.Argument(..., help="a built dataset folder"),
+    repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. you/ArtifactGSI"),
+    public: bool = typer.Option(False, "--public", help="create the repo public (default private)"),
+    revision: str = typer.Option(None, help="branch to push to"),
+) -> None:
+    """Validate a built dataset folder and publish it to the Hub (private by default)."""
+    from .hub import DatasetFolderError
+    from .hub import push as _push
+
+    try:
+        typer.echo(_push(out, repo_id, private=not public, revision=revision))
+    except DatasetFolderError as e:
+        _fail(str(e))
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,263 @@
+"""Clinical metrics after the AAPM CT-MAR Grand Challenge scoring program (pure functions).
+
+The challenge scores a MAR image against a reference with hand-drawn, per-case ROIs
+(``xcist/example``: ``AAPM_datachallenge/scoring/score.py`` and ``utils.py``). Here every ROI
+is built automatically from the reference image and the metal mask, so any slice can be
+scored; each builder's docstring says how. All images are 2-D float arrays in HU on one grid
+(the scorer uses the protocol's 512 x 512 grid), ``pixel_spacing_mm`` is (row, col) in mm.
+
+Regions shared by several metrics:
+
+- body: reference > -500 HU, the largest 8-connected component, holes filled
+  (:func:`body_mask`);
+- dilated metal: the metal mask dilated twice with the 3x3 cross, as AAPM does
+  (:func:`dilate_metal`); "outside the metal" always means outside this.
+
+Undefined cases (no metal for a streak ROI, no soft tissue disc, no bone in the reference)
+give NaN, which aggregation counts separately instead of averaging.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from .protocol import MARBENCH_V1, MetricSpec, Protocol
+
+CLINICAL_METRICS: dict[str, MetricSpec] = {
+    "ct_rmse_hu": MetricSpec("ct_rmse_hu", False, "HU", "CT-number RMSE in the body outside "
+                             "the dilated metal (AAPM metric 1)"),
+    "ct_mae_hu": MetricSpec("ct_mae_hu", False, "HU", "CT-number mean absolute error, same "
+                            "region as ct_rmse_hu"),
+    "noise_sd_hu": MetricSpec("noise_sd_hu", False, "HU", "standard deviation in a homogeneous "
+                              "soft-tissue disc far from metal and bone (AAPM metric 2)"),
+    "streak_amplitude_hu": MetricSpec("streak_amplitude_hu", False, "HU", "|mean of top 5 % - "
+                                      "mean of bottom 5 %| of (image - reference) in an "
+                                      "annulus around the metal (AAPM metric 4)"),
+    "masked_ssim": MetricSpec("masked_ssim", True, "", "SSIM (data range 5000 HU, metal set "
+                              "to 100 HU) averaged over the body outside the dilated metal "
+                              "(AAPM metric 5)"),
+    "bone_dice": MetricSpec("bone_dice", True, "", "Dice of bone (150-2500 HU) in the body "
+                            "outside the dilated metal (AAPM metric 6)"),
+    "bone_volume_change": MetricSpec("bone_volume_change", False, "", "|bone area / reference "
+                                     "bone area - 1|, same region as bone_dice"),
+    "metal_dice": MetricSpec("metal_dice", True, "", "Dice of metal (> 2500 HU) inside the "
+                             "dilated metal (AAPM metric 7)"),
+    "metal_volume_change": MetricSpec("metal_volume_change", False, "", "|metal area / "
+                                      "reference metal area - 1|, same region as metal_dice"),
+}
+
+Spacing = tuple[float, float]
+
+
+def _spacing(pixel_spacing_mm: float | Spacing) -> Spacing:
+    if isinstance(pixel_spacing_mm, tuple | list):
+        return float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])
+    return float(pixel_spacing_mm), float(pixel_spacing_mm)
+
+
+def _distance_mm(mask: np.ndarray, spacing: Spacing) -> np.ndarray:
+    """Distance in mm from every pixel to the nearest pixel of ``mask`` (inf if it is empty)."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf)
+    return ndimage.distance_transform_edt(~mask, sampling=spacing)
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+def body_mask(reference_hu: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """Body: reference > ``threshold_hu``, largest 8-connected component, holes filled."""
+    above = reference_hu > threshold_hu
+    labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return above
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+
+
+def dilate_metal(metal_mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Metal dilated ``iterations`` times with the 3x3 cross (scipy's default), as AAPM."""
+    metal = metal_mask.astype(bool)
+    if iterations <= 0 or not metal.any():
+        return metal
+    return ndimage.binary_dilation(metal, iterations=iterations)
+
+
+def homogeneous_roi(reference_hu: np.ndarray, body: np.ndarray, metal_mask: np.ndarray,
+                    pixel_spacing_mm: float | Spacing, *, radius_mm: float,
+                    tissue_hu: tuple[float, float], smoothing_mm: float,
+                    metal_margin_mm: float, bone_hu: float,
+                    bone_margin_mm: float) -> np.ndarray | None:
+    """The largest homogeneous soft-tissue disc, shrunk to ``radius_mm``; ``None`` if none fits.
+
+    Construction (from the reference only, so every method is measured in the same pixels):
+
+    1. smooth the reference with a Gaussian of ``smoothing_mm`` (only to classify tissue, so
+       noise does not punch holes in the class);
+    2. candidates: body pixels whose smoothed value lies in ``tissue_hu`` (soft tissue /
+       water), at least ``metal_margin_mm`` from metal and ``bone_margin_mm`` from bone
+       (smoothed reference >= ``bone_hu``);
+    3. the centre is the candidate farthest from any non-candidate pixel (Euclidean distance
+       in mm; ties go to the first in row-major order), i.e. the centre of the largest disc
+       inside the candidates;
+    4. the ROI is the disc of ``radius_mm`` around it, if that disc fits inside the candidates.
+    """
+    sp = _spacing(pixel_spacing_mm)
+    smooth = ndimage.gaussian_filter(reference_hu.astype(np.float64),
+                                     sigma=(smoothing_mm / sp[0], smoothing_mm / sp[1]))
+    lo, hi = tissue_hu
+    cand = body & (smooth >= lo) & (smooth <= hi)
+    cand &= _distance_mm(metal_mask.astype(bool), sp) >= metal_margin_mm
+    cand &= _distance_mm(body & (smooth >= bone_hu), sp) >= bone_margin_mm
+    if not cand.any():
+        return None
+    # Pad so the image border counts as outside (the EDT ignores borders otherwise).
+    inside = ndimage.distance_transform_edt(np.pad(cand, 1), sampling=sp)[1:-1, 1:-1]
+    cy, cx = np.unravel_index(int(np.argmax(inside)), inside.shape)
+    if inside[cy, cx] <= radius_mm:
+        return None
+    yy, xx = np.ogrid[: cand.shape[0], : cand.shape[1]]
+    return ((yy - cy) * sp[0]) ** 2 + ((xx - cx) * sp[1]) ** 2 <= radius_mm**2
+
+
+def streak_roi(metal_mask: np.ndarray, body: np.ndarray, dilated_metal: np.ndarray,
+               pixel_spacing_mm: float | Spacing, *, inner_mm: float,
+               outer_mm: float) -> np.ndarray:
+    """Annulus across the streaks: body pixels outside the dilated metal whose distance to the
+    nearest metal pixel is in (``inner_mm``, ``outer_mm``]. Empty when there is no metal."""
+    d = _distance_mm(metal_mask.astype(bool), _spacing(pixel_spacing_mm))
+    return body & ~dilated_metal & (d > inner_mm) & (d <= outer_mm)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def ct_number_errors(image_hu: np.ndarray, reference_hu: np.ndarray,
+                     region: np.ndarray) -> tuple[float, float]:
+    """(RMSE, MAE) in HU of image - reference over ``region``; NaN if it is empty."""
+    if not region.any():
+        return math.nan, math.nan
+    d = image_hu[region].astype(np.float64) - reference_hu[region].astype(np.float64)
+    return float(np.sqrt(np.mean(d * d))), float(np.mean(np.abs(d)))
+
+
+def noise_sd(image_hu: np.ndarray, roi: np.ndarray | None) -> float:
+    """Population standard deviation (HU) of the image in ``roi``; NaN without an ROI."""
+    if roi is None or not roi.any():
+        return math.nan
+    return float(np.std(image_hu[roi].astype(np.float64)))
+
+
+def streak_amplitude(image_hu: np.ndarray, reference_hu: np.ndarray, roi: np.ndarray,
+                     tail_fraction: float) -> float:
+    """|mean of the highest - mean of the lowest ``tail_fraction``| of (image - reference) in
+    ``roi``, in HU. Each tail holds ``int(n * tail_fraction)`` pixels (as AAPM); NaN if 0."""
+    d = np.sort(image_hu[roi].astype(np.float64) - reference_hu[roi].astype(np.float64))
+    k = int(d.size * tail_fraction)
+    if k == 0:
+        return math.nan
+    return float(abs(d[-k:].mean() - d[:k].mean()))
+
+
+def masked_ssim(image_hu: np.ndarray, reference_hu: np.ndarray, dilated_metal: np.ndarray,
+                region: np.ndarray, *, data_range: float, metal_fill_hu: float,
+                sigma: float) -> float:
+    """AAPM's masked SSIM: dilated metal set to ``metal_fill_hu`` in both images, then the
+    skimage SSIM map (Gaussian ``sigma``, population covariance, ``data_range`` in HU)
+    averaged over ``region``; NaN if it is empty."""
+    from skimage.metrics import structural_similarity
+
+    if not region.any():
+        return math.nan
+    a = reference_hu.astype(np.float64, copy=True)
+    b = image_hu.astype(np.float64, copy=True)
+    a[dilated_metal] = metal_fill_hu
+    b[dilated_metal] = metal_fill_hu
+    _, smap = structural_similarity(a, b, gaussian_weights=True, sigma=sigma,
+                                    use_sample_covariance=False, data_range=data_range,
+                                    full=True)
+    return float(smap[region].mean())
+
+
+def dice_and_volume_change(mask: np.ndarray, reference_mask: np.ndarray) -> tuple[float, float]:
+    """(Dice, |area / reference area - 1|) of two boolean masks.
+
+    Dice is NaN when both are empty; the volume change is NaN when the reference is empty.
+    """
+    a = int(mask.sum())
+    r = int(reference_mask.sum())
+    inter = int(np.logical_and(mask, reference_mask).sum())
+    dice = 2.0 * inter / (a + r) if a + r else math.nan
+    vol = abs(a / r - 1.0) if r else math.nan
+    return dice, vol
+
+
+def bone_integrity(image_hu: np.ndarray, reference_hu: np.ndarray, region: np.ndarray,
+                   bone_hu: tuple[float, float]) -> tuple[float, float]:
+    """(Dice, volume change) of bone = ``bone_hu[0] <= HU < bone_hu[1]`` within ``region``."""
+    lo, hi = bone_hu
+    return dice_and_volume_change(region & (image_hu >= lo) & (image_hu < hi),
+                                  region & (reference_hu >= lo) & (reference_hu < hi))
+
+
+def metal_integrity(image_hu: np.ndarray, reference_hu: np.ndarray, region: np.ndarray,
+                    metal_hu: float) -> tuple[float, float]:
+    """(Dice, volume change) of metal = HU > ``metal_hu`` within ``region``."""
+    return dice_and_volume_change(region & (image_hu > metal_hu),
+                                  region & (reference_hu > metal_hu))
+
+
+def clinical_metrics(image_hu: np.ndarray, reference_hu: np.ndarray, metal_mask: np.ndarray,
+                     pixel_spacing_mm: float | Spacing,
+                     protocol: Protocol = MARBENCH_V1) -> dict[str, float]:
+    """Every metric of :data:`CLINICAL_METRICS` for one 2-D slice.
+
+    Args:
+        image_hu: (H, W) the image scored (a method's output), HU.
+        reference_hu: (H, W) the reference (GSI or ideal), HU; all ROIs come from it.
+        metal_mask: (H, W) bool, metal of the ordinary image.
+        pixel_spacing_mm: pixel size in mm, one number or (row, col).
+        protocol: thresholds and ROI sizes.
+    """
+    image_hu = np.asarray(image_hu, dtype=np.float64)
+    reference_hu = np.asarray(reference_hu, dtype=np.float64)
+    metal = np.asarray(metal_mask, dtype=bool)
+    if not image_hu.shape == reference_hu.shape == metal.shape or image_hu.ndim != 2:
+        raise ValueError(f"clinical_metrics: image {image_hu.shape}, reference "
+                         f"{reference_hu.shape} and metal mask {metal.shape} must be one 2-D "
+                         "grid")
+    sp = _spacing(pixel_spacing_mm)
+    body = body_mask(reference_hu, protocol.body_threshold_hu)
+    dilated = dilate_metal(metal, protocol.metal_dilation_iterations)
+    tissue = body & ~dilated
+
+    rmse, mae = ct_number_errors(image_hu, reference_hu, tissue)
+    roi = homogeneous_roi(reference_hu, body, dilated, sp, radius_mm=protocol.noise_roi_radius_mm,
+                          tissue_hu=protocol.noise_tissue_hu,
+                          smoothing_mm=protocol.noise_smoothing_mm,
+                          metal_margin_mm=protocol.noise_metal_margin_mm,
+                          bone_hu=protocol.bone_hu[0],
+                          bone_margin_mm=protocol.noise_bone_margin_mm)
+    annulus = streak_roi(metal, body, dilated, sp, inner_mm=protocol.streak_inner_mm,
+                         outer_mm=protocol.streak_outer_mm)
+    bone_dice, bone_vol = bone_integrity(image_hu, reference_hu, tissue, protocol.bone_hu)
+    metal_dice, metal_vol = metal_integrity(image_hu, reference_hu, dilated, protocol.metal_hu)
+    return {
+        "ct_rmse_hu": rmse,
+        "ct_mae_hu": mae,
+        "noise_sd_hu": noise_sd(image_hu, roi),
+        "streak_amplitude_hu": streak_amplitude(image_hu, reference_hu, annulus,
+                                                protocol.streak_tail_fraction),
+        "masked_ssim": masked_ssim(image_hu, reference_hu, dilated, tissue,
+                                   data_range=protocol.clinical_ssim_data_range_hu,
+                                   metal_fill_hu=protocol.clinical_ssim_metal_fill_hu,
+                                   sigma=protocol.ssim_sigma),
+        "bone_dice": bone_dice,
+        "bone_volume_change": bone_vol,
+        "metal_dice": metal_dice,
+        "metal_volume_change": metal_vol,
+    }

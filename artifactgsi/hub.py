@@ -214,7 +214,7 @@ def read_card_metadata(folder: Path) -> dict[str, Any]:
     return metadata
 
 
-def _glob_to_regex(pattern: str) -> re.Pattern[str]:
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Compile a ``data_files`` glob: ``*``/``?`` stay inside one folder, ``**`` crosses folders."""
     out, i = [], 0
     while i < len(pattern):
@@ -288,7 +288,7 @@ def validate_folder(folder: Path) -> dict[str, Any]:
         if not patterns:
             problems[f"configs[{name}]"] = "needs 'data_files' with at least one path"
         for pattern in patterns:
-            regex = _glob_to_regex(pattern)
+            regex = glob_to_regex(pattern)
             matched = {p for p in listed if regex.fullmatch(p)}
             if not matched:
                 problems[f"configs[{name}]"] = f"data_files {pattern!r} matches no listed file"

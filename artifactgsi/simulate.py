@@ -163,8 +163,9 @@ class PatientResult:
 
 
 def _slice_positions(patient, cfg: SimConfig) -> np.ndarray:
-    lo, hi = patient.implant_z_range_mm or patient.z_range_mm
-    zc = 0.5 * (lo + hi)
+    # The phantom's focus: femoral heads for hips, the screwed levels for spines, the plate
+    # centre for fractures; where the artifacts are worst.
+    zc = patient.focus_z_mm
     z = zc + (np.arange(cfg.slices) - (cfg.slices - 1) / 2) * cfg.thickness_mm
     zmin, zmax = patient.z_range_mm
     # Keep the scan inside the region's anatomy (shift, never squeeze).

@@ -4,17 +4,25 @@ Quick start::
 
     marbench ls                # the methods that are installed
     marbench weights lpips     # fetch the real AlexNet backbone for LPIPS (once)
+    marbench run --method li --data artifactgsi/ArtifactGSI-Sim --out results/li
+    marbench compare results/*/results.json
+
+Heavy libraries (torch, datasets) are imported inside the commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="marbench: score metal artifact reduction methods on ArtifactGSI.\n\n"
-                       "Quick start: marbench ls; marbench weights lpips")
+                       "Quick start: marbench ls; marbench weights lpips; "
+                       "marbench run --method li --data DIR_OR_REPO --out results/li; "
+                       "marbench compare results/*/results.json")
 weights_app = typer.Typer(no_args_is_help=True, help="Fetch model weights the benchmark needs.")
 app.add_typer(weights_app, name="weights")
 
@@ -52,6 +60,123 @@ def weights_lpips(
         Console(stderr=True).print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
     typer.echo(str(path))
+
+
+def _error(message: str, code: int = 2) -> typer.Exit:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict; a value is JSON if it parses (``3``, ``true``, ``[1,2]``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _error(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@app.command("run")
+def run(
+    method: str = typer.Option(..., "--method", "-m",
+                               help="registered name (see `marbench ls`) or pkg.module:Class"),
+    data: str = typer.Option(..., "--data", "-d",
+                             help="built dataset folder or Hub dataset repo id (org/name)"),
+    split: str = typer.Option("test", help="split to score"),
+    out: Path = typer.Option(None, "--out", "-o",
+                             help="output folder [default: results/<method>-<split>]"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    limit: int = typer.Option(None, min=1, help="score only the first N slices"),
+    batch_size: int = typer.Option(4, min=1, help="slices per reduce() call"),
+    predictions: bool = typer.Option(True, "--predictions/--no-predictions",
+                                     help="write the method's output as int16 Parquet"),
+    config: str = typer.Option("pairs", help="dataset config"),
+    revision: str = typer.Option(None, help="Hub branch, tag or commit (repo ids only)"),
+    lpips_weights: Path = typer.Option(None, help="AlexNet weights file for LPIPS "
+                                       "[default: $MARBENCH_LPIPS_WEIGHTS or the cache]"),
+    no_lpips: bool = typer.Option(False, "--no-lpips", help="skip LPIPS (reported missing)"),
+    clinical: bool = typer.Option(True, "--clinical/--no-clinical",
+                                  help="compute the clinical (AAPM-style) metrics"),
+    option: list[str] = typer.Option([], "--option", "-O",
+                                     help="method setting KEY=VALUE (repeatable)"),
+    train_split: str = typer.Option(None, help="split given to prepare() as train_data"),
+    seed: int = typer.Option(0, help="seed for prepare()"),
+) -> None:
+    """Run a method over a split, score it (marbench-v1) and write OUT/results.json,
+    per_slice.csv, figure.png and predictions/."""
+    from artifactgsi.hub import DatasetFolderError
+
+    from .data import DatasetError
+    from .method import DuplicateMethodError, MethodOutputError, UnknownMethodError
+    from .run import MethodRunError, run_benchmark
+
+    options = _parse_options(option)
+    lpips: Any = None if no_lpips else (lpips_weights or "auto")
+    try:
+        run_benchmark(method, data, split=split, out=out, device=device, limit=limit,
+                      batch_size=batch_size, save_predictions=predictions, lpips=lpips,
+                      config=config, revision=revision, options=options,
+                      train_split=train_split, seed=seed, clinical=clinical)
+    except (UnknownMethodError, DuplicateMethodError, DatasetError, DatasetFolderError,
+            MethodOutputError, MethodRunError, ImportError, TypeError, ValueError) as e:
+        raise _error(str(e)) from None
+
+
+@app.command("compare")
+def compare(
+    files: list[Path] = typer.Argument(..., help="results.json files (or run folders)"),
+    markdown: bool = typer.Option(False, "--markdown", help="print one markdown table"),
+    std: bool = typer.Option(False, "--std", help="show mean ± std over slices"),
+) -> None:
+    """Compare runs in the layout of the paper's Table 3: one row per method, PSNR / SSIM /
+    LPIPS against GSI (and the ideal image when present), then key clinical metrics."""
+    from .results import Results, comparison_table, format_value, markdown_table
+
+    runs = []
+    for f in files:
+        try:
+            runs.append((str(f), Results.load(f)))
+        except (FileNotFoundError, ValueError) as e:
+            raise _error(str(e)) from None
+    table = comparison_table(runs)
+    if markdown:
+        typer.echo(markdown_table(table, with_std=std), nl=False)
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        console = Console()
+        # Two tables (image, clinical), so each fits an 80-column terminal.
+        parts = [("image metrics", [j for j, g in enumerate(table.groups)
+                                    if not g.startswith("clinical")]),
+                 (f"clinical metrics (vs {table.clinical_reference})",
+                  [j for j, g in enumerate(table.groups) if g.startswith("clinical")])]
+        for title, cols in parts:
+            if not cols:
+                continue
+            t = Table(title=f"{title}; best in bold")
+            t.add_column("method", no_wrap=True)
+            for j in cols:
+                arrow = "↑" if table.higher_is_better[j] else "↓"
+                group = "" if table.groups[j].startswith("clinical") else \
+                    "\n" + table.groups[j]
+                t.add_column(f"{table.headers[j]} {arrow}{group}", justify="right")
+            for name, cells in table.rows:
+                texts = [format_value(cells[j], std) for j in cols]
+                t.add_row(escape(name), *[f"[bold]{x}[/]" if cells[j].best else x
+                                  for x, j in zip(texts, cols, strict=True)])
+            console.print(t)
+    for w in table.warnings:
+        typer.echo(f"warning: {w}", err=True)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ class PrepareContext:
 
     Attributes:
         device: where ``reduce`` will be called.
-        train_data: the training split (e.g. a ``datasets.Dataset`` of pairs) for methods that
+        train_data: the training split as a ``benchmark.data.PairsSplit`` for methods that
             fit something before scoring; ``None`` when the runner has none.
         cache_dir: a folder the method may use for weights and intermediate files.
         seed: seed for anything random in preparation.
@@ -157,10 +157,13 @@ class MARMethod(abc.ABC):
     Subclasses set ``name`` (the registry key) and ``version`` (bump it when outputs change;
     results files record it), implement :meth:`reduce`, and may override :meth:`prepare`.
     ``weights_sha256`` is recorded in results files; set it once weights are loaded.
+    ``neighbour_slices`` = k asks the runner for ``MARInput.neighbours``, the (B, 2k+1, H, W)
+    stack of adjacent slices (edge slices repeated); 0 means none.
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0"
+    neighbour_slices: ClassVar[int] = 0
     weights_sha256: str | None = None
 
     def prepare(self, ctx: PrepareContext) -> None:  # noqa: B027 (optional hook, no-op default)

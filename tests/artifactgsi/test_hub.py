@@ -20,7 +20,7 @@ from artifactgsi import settings
 from artifactgsi.hub import (
     DatasetCardError,
     ManifestError,
-    _glob_to_regex,
+    glob_to_regex,
     validate_folder,
     verify_manifest,
 )
@@ -140,7 +140,7 @@ def test_data_files_globs_match_like_the_glob_module(tmp_path, pattern):
     # Reference: the stdlib glob on real files (recursive ** like fsspec, which datasets uses).
     expected = {p for p in glob.glob(pattern, root_dir=tmp_path, recursive=True)
                 if (tmp_path / p).is_file()}
-    regex = _glob_to_regex(pattern)
+    regex = glob_to_regex(pattern)
     assert {p for p in paths if regex.fullmatch(p)} == expected
 
 

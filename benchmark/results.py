@@ -1,0 +1,451 @@
+"""The results schema: what one ``marbench run`` records (DESIGN 6), as pydantic models.
+
+This is the only thing the leaderboard reads, so it imports nothing heavy (no torch, no
+datasets). A results file (``results.json``) says exactly what was scored and how:
+
+- ``protocol``: scoring protocol version (``"marbench-v1"``) and every setting it fixes;
+- ``dataset``: where the data came from (folder and/or Hub repo id + commit), the sha256 of
+  its ``manifest.json``, config, split, the split's files and how many slices were scored;
+- ``method``: registry name, class, version, weights sha256 and the options it was given;
+- ``code``: package version and git commit (``git_dirty`` if the checkout had edits);
+- ``hardware``: CPU, torch, device, CUDA device name;
+- ``timing``: seconds spent in prepare / reduce / scoring;
+- ``metrics``: each metric's unit, meaning and ``higher_is_better``;
+- ``comparisons``: one block per (scored image, reference) pair, with per-metric summaries
+  and the metrics that could not be computed, with the reason:
+
+  ``method_vs_gsi`` (the paper's protocol), ``method_vs_ideal`` and ``gsi_vs_ideal``
+  (simulated data only: is the method closer to the truth than GSI is?);
+- ``per_slice``: every slice's values, keyed by comparison then metric;
+- ``predictions``: the int16 Parquet file of the method's output and its sha256.
+
+Floats that are infinite (PSNR of identical images) or NaN (a metric undefined on a slice)
+are written as the JSON strings ``"Infinity"`` / ``"NaN"`` so the file stays standard JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Format tag of results files written by this module.
+RESULTS_FORMAT = "marbench-results/1"
+
+#: Comparison keys: ``<scored>_vs_<reference>``.
+METHOD_VS_GSI = "method_vs_gsi"
+METHOD_VS_IDEAL = "method_vs_ideal"
+GSI_VS_IDEAL = "gsi_vs_ideal"
+COMPARISONS: dict[str, tuple[str, str]] = {
+    METHOD_VS_GSI: ("method", "gsi"),
+    METHOD_VS_IDEAL: ("method", "ideal"),
+    GSI_VS_IDEAL: ("gsi", "ideal"),
+}
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors, so a results file from a newer schema is refused loudly.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
+
+class ProtocolRecord(_Model):
+    """The scoring protocol: version, every setting (``Protocol.to_dict()``) and the
+    fingerprint of the LPIPS backbone used (``None`` when LPIPS was not computed)."""
+
+    version: str
+    settings: dict[str, Any]
+    lpips_weights_fingerprint: str | None = None
+
+
+class DataFileRecord(_Model):
+    """One Parquet file of the scored split, as its ``manifest.json`` lists it."""
+
+    path: str
+    sha256: str | None
+    bytes: int
+    rows: int | None = None
+
+
+class DatasetRecord(_Model):
+    """Which data was scored.
+
+    Attributes:
+        source: what the user passed (a folder or a Hub repo id).
+        repo_id: the Hub dataset repo, when the data came from the Hub.
+        revision: the Hub commit sha (also for a folder inside the Hub cache), else ``None``.
+        path: the local folder that was read.
+        manifest_sha256: sha256 of the folder's ``manifest.json`` (``None`` if it has none).
+        n_slices_split: rows in the split; ``n_slices_scored`` may be fewer (``limit``).
+    """
+
+    source: str
+    repo_id: str | None = None
+    revision: str | None = None
+    path: str
+    config: str
+    split: str
+    manifest_sha256: str | None
+    files: list[DataFileRecord]
+    n_slices_split: int
+    n_slices_scored: int
+    limit: int | None = None
+    has_ideal: bool
+
+
+class MethodRecord(_Model):
+    """The method that was run: ``requested`` is what the user typed, ``target`` its class."""
+
+    name: str
+    requested: str
+    target: str
+    version: str
+    weights_sha256: str | None = None
+    neighbour_slices: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CodeRecord(_Model):
+    """The harness code: distribution version and git commit of the checkout, if any."""
+
+    package: str
+    version: str
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+
+
+class HardwareRecord(_Model):
+    """Where the run happened."""
+
+    cpu: str
+    cpu_count: int
+    platform: str
+    python: str
+    torch: str
+    torch_threads: int
+    device: str
+    cuda_device: str | None = None
+    cuda_version: str | None = None
+
+
+class TimingRecord(_Model):
+    """Wall-clock seconds. ``reduce_s`` is time inside ``MARMethod.reduce`` only."""
+
+    prepare_s: float
+    reduce_s: float
+    score_s: float
+    total_s: float
+    reduce_ms_per_slice: float
+
+
+class MetricDefinition(_Model):
+    """What a metric's numbers mean."""
+
+    unit: str
+    higher_is_better: bool
+    description: str
+
+
+class MetricSummary(_Model):
+    """Aggregate over slices (``benchmark.metrics.protocol.Summary``): mean / std / median over
+    finite values; infinite and NaN values are counted, not averaged."""
+
+    mean: float
+    std: float
+    median: float
+    n: int
+    n_finite: int
+    n_inf: int
+    n_nan: int
+    higher_is_better: bool
+
+
+class ComparisonRecord(_Model):
+    """One scored image against one reference, over the scored slices.
+
+    ``available`` is false (with ``reason``) when the reference does not exist, e.g. no
+    ``ideal`` images in real data; ``missing`` maps a metric that could not be computed at all
+    (LPIPS without its weights) to the reason.
+    """
+
+    scored: Literal["method", "gsi"]
+    reference: Literal["gsi", "ideal"]
+    available: bool
+    reason: str | None = None
+    n_slices: int
+    summary: dict[str, MetricSummary] = Field(default_factory=dict)
+    missing: dict[str, str] = Field(default_factory=dict)
+
+
+class SliceRecord(_Model):
+    """One slice: identity, context and ``scores[comparison][metric]``."""
+
+    patient_id: str
+    slice_index: int
+    z_mm: float | None = None
+    implant_type: str
+    metal_pixels: int
+    scores: dict[str, dict[str, float]]
+
+
+class PredictionsRecord(_Model):
+    """The method's output as written: int16 HU Parquet (columns ``patient_id``,
+    ``slice_index``, ``prediction``), path relative to the results file."""
+
+    path: str
+    sha256: str
+    bytes: int
+    rows: int
+    dtype: Literal["int16"] = "int16"
+
+
+class Results(_Model):
+    """Everything one benchmark run records (see the module docstring)."""
+
+    format: Literal["marbench-results/1"] = RESULTS_FORMAT
+    created_utc: datetime
+    protocol: ProtocolRecord
+    dataset: DatasetRecord
+    method: MethodRecord
+    code: CodeRecord
+    hardware: HardwareRecord
+    timing: TimingRecord
+    metrics: dict[str, MetricDefinition]
+    comparisons: dict[str, ComparisonRecord]
+    per_slice: list[SliceRecord]
+    predictions: PredictionsRecord | None = None
+    figure: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Results:
+        """Cross-field checks, so a hand-edited or truncated file is refused."""
+        for key, comp in self.comparisons.items():
+            if key not in COMPARISONS:
+                raise ValueError(f"comparisons: unknown key {key!r}; expected one of "
+                                 f"{sorted(COMPARISONS)}")
+            if (comp.scored, comp.reference) != COMPARISONS[key]:
+                raise ValueError(f"comparisons[{key!r}]: scored/reference are "
+                                 f"{comp.scored}/{comp.reference}, expected "
+                                 f"{'/'.join(COMPARISONS[key])}")
+            unknown = set(comp.summary) - set(self.metrics)
+            if unknown:
+                raise ValueError(f"comparisons[{key!r}]: metrics {sorted(unknown)} are not "
+                                 "defined in 'metrics'")
+            n = sum(1 for s in self.per_slice if key in s.scores)
+            if n != comp.n_slices:
+                raise ValueError(f"comparisons[{key!r}]: n_slices is {comp.n_slices} but "
+                                 f"{n} per-slice rows have it")
+            if comp.available != (n > 0):
+                state = "available" if comp.available else "not available"
+                raise ValueError(f"comparisons[{key!r}] is {state} but {n} slices have it")
+            if not comp.available and not comp.reason:
+                raise ValueError(f"comparisons[{key!r}] is not available: give the reason")
+        if self.dataset.n_slices_scored != len(self.per_slice):
+            raise ValueError(f"dataset.n_slices_scored is {self.dataset.n_slices_scored} but "
+                             f"per_slice has {len(self.per_slice)} rows")
+        for s in self.per_slice:
+            extra = set(s.scores) - set(self.comparisons)
+            if extra:
+                raise ValueError(f"per_slice patient {s.patient_id!r} slice {s.slice_index}: "
+                                 f"comparisons {sorted(extra)} are not in 'comparisons'")
+        return self
+
+    # -- I/O
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    def save(self, path: Path | str) -> Path:
+        """Write atomically (a temporary name in the same folder, then rename)."""
+        return atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: Path | str) -> Results:
+        """Read and validate ``path`` (a ``results.json``, or a run folder holding one)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "results.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such results file (run `marbench run` first)")
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from e
+        if not isinstance(raw, dict) or raw.get("format") != RESULTS_FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+            raise ValueError(f"{p}: format is {found!r}, expected {RESULTS_FORMAT!r}")
+        try:
+            return cls.model_validate(raw)
+        except ValueError as e:
+            raise ValueError(f"{p}: not a valid results file:\n{e}") from e
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name next to ``path`` for writing before an atomic rename (same filesystem;
+    unlike ``mkstemp`` the file gets the usual permissions)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+#: Columns of the comparison table (paper Table 3 layout): (comparison, metric, label).
+IMAGE_COLUMNS: list[tuple[str, str, str]] = [
+    ("gsi", "psnr", "PSNR"), ("gsi", "ssim", "SSIM"), ("gsi", "lpips", "LPIPS"),
+    ("ideal", "psnr", "PSNR"), ("ideal", "ssim", "SSIM"), ("ideal", "lpips", "LPIPS"),
+]
+#: Key clinical metrics shown after the image metrics (scored against ``clinical_reference``).
+CLINICAL_COLUMNS: list[tuple[str, str]] = [
+    ("ct_rmse_hu", "RMSE HU"), ("streak_amplitude_hu", "streak HU"),
+    ("noise_sd_hu", "noise SD HU"), ("bone_dice", "bone Dice"), ("metal_dice", "metal Dice"),
+]
+
+
+class TableCell(BaseModel):
+    """One number of the comparison table (``None``: not available)."""
+
+    mean: float | None
+    std: float | None = None
+    best: bool = False
+    note: str | None = None  # shown instead of a number (e.g. "—" for GSI against itself)
+
+
+class ComparisonTable(BaseModel):
+    """Rows = methods (plus GSI against ideal where available), columns = metrics."""
+
+    headers: list[str]
+    higher_is_better: list[bool]
+    groups: list[str]
+    rows: list[tuple[str, list[TableCell]]]
+    clinical_reference: str
+    warnings: list[str]
+
+
+def _cell(results: Results, comparison: str, metric: str) -> TableCell:
+    comp = results.comparisons.get(comparison)
+    if comp is None or not comp.available or metric not in comp.summary:
+        return TableCell(mean=None)
+    s = comp.summary[metric]
+    return TableCell(mean=s.mean, std=s.std)
+
+
+def comparison_table(runs: list[tuple[str, Results]]) -> ComparisonTable:
+    """Paper Table 3 layout from several results: one row per method, then a ``GSI`` row with
+    GSI scored against the ideal image (when the data has one), so a reader sees whether a
+    method beats GSI. Clinical columns are scored against the ideal image when every run has
+    it, else against GSI. The best finite mean of each column is flagged.
+
+    Args:
+        runs: (label, results) pairs; the label is usually the file name.
+    """
+    if not runs:
+        raise ValueError("comparison_table: no results given")
+    warnings: list[str] = []
+    first_label, first = runs[0]
+    for label, r in runs[1:]:
+        for what, a, b in (("protocol", first.protocol.version, r.protocol.version),
+                           ("dataset manifest", first.dataset.manifest_sha256,
+                            r.dataset.manifest_sha256),
+                           ("split", first.dataset.split, r.dataset.split),
+                           ("scored slices", first.dataset.n_slices_scored,
+                            r.dataset.n_slices_scored)):
+            if a != b:
+                warnings.append(f"{label}: {what} {b!r} differs from {first_label}'s {a!r}; "
+                                "these numbers are not comparable")
+    has_ideal = all(r.comparisons.get(METHOD_VS_IDEAL) is not None
+                    and r.comparisons[METHOD_VS_IDEAL].available for _, r in runs)
+    any_ideal = any(r.comparisons.get(METHOD_VS_IDEAL) is not None
+                    and r.comparisons[METHOD_VS_IDEAL].available for _, r in runs)
+    image_cols = [c for c in IMAGE_COLUMNS if c[0] == "gsi" or any_ideal]
+    clin_ref = "ideal" if has_ideal else "gsi"
+    headers, hib, groups, keys = [], [], [], []
+    for ref, metric, label in image_cols:
+        headers.append(label)
+        groups.append(f"vs {ref.upper() if ref == 'gsi' else ref}")
+        hib.append(first.metrics[metric].higher_is_better if metric in first.metrics
+                   else metric != "lpips")
+        keys.append((f"method_vs_{ref}", metric))
+    for metric, label in CLINICAL_COLUMNS:
+        if metric not in first.metrics:
+            continue
+        headers.append(label)
+        groups.append(f"clinical vs {clin_ref.upper() if clin_ref == 'gsi' else clin_ref}")
+        hib.append(first.metrics[metric].higher_is_better)
+        keys.append((f"method_vs_{clin_ref}", metric))
+
+    names = [r.method.name + (f" v{r.method.version}" if r.method.version else "")
+             for _, r in runs]
+    rows: list[tuple[str, list[TableCell]]] = []
+    for (label, r), name in zip(runs, names, strict=True):
+        if names.count(name) > 1:  # the same method twice: say which run
+            p = Path(label)
+            name += f" [{p.parent.name if p.name == 'results.json' else p.name}]"
+        rows.append((name, [_cell(r, comp, m) for comp, m in keys]))
+    # GSI itself against the ideal image (from the first run that has it).
+    gsi_run = next((r for _, r in runs if r.comparisons.get(GSI_VS_IDEAL) is not None
+                    and r.comparisons[GSI_VS_IDEAL].available), None)
+    if gsi_run is not None:
+        cells = []
+        for comp, m in keys:
+            ref = comp.rsplit("_vs_", 1)[1]
+            cells.append(_cell(gsi_run, GSI_VS_IDEAL, m) if ref == "ideal"
+                         else TableCell(mean=None, note="—"))
+        rows.append(("GSI (reference)", cells))
+    # Flag the best finite mean per column.
+    for j, higher in enumerate(hib):
+        vals = [row[1][j].mean for row in rows]
+        finite = [v for v in vals if v is not None and math.isfinite(v)]
+        if len(finite) < 2:
+            continue
+        best = max(finite) if higher else min(finite)
+        for row in rows:
+            if row[1][j].mean == best:
+                row[1][j].best = True
+    return ComparisonTable(headers=headers, higher_is_better=hib, groups=groups, rows=rows,
+                           clinical_reference=clin_ref, warnings=warnings)
+
+
+def format_value(cell: TableCell, with_std: bool = False) -> str:
+    """``"31.42 ± 2.10"``, ``"inf"`` or ``"n/a"``; 4 decimals for values below 1."""
+    if cell.note is not None:
+        return cell.note
+    if cell.mean is None or math.isnan(cell.mean):
+        return "n/a"
+    if math.isinf(cell.mean):
+        return "inf" if cell.mean > 0 else "-inf"
+    digits = 4 if abs(cell.mean) < 1 else 2
+    text = f"{cell.mean:.{digits}f}"
+    if with_std and cell.std is not None and math.isfinite(cell.std):
+        text += f" ± {cell.std:.{digits}f}"
+    return text
+
+
+def markdown_table(table: ComparisonTable, with_std: bool = False) -> str:
+    """The table as GitHub markdown; the best value of each column in bold."""
+    arrows = ["↑" if h else "↓" for h in table.higher_is_better]
+    head = ["method"] + [f"{h} {a} ({g})" for h, a, g in zip(table.headers, arrows, table.groups,
+                                                             strict=True)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cells in table.rows:
+        texts = [(f"**{format_value(c, with_std)}**" if c.best else format_value(c, with_std))
+                 for c in cells]
+        lines.append("| " + " | ".join([name, *texts]) + " |")
+    return "\n".join(lines) + "\n"

@@ -216,8 +216,9 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan, scanner: Scanner | None 
             out["gsi"].append(scanner.gsi(lg, mats, grid_g, gen)[:, 0].cpu().numpy())
             out["ideal"].append(scanner.monochromatic(lg, mats, grid_g)[:, 0].cpu().numpy())
             out["clean"].append(scanner.ordinary(lc, mats, grid_g, gen)[:, 0].cpu().numpy())
-            out["labels"] += [patient.rasterize(float(z_gsi[i]), grid_g, supersample=ss)[1]
-                              .numpy() for i in idx]
+            out["labels"].append(np.stack([
+                patient.rasterize(float(z_gsi[i]), grid_g, supersample=ss)[1].numpy()
+                for i in idx]))
         if progress:
             progress(b)
 

@@ -9,6 +9,7 @@ shape ``(B, 1, H, W)`` on the requested :class:`ImageGrid`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,34 @@ class GSIProtocol:
     electronic_noise_photons: float = 5.0
     basis: tuple[str, str] = ("water", "cortical_bone")
     filter: str = "hann"
+    # Low-kVp readings with fewer expected photons than this are treated as starved, with a
+    # smooth hand-over over ``starved_width`` in log units (see Scanner.gsi_measurement).
+    starved_photons: float = 50.0
+    starved_width: float = 1.0
+    # Vendor-style projection-based metal correction on the VMI sinogram (clinical metal
+    # protocols use it; see physics/metal_correction.py); False gives the plain VMI.
+    metal_correction: bool = True
+
+
+@dataclass
+class GSIMeasurement:
+    """One rapid-switching acquisition after decomposition, per ray ``(B, V, D)``.
+
+    Attributes:
+        basis: ``(B, V, D, 2)`` basis path lengths in mm (water, cortical bone).
+        water_mm: water-equivalent path length in mm from the high-kVp reading alone.
+        trust: weight of the decomposition in [0, 1] (0 where the low kVp is starved).
+    """
+
+    basis: torch.Tensor
+    water_mm: torch.Tensor
+    trust: torch.Tensor
+
+    def vmi_sinogram(self, decomposer: Decomposer, kev: float) -> torch.Tensor:
+        """Virtual monochromatic line integrals at ``kev``, ``(B, V, D)``."""
+        dual = decomposer.vmi(self.basis.float(), kev)
+        single = self.water_mm * mu_water(kev)
+        return self.trust * dual + (1.0 - self.trust) * single
 
 
 def dose_scale(geom: FanBeamGeometry) -> float:
@@ -105,19 +134,18 @@ class Scanner:
         pr = self.gsi_protocol
         return Decomposer(TubeSpec(pr.kvp_low), TubeSpec(pr.kvp_high), basis=pr.basis)
 
-    def gsi_basis_sinogram(self, lines: torch.Tensor, materials: tuple[str, ...],
-                           generator: torch.Generator | None, noise: bool = True
-                           ) -> torch.Tensor:
-        """Rapid-switching measurement and decomposition -> basis path lengths in mm,
-        ``(B, V, D, 2)``."""
+    def gsi_measurement(self, lines: torch.Tensor, materials: tuple[str, ...],
+                        generator: torch.Generator | None, noise: bool = True
+                        ) -> GSIMeasurement:
+        """Rapid-switching measurement and per-ray decomposition (see :class:`GSIMeasurement`)."""
         pr = self.gsi_protocol
         if self.geom.n_views % 2:
             raise ValueError(f"GSI needs an even number of views, got {self.geom.n_views}")
         scale = dose_scale(self.geom)
         ln = lines.movedim(1, -1)  # (B, V, D, M)
+        n_lo = pr.photons_low * scale
         p_lo = measure(ln[:, 0::2], materials, Beam(TubeSpec(pr.kvp_low)),
-                       pr.photons_low * scale if noise else None,
-                       pr.electronic_noise_photons, generator)
+                       n_lo if noise else None, pr.electronic_noise_photons, generator)
         p_hi = measure(ln[:, 1::2], materials, Beam(TubeSpec(pr.kvp_high)),
                        pr.photons_high * scale if noise else None,
                        pr.electronic_noise_photons, generator)
@@ -129,21 +157,35 @@ class Scanner:
         lo[:, 1::2] = 0.5 * (p_lo + torch.roll(p_lo, -1, dims=1))
         hi[:, 1::2] = p_hi
         hi[:, 0::2] = 0.5 * (p_hi + torch.roll(p_hi, 1, dims=1))
-        return self.decomposer()(lo, hi)
+        basis = self.decomposer()(lo, hi)
+        bhc = WaterBHC(Beam(TubeSpec(pr.kvp_high)))
+        water_mm = bhc(hi.double()).float() / bhc.mu_water_eff
+        # Trust in the decomposition falls to 0 where the low-kVp reading is photon-starved
+        # (fewer than ~starved_photons expected): there the pair carries no spectral
+        # information and its inverse diverges, so such rays fall back to the high-kVp reading
+        # alone (water beam-hardening corrected), as the single-energy series would do.
+        p_starved = math.log(n_lo / pr.starved_photons) if noise else float("inf")
+        trust = ((p_starved - lo) / pr.starved_width).clamp(0.0, 1.0).float()
+        return GSIMeasurement(basis=basis, water_mm=water_mm, trust=trust)
 
     def gsi(self, lines: torch.Tensor, materials: tuple[str, ...], grid: ImageGrid,
             generator: torch.Generator | None = None, kev: float | None = None,
             noise: bool = True) -> torch.Tensor:
         """GSI virtual monochromatic image at ``kev`` (default: the protocol's) in HU."""
         kev = self.gsi_protocol.kev if kev is None else kev
-        a = self.gsi_basis_sinogram(lines, materials, generator, noise)
-        return self.vmi_from_basis(a, grid, kev)
+        return self.vmi_image(self.gsi_measurement(lines, materials, generator, noise), grid, kev)
 
-    def vmi_from_basis(self, a: torch.Tensor, grid: ImageGrid, kev: float) -> torch.Tensor:
-        """Basis sinogram ``(B, V, D, 2)`` -> VMI at ``kev`` in HU ``(B, 1, H, W)``."""
-        p = self.decomposer().vmi(a.float(), kev)[:, None]
-        mu = self.projector.fbp(p, grid, filter=self.gsi_protocol.filter)
+    def vmi_image(self, m: GSIMeasurement, grid: ImageGrid, kev: float) -> torch.Tensor:
+        """VMI at ``kev`` in HU ``(B, 1, H, W)`` from a :class:`GSIMeasurement`."""
+        p = m.vmi_sinogram(self.decomposer(), kev)[:, None]
         mu_w = mu_water(kev)
+        if self.gsi_protocol.metal_correction:
+            from .metal_correction import MetalCorrection, correct
+
+            mu = correct(self.projector, p, mu_w, grid,
+                         MetalCorrection(filter=self.gsi_protocol.filter))
+        else:
+            mu = self.projector.fbp(p, grid, filter=self.gsi_protocol.filter)
         return 1000.0 * (mu - mu_w) / mu_w
 
     # ------------------------------------------------------------------- ideal

@@ -56,7 +56,7 @@ def test_noise_free_measurement_equals_hand_computed_beer_lambert():
     lines = np.array([[0.0, 0.0], [200.0, 0.0], [150.0, 30.0]])
     ref = -np.log((w * np.exp(-(lines @ mu))).sum(1))
     got = measure(torch.tensor(lines), ("water", "cortical_bone"), beam, None).numpy()
-    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-6)  # float32 transmission sums
     # beam hardening: p grows sub-linearly with thickness
     assert got[1] < 200.0 * (w * mu[0]).sum()
 

@@ -37,11 +37,13 @@ def main() -> None:
     torch.set_num_threads(2)
     geom = FanBeamGeometry.scaled(args.size)
     sc = Scanner(geom)
-    sc_plain = Scanner(geom, gsi_protocol=replace(sc.gsi_protocol, metal_correction=False))
+    sc_plain = Scanner(geom, gsi_protocol=replace(sc.gsi_protocol, metal_correction="off"))
+    sc_on = Scanner(geom, gsi_protocol=replace(sc.gsi_protocol, metal_correction="on"))
     grid = geom.object_grid
     yy, xx = np.meshgrid(grid.y_mm().numpy(), grid.x_mm().numpy(), indexing="ij")
     art = {k: [] for k in ("ordinary", *KEVS)}
     plain = {k: [] for k in KEVS}
+    forced = {k: [] for k in KEVS}
     con = {k: [] for k in ("ordinary", *KEVS)}
     for i in range(args.patients):
         patient = make_patient(1000 + i, IMPLANT_CYCLE[i % 3])
@@ -72,18 +74,30 @@ def main() -> None:
             art[kev].append(np.std((vmi - ideal)[ring]))
             vmi_plain = sc_plain.vmi_image(meas, grid, kev)[0, 0].numpy()
             plain[kev].append(np.std((vmi_plain - ideal)[ring]))
+            vmi_on = sc_on.vmi_image(meas, grid, kev)[0, 0].numpy()
+            forced[kev].append(np.std((vmi_on - ideal)[ring]))
             con[kev].append(vmi[muscle].mean() - vmi[fat].mean())
     t = Table(title=f"GSI artifact level vs keV ({args.patients} patients, {args.size} px)")
-    for c in ("image", "artifact SD (HU)", "vs ordinary", "without metal corr. (HU)",
-              "muscle - fat (HU)"):
+    for c in ("image", "artifact SD (HU), default (auto)", "vs ordinary", "corr. off (HU)",
+              "corr. on (HU)", "muscle - fat (HU)"):
         t.add_column(c, justify="right")
     ref = float(np.mean(art["ordinary"]))
     for k in ("ordinary", *KEVS):
         name = "ordinary 120 kVp" if k == "ordinary" else f"GSI {k} keV"
         a = float(np.mean(art[k]))
         p = "" if k == "ordinary" else f"{np.mean(plain[k]):.1f}"
-        t.add_row(name, f"{a:.1f}", f"{a / ref:.2f}", p, f"{np.nanmean(con[k]):.1f}")
+        on = "" if k == "ordinary" else f"{np.mean(forced[k]):.1f}"
+        t.add_row(name, f"{a:.1f}", f"{a / ref:.2f}", p, on, f"{np.nanmean(con[k]):.1f}")
     Console().print(t)
+    t2 = Table(title="per patient: artifact SD (HU) of GSI, default (auto) / correction off")
+    t2.add_column("patient")
+    t2.add_column("ordinary", justify="right")
+    for kev in (90, 100, 110, 120):
+        t2.add_column(f"{kev} keV", justify="right")
+    for i in range(args.patients):
+        cells = [f"{art[k][i]:.0f} / {plain[k][i]:.0f}" for k in (90, 100, 110, 120)]
+        t2.add_row(f"{i}: {IMPLANT_CYCLE[i % 3]}", f"{art['ordinary'][i]:.0f}", *cells)
+    Console().print(t2)
 
 
 if __name__ == "__main__":

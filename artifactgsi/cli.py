@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def _fail(msg: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {msg}")
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(2)
 
 

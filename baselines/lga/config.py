@@ -1,0 +1,285 @@
+"""One configuration for the LGA reference method: model shapes, losses, data and training.
+
+All defaults live in :class:`LGAConfig` (they are the paper's full model at 512 px, the
+``lga-paper`` config); YAML files in ``baselines/lga/configs/`` override some of them. A YAML
+file may name another one with ``base: NAME`` (a file in that folder, or a path) and override
+it in turn. Unknown keys are errors, so a typo never silently trains the default.
+
+HU normalisation (used everywhere in LGA): clip to [-1024, 3071] HU (the benchmark window,
+DESIGN 6) and map linearly to [-1, 1], the range the diffusers VAE blocks are built for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Folder of the shipped YAML configs.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+#: HU window mapped to [-1, 1].
+HU_MIN = -1024.0
+HU_MAX = 3071.0
+
+#: Implant classes of the dataset (DESIGN 3.2); index 0 ("none") also stands for unknown.
+IMPLANT_TYPES = ("none", "hip_prosthesis", "fracture_fixation", "spinal_fixation")
+
+STAGES = ("vae", "invariance", "align")
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid (the message names the file and the key)."""
+
+
+def hu_to_unit(hu: torch.Tensor) -> torch.Tensor:
+    """HU -> [-1, 1]: clip to [HU_MIN, HU_MAX] then scale linearly (any shape)."""
+    return (hu.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN) * 2.0 - 1.0
+
+
+def unit_to_hu(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> HU (inverse of :func:`hu_to_unit`; values outside [-1, 1] are clipped)."""
+    return (x.clamp(-1.0, 1.0) + 1.0) / 2.0 * (HU_MAX - HU_MIN) + HU_MIN
+
+
+def implant_index(name: str) -> int:
+    """Index of an implant type in :data:`IMPLANT_TYPES`; unknown names map to 0 ("none")."""
+    return IMPLANT_TYPES.index(name) if name in IMPLANT_TYPES else 0
+
+
+@dataclass
+class LGAConfig:
+    """Every setting of LGA. Defaults = the paper's full model (``lga-paper``)."""
+
+    # ---- images and latents
+    image_size: int = 512             # px; slices are resampled to this square size
+    neighbour_slices: int = 2         # k: the encoder sees 2k+1 adjacent slices (0 = 2D VAE)
+    latent_channels: int = 4          # C of the latent z (B, C, H/f, W/f)
+    # VAE widths; f = 2 ** (len - 1): 4 levels -> f = 8 (as Stable Diffusion's VAE)
+    vae_channels: tuple[int, ...] = (128, 256, 512, 512)
+    vae_layers_per_block: int = 2
+    vae_norm_groups: int = 32         # GroupNorm groups (must divide every width)
+    vae_mid_attention: bool = True    # self-attention in the VAE's middle block
+    dual_decoder: bool = True         # D_n and D_g (ARVAE); False = one decoder (2D baseline)
+
+    # ---- volume aggregation augmentation (centre slice only; paper Sec. 3.2)
+    augment: bool = True
+    augment_prob: float = 0.5         # chance per sample that the centre slice is altered
+    mask_ratio: tuple[float, float] = (0.1, 0.5)    # fraction of 16x16-cell grid masked
+    blur_sigma_px: tuple[float, float] = (1.0, 4.0)  # Gaussian sigma at 512 px (scaled)
+    downsample_factor: tuple[int, int] = (2, 4)      # area down, bilinear up
+
+    # ---- VAE losses
+    recon_loss: str = "l1"            # "l1" or "mse", in [-1, 1] units
+    kl_weight: float = 1e-6           # weight of the KL term (as LDM's autoencoders)
+    gsi_fraction: float = 0.25        # D_g batches: 25 % GSI ...
+    clean_fraction: float = 0.75      # ... and 75 % clean no-implant slices (paper Sec. 4)
+
+    # ---- information-invariant encoders Ec_n, Ec_g (Sec. 3.4)
+    inv_channels: tuple[int, ...] = (64, 128, 256)
+    inv_embed_dim: int = 128
+    inv_temperature: float = 0.1      # InfoNCE temperature
+
+    # ---- alignment network F (Sec. 3.3)
+    align_channels: tuple[int, ...] = (128, 256, 512)
+    align_layers_per_block: int = 2
+    align_norm_groups: int = 32
+    align_mask: bool = True           # merge the latent-size metal mask into residual blocks
+    align_transformer: bool = True    # transformer blocks + implant-type cross-attention
+    align_attention_levels: tuple[int, ...] = (1, 2)  # U-Net levels with transformer blocks
+    align_heads: int = 8
+    implant_tokens: int = 4           # learned tokens per implant type (cross-attention keys)
+
+    # ---- alignment loss (Eq. 12-13): L = L_i + alpha L_l + beta L_inv
+    alpha: float = 1.0
+    beta: float = 0.001               # 0 disables L_inv (and the invariance stage)
+
+    # ---- training
+    lr: float = 1e-5                  # AdamW, paper
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    batch_size: int = 4               # per process
+    vae_epochs: int = 10              # paper: VAE 10 epochs
+    invariance_epochs: int = 10
+    align_epochs: int = 50            # paper: alignment net 50 epochs
+    max_steps: int | None = None      # cap on optimiser steps per stage (None = epochs decide)
+    val_fraction: float = 0.2         # held-out share of the training patients
+    val_max_slices: int | None = 256  # validation subset per epoch (None = all)
+    checkpoint_every: int = 1000      # steps between "last" checkpoints (also each epoch end)
+    num_workers: int = 4
+    mixed_precision: str = "bf16"     # on GPU; CPU always runs fp32
+    seed: int = 0
+
+    # -------------------------------------------------------------------------------- derived
+    @property
+    def downsample_factor_latent(self) -> int:
+        """f: image size / latent size."""
+        return 2 ** (len(self.vae_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.downsample_factor_latent
+
+    @property
+    def in_slices(self) -> int:
+        """2k+1."""
+        return 2 * self.neighbour_slices + 1
+
+    def validate(self, where: str = "config") -> LGAConfig:
+        """Check values; raise :class:`ConfigError` naming ``where`` and the key."""
+
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"{where}: {key}: {why}")
+
+        f = self.downsample_factor_latent
+        if self.image_size % f:
+            raise bad("image_size", f"{self.image_size} px is not divisible by f = {f}")
+        n_down = len(self.align_channels) - 1
+        if self.latent_size % (2 ** n_down):
+            raise bad("align_channels", f"{n_down} U-Net down-samplings do not divide the "
+                      f"latent size {self.latent_size}")
+        if self.neighbour_slices < 0:
+            raise bad("neighbour_slices", "must be >= 0")
+        if self.augment and self.neighbour_slices == 0:
+            raise bad("augment", "the centre-slice augmentation needs neighbour slices "
+                      "(neighbour_slices >= 1) to recover the slice from; set augment: false")
+        for key, chans, groups in (("vae_channels", self.vae_channels, self.vae_norm_groups),
+                                   ("align_channels", self.align_channels,
+                                    self.align_norm_groups),
+                                   ("inv_channels", self.inv_channels, self.vae_norm_groups)):
+            if not chans or any(c % groups for c in chans):
+                raise bad(key, f"every width must be divisible by the GroupNorm groups "
+                          f"({groups}); got {list(chans)}")
+        if self.align_transformer:
+            for lvl in self.align_attention_levels:
+                if not 0 <= lvl < len(self.align_channels):
+                    raise bad("align_attention_levels", f"level {lvl} does not exist "
+                              f"(levels 0..{len(self.align_channels) - 1})")
+                if self.align_channels[lvl] % self.align_heads:
+                    raise bad("align_heads", f"{self.align_heads} heads do not divide "
+                              f"width {self.align_channels[lvl]} of level {lvl}")
+        if self.recon_loss not in ("l1", "mse"):
+            raise bad("recon_loss", f"must be 'l1' or 'mse', got {self.recon_loss!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise bad("mixed_precision", "must be 'no', 'bf16' or 'fp16'")
+        if self.gsi_fraction < 0 or self.clean_fraction < 0 or \
+                self.gsi_fraction + self.clean_fraction <= 0:
+            raise bad("gsi_fraction", "gsi_fraction and clean_fraction must be >= 0, not both 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise bad("val_fraction", "must be in [0, 1)")
+        if self.batch_size < 1:
+            raise bad("batch_size", "must be >= 1")
+        return self
+
+    # ---------------------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> LGAConfig:
+        """Defaults overridden by ``values``; unknown keys and wrong types are errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            import difflib
+
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, list(fields), n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; known keys are "
+                              "the fields of baselines.lga.config.LGAConfig")
+        defaults = cls()
+        kw: dict[str, Any] = {}
+        for k, v in values.items():
+            default = getattr(defaults, k)
+            kw[k] = _coerce(k, v, default, fields[k].type, where)
+        return cls(**kw).validate(where)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+
+
+def _coerce(key: str, value: Any, default: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against the type of the default (tuples from lists, ints as floats)."""
+    optional = "None" in str(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: {key}: may not be null")
+    if isinstance(default, tuple) or "tuple" in str(annotation):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key}: expected a list, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true/false, got {value!r}")
+        return value
+    want_int = isinstance(default, int) or ("int" in str(annotation) and default is None)
+    if want_int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
+    return value
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    import yaml
+
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(map(str, seen))}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: must be a mapping of LGAConfig keys, got "
+                          f"{type(values).__name__}")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    merged = _read_yaml(_config_path(str(base), path.parent), (*seen, path))
+    merged.update(values)
+    return merged
+
+
+def _config_path(name: str, relative_to: Path | None = None) -> Path:
+    p = Path(name).expanduser()
+    candidates = [p] if p.suffix in (".yaml", ".yml") else []
+    if relative_to is not None:
+        candidates.append(relative_to / (name if p.suffix else f"{name}.yaml"))
+    candidates.append(CONFIG_DIR / (name if p.suffix else f"{name}.yaml"))
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    shipped = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {name!r}: no such file; give a YAML path or one of: {shipped}")
+
+
+def load_config(config: str | Path | dict[str, Any] | LGAConfig | None = None,
+                **overrides: Any) -> LGAConfig:
+    """An :class:`LGAConfig` from a shipped name (``"lga-cpu"``), a YAML path, a dict, or
+    ``None`` (the defaults), with keyword ``overrides`` applied last."""
+    if isinstance(config, LGAConfig):
+        values, where = config.to_dict(), "config"
+    elif config is None:
+        values, where = {}, "defaults"
+    elif isinstance(config, dict):
+        values, where = dict(config), "config dict"
+    else:
+        path = _config_path(str(config))
+        values, where = _read_yaml(path), str(path)
+    values.update(overrides)
+    return LGAConfig.from_dict(values, where)

@@ -1,0 +1,193 @@
+"""Training data for LGA: (2k+1)-slice volumes from a built ArtifactGSI dataset (DESIGN 3.2).
+
+* :class:`PairVolumes`: rows of the ``pairs`` config -> ordinary and GSI volumes around a
+  slice (edge slices repeated, as ``PairsSplit.neighbour_rows``), the centre metal mask and
+  the implant type; images resampled to ``image_size`` and scaled to [-1, 1].
+* :class:`CleanVolumes`: the ``clean`` config (no-implant ordinary slices) for D_g.
+* :class:`VAEVolumes`: pairs plus the volume D_g learns from: a clean volume with probability
+  clean_fraction / (gsi_fraction + clean_fraction), else the pair's GSI volume.
+* :func:`patient_split`: held-out validation patients, deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from baselines.lga.config import LGAConfig, hu_to_unit, implant_index
+from baselines.lga.model import resize
+from benchmark.data import DatasetError, PairsSplit
+
+
+def _to_unit(arr: np.ndarray, size: int) -> torch.Tensor:
+    """(S, H, W) HU (any int/float dtype) -> (S, size, size) float32 in [-1, 1]."""
+    x = hu_to_unit(torch.from_numpy(np.asarray(arr, np.float32)))
+    if x.shape[-2:] != (size, size):
+        x = resize(x[None], size)[0]
+    return x
+
+
+class PairVolumes(Dataset):
+    """Volumes around the given rows of a ``pairs`` split.
+
+    Item: ``ordinary``, ``gsi`` (2k+1, S, S) float32 in [-1, 1]; ``mask`` (1, S, S) metal
+    fraction in [0, 1]; ``implant`` long; ``patient`` long (index in ``self.patients``);
+    ``position`` long (slice index).
+    """
+
+    def __init__(self, split: PairsSplit, rows: Sequence[int], config: LGAConfig) -> None:
+        self.split = split
+        self.rows = [int(r) for r in rows]
+        self.k = config.neighbour_slices
+        self.size = config.image_size
+        self.patients = sorted({split.slice_id(r)[0] for r in self.rows})
+        self._pidx = {p: i for i, p in enumerate(self.patients)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.rows[i]
+        b = self.split.batch(self.split.neighbour_rows(row, self.k))
+        ordinary = _to_unit(b.input.ordinary[:, 0].numpy(), self.size)
+        gsi = _to_unit(b.gsi_hu[:, 0].numpy(), self.size)
+        mask = b.input.metal_mask[self.k:self.k + 1].float()          # (1, 1, H, W)
+        if mask.shape[-2:] != (self.size, self.size):
+            mask = F.interpolate(mask, size=(self.size, self.size), mode="area")
+        pid, sidx = self.split.slice_id(row)
+        return {"ordinary": ordinary, "gsi": gsi, "mask": mask[0],
+                "implant": torch.tensor(implant_index(b.input.implant_type[self.k])),
+                "patient": torch.tensor(self._pidx[pid]), "position": torch.tensor(sidx)}
+
+
+class CleanVolumes(Dataset):
+    """Volumes of the ``clean`` config (ordinary slices of patients without implant).
+
+    Item: (2k+1, S, S) float32 in [-1, 1].
+    """
+
+    def __init__(self, dataset: Any, config: LGAConfig) -> None:
+        table = dataset.data
+        pids = [str(p) for p in table.column("patient_id").to_pylist()]
+        sidx = [int(s) for s in table.column("slice_index").to_pylist()]
+        self._np = dataset.with_format("numpy", columns=["ordinary"], dtype=None)
+        by_patient: dict[str, list[tuple[int, int]]] = {}
+        for r, (p, s) in enumerate(zip(pids, sidx, strict=True)):
+            by_patient.setdefault(p, []).append((s, r))
+        self._stacks = [[r for _, r in sorted(v)] for _, v in sorted(by_patient.items())]
+        self._items = [(p, j) for p, rows in enumerate(self._stacks) for j in range(len(rows))]
+        self.k = config.neighbour_slices
+        self.size = config.image_size
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        p, j = self._items[i]
+        rows = self._stacks[p]
+        need = [rows[min(max(j + d, 0), len(rows) - 1)] for d in range(-self.k, self.k + 1)]
+        return _to_unit(np.asarray(self._np[need]["ordinary"]), self.size)
+
+
+def open_clean(data: str | Path, config: LGAConfig) -> CleanVolumes | None:
+    """The ``clean`` config's train split, or ``None`` when the dataset has none."""
+    import datasets
+
+    from benchmark.data import resolve_source
+
+    try:
+        source, files = resolve_source(data, "clean", "train")
+    except DatasetError:
+        return None
+    ds = datasets.load_dataset("parquet", split="train",
+                               data_files=[str(source.folder / f.path) for f in files])
+    missing = {"patient_id", "slice_index", "ordinary"} - set(ds.column_names)
+    if missing:
+        raise DatasetError(f"{source.folder}: config 'clean' lacks column(s) "
+                           f"{', '.join(sorted(missing))}")
+    return CleanVolumes(ds, config) if len(ds) else None
+
+
+class VAEVolumes(Dataset):
+    """Pairs plus ``g`` (2k+1, S, S): the volume D_g reconstructs (GSI or clean).
+
+    The choice is random but reproducible: it depends on (seed, epoch, index) only, so a
+    resumed run and every data-loader worker make the same choices.
+    """
+
+    def __init__(self, pairs: PairVolumes, clean: CleanVolumes | None, config: LGAConfig
+                 ) -> None:
+        self.pairs = pairs
+        self.clean = clean
+        total = config.gsi_fraction + config.clean_fraction
+        self.p_clean = config.clean_fraction / total if clean is not None else 0.0
+        self.seed = config.seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.pairs[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.clean is not None and rng.random() < self.p_clean:
+            item["g"] = self.clean[int(rng.integers(len(self.clean)))]
+            item["g_is_clean"] = torch.tensor(True)
+        else:
+            item["g"] = item["gsi"]
+            item["g_is_clean"] = torch.tensor(False)
+        return item
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` that depends only on (seed, epoch): resumable, and the
+    same on every process (accelerate shards the batches)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+
+def patient_split(split: PairsSplit, val_fraction: float, max_val_slices: int | None = None
+                  ) -> tuple[list[int], list[int]]:
+    """(train rows, validation rows): whole patients held out, chosen by the sha256 of their
+    ids (deterministic, independent of row order). At least one patient is held out when
+    there are two or more; with a single patient, it is used for both (with a warning)."""
+    patients = sorted({split.slice_id(r)[0] for r in split.order},
+                      key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    n_val = math.ceil(val_fraction * len(patients)) if val_fraction > 0 else 0
+    if len(patients) >= 2:
+        n_val = min(max(n_val, 1), len(patients) - 1)
+        held = set(patients[:n_val])
+        train = [r for r in split.order if split.slice_id(r)[0] not in held]
+        val = [r for r in split.order if split.slice_id(r)[0] in held]
+    else:
+        warnings.warn(f"{split.where}: only {len(patients)} training patient(s); validation "
+                      "uses the training slices (no held-out patient)", stacklevel=2)
+        train = val = list(split.order)
+    if max_val_slices is not None and len(val) > max_val_slices:
+        pick = np.linspace(0, len(val) - 1, max_val_slices).round().astype(int)
+        val = [val[i] for i in pick]
+    return train, val

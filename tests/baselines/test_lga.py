@@ -1,0 +1,480 @@
+"""LGA reference method: block shapes, centre-slice augmentation, distinct decoders, weights
+round trip, resume, refusal without weights, end-to-end tiny training + benchmark run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("accelerate")
+
+from baselines.lga import LGA  # noqa: E402
+from baselines.lga.config import (  # noqa: E402
+    CONFIG_DIR,
+    HU_MAX,
+    HU_MIN,
+    ConfigError,
+    LGAConfig,
+    hu_to_unit,
+    load_config,
+    unit_to_hu,
+)
+from benchmark.method import MARInput, PrepareContext, validate_output  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: A model small enough that every test runs in about a second on one core.
+TINY = dict(image_size=32, vae_channels=[8, 16], vae_layers_per_block=1, vae_norm_groups=4,
+            vae_mid_attention=False, inv_channels=[8, 16], inv_embed_dim=8,
+            align_channels=[8, 16], align_layers_per_block=1, align_norm_groups=4,
+            align_heads=2, align_attention_levels=[1], implant_tokens=2, batch_size=2,
+            vae_epochs=1, invariance_epochs=1, align_epochs=2, max_steps=3, num_workers=0,
+            lr=1e-3, checkpoint_every=1, val_max_slices=4)
+
+
+def _write_tiny_pairs():
+    """``write_tiny_pairs`` of tests/benchmark/test_run.py (tests/ is not a package)."""
+    path = REPO / "tests" / "benchmark" / "test_run.py"
+    spec = importlib.util.spec_from_file_location("_lga_tiny_pairs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_tiny_pairs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _datasets_cache(tmp_path_factory):
+    import datasets
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
+                   str(tmp_path_factory.mktemp("hf_datasets_cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return _write_tiny_pairs()(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    """A few steps of every stage on the tiny dataset -> RUN/model."""
+    from baselines.lga.train import train_lga
+
+    out = tmp_path_factory.mktemp("run") / "lga"
+    with pytest.warns(UserWarning, match="only 1 training patient"):
+        model_dir = train_lga(TINY, data, out)
+    return model_dir
+
+
+def _tiny(**kw) -> LGAConfig:
+    return load_config(TINY, **kw)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_hu_normalisation_matches_the_benchmark_window():
+    hu = torch.tensor([-3000.0, HU_MIN, 1023.5, HU_MAX, 9000.0])
+    unit = hu_to_unit(hu)
+    # [-1024, 3071] -> [-1, 1] linearly; outside is clipped (hand-computed).
+    assert torch.allclose(unit, torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
+    assert torch.allclose(unit_to_hu(unit)[1:4], hu[1:4])
+
+
+def test_shipped_configs_load_and_differ_as_table1():
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert {"lga-paper", "lga-cpu", "table1-baseline", "table1-arvae", "table1-arvae-loss",
+            "table1-arvae-an", "table1-full"} <= set(names)
+    paper = load_config("lga-paper")
+    assert paper == LGAConfig()  # the dataclass defaults are the paper's model
+    assert (paper.image_size, paper.downsample_factor_latent, paper.lr) == (512, 8, 1e-5)
+    assert (paper.alpha, paper.beta, paper.gsi_fraction, paper.clean_fraction) == \
+        (1.0, 0.001, 0.25, 0.75)
+    rows = [load_config(n) for n in ("table1-baseline", "table1-arvae", "table1-arvae-loss",
+                                     "table1-arvae-an", "table1-full")]
+    assert [(c.neighbour_slices, c.dual_decoder, c.align_mask, c.align_transformer,
+             c.beta > 0) for c in rows] == [
+        (0, False, False, False, False), (2, True, False, False, False),
+        (2, True, False, False, True), (2, True, True, True, False),
+        (2, True, True, True, True)]
+    cpu = load_config("lga-cpu")
+    assert cpu.image_size <= 128 and cpu.downsample_factor_latent == 4
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: lga-cpu\nkl_wieght: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*'kl_wieght'.*did you mean 'kl_weight'"):
+        load_config(bad)
+    bad.write_text("batch_size: two\n")
+    with pytest.raises(ConfigError, match="batch_size: expected an integer"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="augment"):
+        load_config(None, neighbour_slices=0)  # augmentation without neighbours
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("no-such-config")
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def test_shapes_and_dtypes_through_every_block():
+    from baselines.lga.model import LGAModel
+
+    torch.manual_seed(0)
+    cfg = _tiny(neighbour_slices=1)
+    model = LGAModel(cfg).eval()
+    vol = torch.rand(3, 3, 32, 32) * 2 - 1
+    post = model.vae.encode(vol)
+    z = post.sample()
+    assert z.shape == (3, cfg.latent_channels, 16, 16) and z.dtype == torch.float32
+    assert post.kl().shape == (3,) and bool((post.kl() >= 0).all())
+    for dec in (model.vae.decode_n, model.vae.decode_g):
+        y = dec(z)
+        assert y.shape == (3, 1, 32, 32) and y.dtype == torch.float32
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[:, :, 4:8, 4:8] = 1
+    aligned = model.align(z, mask, torch.tensor([0, 1, 3]))
+    assert aligned.shape == z.shape and aligned.dtype == torch.float32
+    # conv_out is zero-initialised: an untrained F is the identity.
+    assert torch.equal(aligned, z)
+    e = model.ec_n(z)
+    assert e.shape == (3, cfg.inv_embed_dim)
+    assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+    hu = model.restore(torch.randn(3, 3, 40, 40) * 500, mask=torch.zeros(3, 1, 40, 40,
+                                                                         dtype=torch.bool))
+    assert hu.shape == (3, 1, 40, 40) and hu.dtype == torch.float32
+    assert float(hu.min()) >= HU_MIN and float(hu.max()) <= HU_MAX
+
+
+def test_mask_and_implant_change_the_alignment():
+    from baselines.lga.align import AlignmentNet
+
+    torch.manual_seed(0)
+    net = AlignmentNet(_tiny()).eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # leave the identity start
+    z = torch.randn(2, 4, 16, 16)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 10:20, 10:20] = 1
+    base = net(z, mask, torch.tensor([1, 1]))
+    assert not torch.allclose(base, net(z, torch.zeros_like(mask), torch.tensor([1, 1])))
+    assert not torch.allclose(base, net(z, mask, torch.tensor([2, 2])))
+    # "none" is what an unknown type maps to.
+    assert torch.equal(net(z, mask, None), net(z, mask, torch.tensor([0, 0])))
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_augmentation_touches_only_the_centre_slice(kind, monkeypatch):
+    from baselines.lga.vae import augment_centre_slice
+
+    cfg = _tiny(neighbour_slices=2, augment_prob=1.0)
+    vol = torch.rand(4, 5, 32, 32) * 2 - 1
+    # Force one corruption kind: the first randint call picks it.
+    real = torch.randint
+
+    def pick(low, high=None, size=None, generator=None, **kw):
+        if size == (4,):
+            return torch.full((4,), kind)
+        return real(low, high, size, generator=generator, **kw)
+
+    monkeypatch.setattr(torch, "randint", pick)
+    out = augment_centre_slice(vol, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(out[:, [0, 1, 3, 4]], vol[:, [0, 1, 3, 4]])
+    assert not torch.allclose(out[:, 2], vol[:, 2])
+    assert out.shape == vol.shape
+    # Disabled: an unaltered copy.
+    assert torch.equal(augment_centre_slice(vol, _tiny(augment=False), None), vol)
+
+
+def test_gaussian_blur_matches_scipy():
+    from scipy.ndimage import gaussian_filter
+
+    from baselines.lga.vae import _gaussian_blur
+
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 1, 24, 24))
+    sig = torch.tensor([1.0, 2.0])
+    got = _gaussian_blur(torch.from_numpy(img).float(), sig).numpy()
+    # torch "reflect" padding is scipy "mirror"; radius ceil(3 sigma) = scipy's truncate=3.
+    ref = np.stack([gaussian_filter(img[i, 0], float(s), mode="mirror", truncate=3.0)
+                    for i, s in enumerate(sig)])
+    # Our kernel is the same sampled Gaussian but radius is set by the largest sigma.
+    np.testing.assert_allclose(got[1, 0], ref[1], atol=1e-5)
+    np.testing.assert_allclose(got[0, 0], ref[0], atol=1e-3)
+
+
+def test_decoders_are_distinct_parameters_and_shared_in_the_2d_baseline():
+    from baselines.lga.vae import ARVAE
+
+    vae = ARVAE(_tiny())
+    n = {p.data_ptr() for p in vae.decoder_n.parameters()}
+    g = {p.data_ptr() for p in vae.decoder_g.parameters()}
+    assert n and g and not n & g
+    z = torch.randn(1, 4, 16, 16)
+    assert not torch.allclose(vae.decode_n(z), vae.decode_g(z))
+    base = ARVAE(load_config("table1-baseline", **{k: v for k, v in TINY.items()}))
+    assert base.decoder_g is None and base.encoder.conv_in.in_channels == 1
+    assert torch.equal(base.decode_n(z), base.decode_g(z))
+
+
+def test_info_nce_hand_computed():
+    from baselines.lga.invariance import info_nce
+
+    e_n = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    e_g = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    t = 0.5
+    # Row 0: logits (2, 1.2), row 1: (0, 1.6); columns: col 0 (2, 0), col 1 (1.2, 1.6).
+    def ce(logits, i):
+        return -logits[i] + math.log(sum(math.exp(v) for v in logits))
+    want = 0.5 * ((ce([2, 1.2], 0) + ce([0, 1.6], 1)) / 2 + (ce([2, 0], 0) + ce([1.2, 1.6], 1))
+                  / 2)
+    assert float(info_nce(e_n, e_g, t)) == pytest.approx(want, rel=1e-6)
+    # Same patient, adjacent positions: not negatives -> only positives remain -> loss 0.
+    same = info_nce(e_n, e_g, t, torch.tensor([0, 0]), torch.tensor([3, 4]), min_gap=1)
+    assert float(same) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_clean_mix_ratio_and_determinism():
+    from baselines.lga.data import VAEVolumes
+
+    class Pairs:
+        def __len__(self):
+            return 2000
+
+        def __getitem__(self, i):
+            return {"gsi": torch.zeros(1)}
+
+    clean = [torch.ones(1)] * 7
+    ds = VAEVolumes(Pairs(), clean, _tiny())
+    frac = np.mean([bool(ds[i]["g_is_clean"]) for i in range(len(ds))])
+    assert abs(frac - 0.75) < 0.03  # 25 % GSI / 75 % clean
+    again = VAEVolumes(Pairs(), clean, _tiny())
+    assert all(bool(ds[i]["g_is_clean"]) == bool(again[i]["g_is_clean"]) for i in range(50))
+    only_gsi = VAEVolumes(Pairs(), None, _tiny())
+    assert not any(bool(only_gsi[i]["g_is_clean"]) for i in range(50))
+
+
+def _add_clean_config(folder: Path, n_slices: int = 3) -> np.ndarray:
+    """Add a ``clean`` config (one no-implant patient, slices stored out of order) to a tiny
+    built dataset: Parquet file, card entry and manifest entry. Returns the (S, H, W) HU."""
+    import pyarrow.parquet as pq
+    from datasets import Array2D, Dataset, Features, Value
+
+    from artifactgsi.hub import sha256_file
+
+    size = 32
+    hu = np.stack([np.full((size, size), 100 * s - 500, np.int16) for s in range(n_slices)])
+    order = [2, 0, 1][:n_slices]
+    feats = Features({"patient_id": Value("string"), "slice_index": Value("int32"),
+                      "ordinary": Array2D((size, size), "int16")})
+    (folder / "clean").mkdir(exist_ok=True)
+    rel = "clean/train-00000-of-00001.parquet"
+    Dataset.from_dict({"patient_id": ["C000"] * n_slices, "slice_index": order,
+                       "ordinary": [hu[i] for i in order]}, features=feats).to_parquet(
+        folder / rel)
+    card = (folder / "README.md").read_text()
+    card = card.replace("configs:\n", "configs:\n- config_name: clean\n  data_files:\n"
+                        "  - split: train\n    path: clean/train-*.parquet\n", 1)
+    (folder / "README.md").write_text(card)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for e in manifest["files"]:
+        if e["path"] == "README.md":
+            e.update(sha256=sha256_file(folder / "README.md"),
+                     bytes=(folder / "README.md").stat().st_size)
+    manifest["files"].append({"path": rel, "sha256": sha256_file(folder / rel),
+                              "bytes": (folder / rel).stat().st_size,
+                              "rows": pq.read_metadata(folder / rel).num_rows})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return hu
+
+
+def test_clean_config_is_read_as_volumes_in_slice_order(tmp_path):
+    from baselines.lga.data import open_clean
+
+    folder = _write_tiny_pairs()(tmp_path / "d", size=32, slices=2)
+    cfg = _tiny(neighbour_slices=1)
+    assert open_clean(folder, cfg) is None  # no clean config: D_g trains on GSI only
+    hu = _add_clean_config(folder)
+    clean = open_clean(folder, cfg)
+    assert len(clean) == 3
+    # Item i is the volume around slice i (edges repeated), HU -> [-1, 1].
+    for i, want in enumerate(([0, 0, 1], [0, 1, 2], [1, 2, 2])):
+        np.testing.assert_allclose(clean[i].numpy(), hu_to_unit(
+            torch.from_numpy(hu[want].astype(np.float32))).numpy(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    from baselines.lga.model import LGAModel
+
+    torch.manual_seed(0)
+    model = LGAModel(_tiny()).eval()
+    torch.nn.init.normal_(model.align.conv_out.weight, std=0.05)
+    model.trained = {"vae": 5, "align": 7}
+    model.save_pretrained(tmp_path / "w")
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["config.json",
+                                                                  "model.safetensors"]
+    loaded = LGAModel.from_pretrained(tmp_path / "w")
+    assert loaded.config == model.config and loaded.trained == {"vae": 5, "align": 7}
+    vol = torch.randn(2, 5, 32, 32) * 400
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    mask[:, :, 3:6, 3:6] = True
+    implant = torch.tensor([1, 2])
+    assert torch.equal(model.restore(vol, mask, implant), loaded.restore(vol, mask, implant))
+
+
+def test_lga_refuses_to_run_without_weights(tmp_path, monkeypatch):
+    from baselines.lga.model import LGAModel, WeightsError
+
+    monkeypatch.delenv("MARBENCH_LGA_WEIGHTS", raising=False)
+    method = LGA()
+    with pytest.raises(WeightsError, match="no trained weights.*train_lga"):
+        method.prepare(PrepareContext(cache_dir=tmp_path / "cache"))
+    with pytest.raises(WeightsError, match="nowhere"):
+        method.prepare(PrepareContext(options={"weights": str(tmp_path / "nowhere")}))
+    x = torch.zeros(1, 1, 32, 32)
+    batch = MARInput(ordinary=x, metal_mask=x > 0, pixel_spacing_mm=torch.ones(1),
+                     implant_type=["none"], patient_id=["p"], slice_index=[0])
+    with pytest.raises(RuntimeError, match="prepare"):
+        method.reduce(batch)
+    # Weights of a run whose alignment stage never finished are refused too.
+    half = LGAModel(_tiny())
+    half.trained = {"vae": 3}
+    half.save_pretrained(tmp_path / "half")
+    with pytest.raises(WeightsError, match="align not trained"):
+        method.prepare(PrepareContext(options={"weights": str(tmp_path / "half")}))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path):
+    from baselines.lga.model import LGAModel
+    from benchmark.run import run_benchmark
+
+    out = trained.parent
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in log] == ["vae", "invariance", "align", "align"]
+    assert all(math.isfinite(e["val_metric"]) for e in log)
+    model = LGAModel.from_pretrained(trained)
+    assert set(model.trained) == {"vae", "invariance", "align"}
+    # Each stage kept its last accelerate checkpoint with the step and best metric.
+    state = json.loads((out / "checkpoints" / "align" / "last" / "state.json").read_text())
+    assert state["step"] == 3 and state["best_metric"] is not None
+
+    results = run_benchmark("baselines.lga:LGA", str(data), "test", tmp_path / "res", lpips=None,
+                            clinical=False, figure=False, verbose=False,
+                            options={"weights": str(trained)})
+    from benchmark.method import create_method
+
+    method = create_method("baselines.lga:LGA")
+    method.prepare(PrepareContext(options={"weights": str(trained)}))
+    assert method.neighbour_slices == 2
+    from benchmark.data import open_split
+
+    split = open_split(data, "test")
+    batch = next(split.iter_batches(3, neighbour_slices=2))
+    img = validate_output("lga", batch.input, method.reduce(batch.input))
+    assert img.shape == (3, 1, 32, 32)
+    assert results is not None
+
+
+@pytest.mark.filterwarnings("ignore:.*only 1 training patient")
+def test_table1_baseline_trains_without_the_invariance_stage(data, tmp_path):
+    """2D VAE, one decoder, plain U-Net, beta = 0: two stages, and the method uses k = 0."""
+    from baselines.lga.model import LGAModel
+    from baselines.lga.train import train_lga
+
+    cfg = dict(TINY, neighbour_slices=0, augment=False, dual_decoder=False, align_mask=False,
+               align_transformer=False, beta=0.0, max_steps=1)
+    model_dir = train_lga(cfg, data, tmp_path / "run")
+    model = LGAModel.from_pretrained(model_dir)
+    assert set(model.trained) == {"vae", "align"}
+    assert not hasattr(model.align, "implant_embed") and model.vae.decoder_g is None
+    method = LGA()
+    method.prepare(PrepareContext(options={"weights": str(model_dir)}))
+    assert method.neighbour_slices == 0
+    x = torch.full((2, 1, 32, 32), 40.0)
+    batch = MARInput(ordinary=x, metal_mask=x > 1000, pixel_spacing_mm=torch.ones(2),
+                     implant_type=["none", "unknown_type"], patient_id=["p", "p"],
+                     slice_index=[0, 1], neighbours=x.repeat(1, 5, 1, 1))
+    assert validate_output("lga", batch, method.reduce(batch)).shape == (2, 1, 32, 32)
+
+
+@pytest.mark.filterwarnings("ignore:.*only 1 training patient")
+def test_resume_continues_from_the_saved_step(data, tmp_path, monkeypatch):
+    from baselines.lga import train as T
+    from baselines.lga.model import LGAModel
+    from baselines.lga.train import TrainError, train_lga
+
+    cfg = dict(TINY, align_epochs=1, max_steps=None)  # align: 2 steps per epoch -> 2 steps
+    full = train_lga(cfg, data, tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+    real = T.AlignStage.forward
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:  # dies in the 2nd align step, after the step-1 checkpoint
+            raise Stop
+        return real(self, batch)
+
+    monkeypatch.setattr(T.AlignStage, "forward", interrupted)
+    with pytest.raises(Stop):
+        train_lga(cfg, data, tmp_path / "cut")
+    last = tmp_path / "cut" / "checkpoints" / "align" / "last" / "state.json"
+    assert json.loads(last.read_text())["step"] == 1
+    with pytest.raises(TrainError, match="resume"):
+        train_lga(cfg, data, tmp_path / "cut")           # refuses to overwrite
+    with pytest.raises(TrainError, match="different config"):
+        train_lga(dict(cfg, lr=0.5), data, tmp_path / "cut", resume=True)
+    monkeypatch.setattr(T.AlignStage, "forward", real)
+    resumed = train_lga(cfg, data, tmp_path / "cut", resume=True)
+    log = [json.loads(x) for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in log] == ["vae", "invariance", "align"]  # no stage re-run
+    assert log[-1]["step"] == 2
+    a, b = LGAModel.from_pretrained(full), LGAModel.from_pretrained(resumed)
+    assert a.trained == b.trained == {"vae": 2, "invariance": 2, "align": 2}
+    # The resumed run ends where the uninterrupted one does (same data order, same state).
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_with_accelerate_launch(data, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(dict(TINY, batch_size=1)))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               HF_DATASETS_CACHE=str(tmp_path / "hf"), PYTHONPATH=str(REPO))
+    launcher = Path(sys.executable).parent / "accelerate"
+    # accelerate 1.x: "--cpu" selects its single-process launcher; "--multi_gpu" starts the
+    # processes with torchrun, and train_lga's Accelerator(cpu=True) (no CUDA) joins them
+    # over gloo: 2 CPU processes.
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "baselines.lga.train",
+           "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    from baselines.lga.model import LGAModel
+
+    model = LGAModel.from_pretrained(tmp_path / "run" / "model")
+    assert set(model.trained) == {"vae", "invariance", "align"}

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data
 # Demo size: small enough for a 2-core CPU.
-DEMO_PATIENTS ?= 6
+DEMO_PATIENTS ?= 10
 DEMO_SLICES ?= 12
 DEMO_SIZE ?= 128
 
@@ -28,6 +28,10 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/artifactgsi simulate --out $(DATA)/raw --patients $(DEMO_PATIENTS) --slices $(DEMO_SLICES) --size $(DEMO_SIZE) --clean-patients 2
 	$(BIN)/artifactgsi preview $(DATA)/raw/SIM0000000 --out $(DATA)/preview.png
+	$(BIN)/artifactgsi build $(DATA)/raw $(DATA)/built --overwrite --secret-file pyproject.toml
+	$(BIN)/artifactgsi info $(DATA)/built
+	for m in identity li nmar; do $(BIN)/marbench run --method $$m --data $(DATA)/built --out $(DATA)/results/$$m || exit 1; done
+	$(BIN)/marbench compare $(DATA)/results/identity/results.json $(DATA)/results/li/results.json $(DATA)/results/nmar/results.json
 
 test: setup
 	$(BIN)/pytest -q
@@ -39,7 +43,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
-	$(BIN)/python benchmarks/bench_simulator.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(DATA) .pytest_cache

@@ -17,6 +17,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "data/raw && artifactgsi build data/raw data/built")
 
 
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a Hub call a user can act on (no network, unknown repo or revision...)."""
+    import huggingface_hub.errors as hf
+
+    from .hub import DatasetFolderError
+
+    names = ("HfHubHTTPError", "LocalEntryNotFoundError", "RevisionResolutionError",
+             "OfflineModeIsEnabled")
+    return (DatasetFolderError, OSError, *(getattr(hf, n) for n in names if hasattr(hf, n)))
+
+
 def _fail(msg: str) -> None:
     from rich.console import Console
 
@@ -76,19 +87,69 @@ def preview(
 
 
 @app.command()
+def build(
+    raw: Path = typer.Argument(..., help="raw folder: manifest.csv + <patient>/ordinary, gsi"),
+    out: Path = typer.Argument(..., help="output folder of the built dataset"),
+    workers: int = typer.Option(1, help="patient worker processes"),
+    resume: bool = typer.Option(False, help="continue an interrupted build"),
+    overwrite: bool = typer.Option(False, help="replace a previous build in OUT"),
+    seed: int = typer.Option(0, help="seed of the patient-level train/test split"),
+    secret_file: Path = typer.Option(None, help="file whose bytes key the patient pseudonyms "
+                                                "(default: a random key per build)"),
+) -> None:
+    """Build registered ordinary/GSI pairs from raw DICOM as a Hugging Face dataset."""
+    from rich.console import Console
+
+    from .build import build_dataset
+
+    try:
+        secret = secret_file.read_bytes() if secret_file else None
+        report = build_dataset(raw, out, workers=workers, resume=resume, overwrite=overwrite,
+                               seed=seed, secret=secret)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    c = Console()
+    for w in report.warnings:
+        c.print(f"[yellow]warning:[/] {w}")
+    rows = ", ".join(f"{cfg}/{split} {n}" for cfg, splits in report.rows.items()
+                     for split, n in splits.items())
+    c.print(f"[green]built[/] {out}: {rows} rows in {report.seconds:.1f} s "
+            f"({report.slices_per_s:.1f} slices/s)")
+
+
+@app.command()
+def info(
+    dataset: str = typer.Argument(..., help="a built dataset folder or a Hub repo id"),
+    revision: str = typer.Option(None, help="Hub revision (for a repo id)"),
+) -> None:
+    """Rows per config/split, patients, implant types and registration quality."""
+    from .build import info as _info
+    from .build import print_info
+
+    path = Path(dataset)
+    try:
+        if not path.exists():
+            from .hub import download as _download
+
+            path = _download(dataset, revision)
+        print_info(_info(path))
+    except (ValueError, *_hub_errors()) as e:
+        _fail(f"{type(e).__name__}: {e}")
+
+
+@app.command()
 def download(
     repo_id: str = typer.Argument(None, help="Hub dataset repo (default: the project's)"),
     revision: str = typer.Option(None, help="branch, tag or commit"),
     local_dir: Path = typer.Option(None, help="copy into this folder instead of the HF cache"),
 ) -> None:
     """Download a built dataset from the Hugging Face Hub and verify it against its manifest."""
-    from .hub import DatasetFolderError
     from .hub import download as _download
 
     try:
         typer.echo(str(_download(repo_id, revision, local_dir)))
-    except DatasetFolderError as e:
-        _fail(str(e))
+    except _hub_errors() as e:
+        _fail(f"{type(e).__name__}: {e}")
 
 
 @app.command()
@@ -99,13 +160,12 @@ def push(
     revision: str = typer.Option(None, help="branch to push to"),
 ) -> None:
     """Validate a built dataset folder and publish it to the Hub (private by default)."""
-    from .hub import DatasetFolderError
     from .hub import push as _push
 
     try:
         typer.echo(_push(out, repo_id, private=not public, revision=revision))
-    except DatasetFolderError as e:
-        _fail(str(e))
+    except _hub_errors() as e:
+        _fail(f"{type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/artifactgsi simulate --out $(DATA)/raw --patients $(DEMO_PATIENTS) --slices $(DEMO_SLICES) --size $(DEMO_SIZE) --clean-patients 2
 	$(BIN)/artifactgsi preview $(DATA)/raw/SIM0000000 --out $(DATA)/preview.png
-	$(BIN)/artifactgsi build $(DATA)/raw $(DATA)/built --overwrite --secret-file pyproject.toml
+	$(BIN)/artifactgsi build $(DATA)/raw $(DATA)/built --overwrite
 	$(BIN)/artifactgsi info $(DATA)/built
 	for m in identity li nmar; do $(BIN)/marbench run --method $$m --data $(DATA)/built --out $(DATA)/results/$$m || exit 1; done
 	$(BIN)/marbench compare $(DATA)/results/identity/results.json $(DATA)/results/li/results.json $(DATA)/results/nmar/results.json

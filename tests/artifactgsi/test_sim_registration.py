@@ -59,7 +59,6 @@ def test_registration_recovers_the_simulated_motion(built):
         expected = pts[body] @ rot.T + np.array([pose["tx_mm"], pose["ty_mm"]])
         got = apply_affine(np.asarray(r["affine"]), pts[body])
         errors_px.append(np.linalg.norm(got - expected, axis=1).mean() / grid.pixel_mm)
-    print(f"matched {matched}, exact {exact}, mean error {np.mean(errors_px):.3f} px, max {np.max(errors_px):.3f} px")
     assert matched >= 0.8 * CFG.patients * CFG.slices  # overlap minus the z-shifted ends
     assert exact / matched > 0.98, (exact, matched)
     assert float(np.mean(errors_px)) < 0.5, np.round(errors_px, 2)

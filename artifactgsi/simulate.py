@@ -306,7 +306,8 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
                 img.SetSpacing((res.gsi_grid.pixel_mm, res.gsi_grid.pixel_mm, cfg.thickness_mm))
                 sitk.WriteImage(img, str(tmp / f"{name}.nii.gz"), useCompression=True)
         truth = dict(res.truth, patient_id=plan.patient_id, implant_type=plan.implant_type,
-                     body_region=res.body_region, phantom=res.description)
+                     body_region=res.body_region, phantom=res.description,
+                     config_fingerprint=config_fingerprint(cfg))
         (tmp / "truth.json").write_text(json.dumps(truth, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -315,6 +316,14 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def config_fingerprint(cfg: SimConfig) -> str:
+    """sha256 of the settings that shape a patient's data (not the patient count)."""
+    d = asdict(cfg)
+    for k in ("patients", "clean_patients", "device", "batch"):
+        d.pop(k)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _uid(seed: int, index: int, what: str) -> str:
@@ -378,10 +387,15 @@ def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool =
         shutil.rmtree(stale, ignore_errors=True)
     plans = plan_patients(cfg)
     rows, todo = [], []
+    fingerprint = config_fingerprint(cfg)
     for p in plans:
         truth = raw / p.patient_id / "truth.json"
         if resume and truth.exists():
-            rows.append(_manifest_row(p, json.loads(truth.read_text())["body_region"]))
+            t = json.loads(truth.read_text())
+            if t.get("config_fingerprint") != fingerprint:
+                raise ValueError(f"{truth}: this patient was simulated with other settings; "
+                                 f"simulate into a new folder (or delete {raw})")
+            rows.append(_manifest_row(p, t["body_region"]))
         else:
             todo.append(p)
     t0 = time.perf_counter()

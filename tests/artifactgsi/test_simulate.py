@@ -137,3 +137,20 @@ def test_unwritable_output_fails_clearly(tmp_path):
     r = CliRunner().invoke(app, ["simulate", "--out", str(blocker / "raw"), "--patients", "1",
                                  "--slices", "1", "--size", "32", "--clean-patients", "0"])
     assert r.exit_code == 2 and "not writable" in r.output
+
+
+def test_resume_refuses_other_settings(raw):
+    with pytest.raises(ValueError, match="other settings"):
+        simulate_dataset(replace(CFG, size=64), raw)
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_same_bytes(tmp_path):
+    cfg = replace(CFG, patients=2, clean_patients=0, slices=2)
+    simulate_dataset(cfg, tmp_path / "one")
+    simulate_dataset(cfg, tmp_path / "two", workers=2)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*")
+                   if p.is_file())
+    assert files
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f

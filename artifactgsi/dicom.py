@@ -107,14 +107,14 @@ class SeriesMeta:
     study_id: str = "1"
 
 
-def _uid_from(text: str) -> str:
+def uid_from(text: str) -> str:
     """A deterministic UID under the UUID-derived root ``2.25`` (128 bits of SHA-256)."""
     return f"2.25.{int(hashlib.sha256(text.encode()).hexdigest()[:32], 16)}"
 
 
 def _instance_uid(series_uid: str, number: int) -> str:
     uid = f"{series_uid}.{number}"
-    return uid if len(uid) <= 64 else _uid_from(f"{series_uid}/{number}")
+    return uid if len(uid) <= 64 else uid_from(f"{series_uid}/{number}")
 
 
 def _ds_str(value: float) -> str:

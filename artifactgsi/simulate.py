@@ -327,10 +327,10 @@ def config_fingerprint(cfg: SimConfig) -> str:
 
 
 def _uid(seed: int, index: int, what: str) -> str:
-    """Deterministic DICOM UID under the 2.25 (UUID-derived) root."""
-    h = int(hashlib.sha256(f"artifactgsi-sim/{seed}/{index}/{what}".encode()).hexdigest()[:30],
-            16)
-    return f"2.25.{h}"
+    """Deterministic DICOM UID of a simulated study / series / frame of reference."""
+    from .dicom import uid_from
+
+    return uid_from(f"artifactgsi-sim/{seed}/{index}/{what}")
 
 
 def _body_part(region: str) -> str:

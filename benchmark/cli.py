@@ -206,5 +206,45 @@ def train_lga(
     typer.echo(str(path))
 
 
+@app.command("ablate")
+def ablate(
+    config: str = typer.Option("lga-cpu", help="base config (lga-cpu, lga-paper or a YAML "
+                                                "file); each row = it + the row's switches"),
+    data: str = typer.Option(..., "--data", "-d", help="built dataset folder or Hub repo id"),
+    out: Path = typer.Option(Path("results/ablation"), "--out", "-o",
+                             help="output folder (OUT/<row>/run, OUT/<row>/results, "
+                                  "ablation.json, ablation.md)"),
+    rows: str = typer.Option(None, help="comma-separated subset: baseline, arvae, "
+                                        "arvae-loss, arvae-an, full (default: all five)"),
+    max_steps: int = typer.Option(None, min=1, help="cap on optimiser steps per stage"),
+    resume: bool = typer.Option(False, help="continue rows already started in OUT"),
+    split: str = typer.Option("test", help="split to score"),
+    device: str = typer.Option("cpu", help="device for scoring"),
+    limit: int = typer.Option(None, min=1, help="score only the first N slices"),
+    lpips_weights: Path = typer.Option(None, help="AlexNet weights file for LPIPS"),
+    no_lpips: bool = typer.Option(False, "--no-lpips", help="skip LPIPS (reported missing)"),
+) -> None:
+    """Train and score the five rows of the paper's Table 1 (Baseline, +ARVAE, +ARVAE+Loss,
+    +ARVAE+AN, full) and print them beside the paper's numbers."""
+    import importlib
+
+    from artifactgsi.hub import DatasetFolderError
+
+    from .ablate import run_ablation
+    from .data import DatasetError
+    from .run import MethodRunError
+
+    # The training module is loaded by name inside run_ablation; TrainError and
+    # ConfigError are ValueError / RuntimeError subclasses.
+    train = importlib.import_module("baselines.lga.train")
+    lpips: Any = None if no_lpips else (lpips_weights or "auto")
+    try:
+        run_ablation(config, data, out, rows=rows, max_steps=max_steps, resume=resume,
+                     split=split, device=device, lpips=lpips, limit=limit)
+    except (DatasetError, DatasetFolderError, MethodRunError, train.TrainError,
+            FileNotFoundError, ValueError) as e:
+        raise _error(str(e)) from None
+
+
 if __name__ == "__main__":
     app()

@@ -16,3 +16,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def write_tiny_pairs():
+    """``write_tiny_pairs`` of tests/benchmark/test_run.py (a tiny built ``pairs`` dataset),
+    for other test modules (tests/ is not a package, so it is loaded by path)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "benchmark" / "test_run.py"
+    spec = importlib.util.spec_from_file_location("_shared_tiny_pairs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_tiny_pairs
+
+
+@pytest.fixture(scope="module")
+def isolated_datasets_cache(tmp_path_factory):
+    """A private ``datasets`` cache for one test module (it caches local folders by name)."""
+    import datasets
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
+                   str(tmp_path_factory.mktemp("hf_datasets_cache")))
+        yield

@@ -3,7 +3,6 @@ round trip, resume, refusal without weights, end-to-end tiny training + benchmar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -42,28 +41,12 @@ TINY = dict(image_size=32, vae_channels=[8, 16], vae_layers_per_block=1, vae_nor
             lr=1e-3, checkpoint_every=1, val_max_slices=4)
 
 
-def _write_tiny_pairs():
-    """``write_tiny_pairs`` of tests/benchmark/test_run.py (tests/ is not a package)."""
-    path = REPO / "tests" / "benchmark" / "test_run.py"
-    spec = importlib.util.spec_from_file_location("_lga_tiny_pairs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_pairs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _datasets_cache(tmp_path_factory):
-    import datasets
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
-                   str(tmp_path_factory.mktemp("hf_datasets_cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return _write_tiny_pairs()(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
+def data(tmp_path_factory, write_tiny_pairs) -> Path:
+    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
 
 
 @pytest.fixture(scope="module")
@@ -299,10 +282,10 @@ def _add_clean_config(folder: Path, n_slices: int = 3) -> np.ndarray:
     return hu
 
 
-def test_clean_config_is_read_as_volumes_in_slice_order(tmp_path):
+def test_clean_config_is_read_as_volumes_in_slice_order(tmp_path, write_tiny_pairs):
     from baselines.lga.data import open_clean
 
-    folder = _write_tiny_pairs()(tmp_path / "d", size=32, slices=2)
+    folder = write_tiny_pairs(tmp_path / "d", size=32, slices=2)
     cfg = _tiny(neighbour_slices=1)
     assert open_clean(folder, cfg) is None  # no clean config: D_g trains on GSI only
     hu = _add_clean_config(folder)

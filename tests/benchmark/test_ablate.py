@@ -5,7 +5,6 @@ to ablation.json / ablation.md."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -26,28 +25,12 @@ LABELS = ["Baseline", "+ARVAE", "+ARVAE+Loss", "+ARVAE+AN", "Ours (full)"]
 KEYS = ["baseline", "arvae", "arvae-loss", "arvae-an", "full"]
 
 
-def _write_tiny_pairs():
-    """``write_tiny_pairs`` of tests/benchmark/test_run.py (tests/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("_ablate_tiny_pairs",
-                                                  REPO / "tests" / "benchmark" / "test_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_pairs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _datasets_cache(tmp_path_factory):
-    import datasets
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
-                   str(tmp_path_factory.mktemp("hf_datasets_cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return _write_tiny_pairs()(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
+def data(tmp_path_factory, write_tiny_pairs) -> Path:
+    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
 
 
 @pytest.fixture(scope="module")

@@ -207,6 +207,9 @@ def _save_last(accelerator: Any, ckpt_dir: Path, state: dict[str, Any]) -> None:
     tmp = ckpt_dir / "last-tmp"
     last = ckpt_dir / "last"
     accelerator.save_state(str(tmp))
+    # Every process writes its own RNG state into tmp; none may still be writing when the
+    # main process renames the folder.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
         if last.exists():

@@ -455,7 +455,9 @@ def test_two_process_cpu_run_with_accelerate_launch(data, tmp_path):
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "baselines.lga.train",
            "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # On failure show every process's own traceback, not only the launcher's tail.
+    ranks = "\n".join(x for x in proc.stderr.splitlines() if x.startswith("[rank"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + ranks[-6000:] + proc.stderr[-1500:]
     assert "2 process(es)" in proc.stdout
     from baselines.lga.model import LGAModel
 

@@ -38,7 +38,8 @@ class PriorSetup:
 
     Attributes:
         air_hu: below this (smoothed) value a pixel is air, set to -1000 HU.
-        bone_hu: above this value a pixel is bone and keeps its smoothed LI value.
+        bone_hu: above this value a pixel is bone and keeps its smoothed LI value. 500 HU is
+            1.5 mu_water: residual bright streaks of the LI image stay soft tissue.
         soft_tissue_hu: value of everything in between (and of the metal pixels); ``None``
             (default) uses each slice's mean over its soft-tissue class, which follows the
             scanner's calibration and the fat / muscle mix of the slice.
@@ -49,12 +50,18 @@ class PriorSetup:
         li_max_px: the LI correction the prior is segmented from is reconstructed on a grid
             of at most this many pixels (then upsampled; the input image keeps its full
             resolution), since the prior is smoothed anyway; ``None``: full size.
+
+    The defaults (3 mm, 500 HU) were chosen on the ArtifactGSI-Sim demo *train* split (89
+    slices, 128 px of 3.5 mm; NMAR has nothing to train, so the test split stays unseen).
+    PSNR gain of NMAR over LI, vs GSI / vs the ideal image, dB: 1 mm and 350 HU +0.11 /
+    +0.11; 3 mm and 350 HU +0.16 / +0.17; 3 mm and 500 HU +0.16 / +0.20; 5 mm and 500 HU
+    +0.13 / +0.17.
     """
 
     air_hu: float = -500.0
-    bone_hu: float = 350.0
+    bone_hu: float = 500.0
     soft_tissue_hu: float | None = None
-    sigma_mm: float = 1.0
+    sigma_mm: float = 3.0
     eps_water_mm: float = 1.0
     li_max_px: int | None = 256
 
@@ -152,12 +159,12 @@ class NMAR(MARMethod):
     """
 
     name = "nmar"
-    version = "1"
+    version = "2"
 
     def __init__(self, filter: FilterName = "hann", kev: float = DEFAULT_KEV,
                  trace_dilation: int = TRACE_DILATION, air_hu: float = -500.0,
-                 bone_hu: float = 350.0, soft_tissue_hu: float | None = None,
-                 sigma_mm: float = 1.0) -> None:
+                 bone_hu: float = 500.0, soft_tissue_hu: float | None = None,
+                 sigma_mm: float = 3.0) -> None:
         self.setup = SinogramSetup(filter=filter, kev=kev, trace_dilation=trace_dilation)
         self.prior_setup = PriorSetup(air_hu=air_hu, bone_hu=bone_hu,
                                       soft_tissue_hu=soft_tissue_hu, sigma_mm=sigma_mm)

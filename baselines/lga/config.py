@@ -100,6 +100,9 @@ class LGAConfig:
 
     # ---- training
     lr: float = 1e-5                  # AdamW, paper
+    lr_schedule: str = "constant"     # "constant" (paper) or "cosine": each stage decays its
+    #                                   lr to lr_final_ratio * lr at its last step (short runs)
+    lr_final_ratio: float = 0.02
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -165,6 +168,10 @@ class LGAConfig:
                               f"width {self.align_channels[lvl]} of level {lvl}")
         if self.recon_loss not in ("l1", "mse"):
             raise bad("recon_loss", f"must be 'l1' or 'mse', got {self.recon_loss!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise bad("lr_schedule", f"must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_final_ratio <= 1.0:
+            raise bad("lr_final_ratio", f"must be in [0, 1], got {self.lr_final_ratio}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise bad("mixed_precision", "must be 'no', 'bf16' or 'fp16'")
         if self.gsi_fraction < 0 or self.clean_fraction < 0 or \

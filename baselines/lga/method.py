@@ -13,16 +13,33 @@ from benchmark.method import MARInput, MARMethod, MAROutput, PrepareContext
 WEIGHTS_ENV = "MARBENCH_LGA_WEIGHTS"
 
 
+def _flag(value: object, name: str) -> bool:
+    """A bool option given as a bool or as CLI text (true/false, 1/0, yes/no)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"lga: option {name}={value!r} is not a boolean (true / false)")
+
+
 class LGA(MARMethod):
-    """Latent space alignment with GSI (CVPR 2025 reference implementation); needs weights."""
+    """Latent space alignment with GSI (CVPR 2025 reference implementation); needs weights.
+
+    Options: ``weights`` (folder or Hub repo id), ``revision``, ``reinsert_metal`` (default
+    true: the input's metal pixels are copied into the output, as LI / NMAR do).
+    """
 
     name = "lga"
-    version = "1"
+    version = "2"
     neighbour_slices = 2  # set from the loaded model's config in prepare()
 
     def __init__(self) -> None:
         self.model = None
         self.device = torch.device("cpu")
+        self.reinsert_metal = True
 
     @staticmethod
     def default_weights(ctx: PrepareContext) -> list[Path | str]:
@@ -57,6 +74,7 @@ class LGA(MARMethod):
         self.model = model.to(self.device).eval()
         self.neighbour_slices = model.config.neighbour_slices  # the runner reads it after this
         self.weights_sha256 = weights_sha256(folder)
+        self.reinsert_metal = _flag(ctx.options.get("reinsert_metal", True), "reinsert_metal")
 
     @staticmethod
     def _untrained_message(why: str) -> str:
@@ -85,5 +103,6 @@ class LGA(MARMethod):
         implant = torch.tensor([implant_index(t) for t in batch.implant_type],
                                device=self.device)
         image = self.model.restore(self._volume(batch).to(self.device),
-                                   batch.metal_mask.to(self.device), implant)
+                                   batch.metal_mask.to(self.device), implant,
+                                   reinsert_metal=self.reinsert_metal)
         return MAROutput(image=image.float().to(batch.ordinary.device))

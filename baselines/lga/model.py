@@ -75,13 +75,18 @@ class LGAModel(nn.Module):
 
     @torch.no_grad()
     def restore(self, volume_hu: torch.Tensor, mask: torch.Tensor | None = None,
-                implant: torch.Tensor | None = None) -> torch.Tensor:
+                implant: torch.Tensor | None = None, reinsert_metal: bool = True
+                ) -> torch.Tensor:
         """S_p = D_g(F(E(V_n))) in HU on the input grid.
 
         Args:
             volume_hu: (B, 2k+1, H, W) ordinary HU, centre slice at channel k.
             mask: (B, 1, H, W) metal mask of the centre slice (bool or fraction).
             implant: (B,) long implant-type indices (0 = none / unknown).
+            reinsert_metal: copy the input's metal pixels (``mask`` > 0.5) into the output,
+                as LI and NMAR do. The decoder works at ``image_size`` in the [-1, 1] window
+                and cannot reproduce a few pixels of 3000+ HU exactly; the metal itself is
+                not what MAR restores, and GSI shows it too.
 
         Returns:
             (B, 1, H, W) float32 HU.
@@ -91,7 +96,11 @@ class LGAModel(nn.Module):
         out = self.vae.decode_g(self.align_latent(x, m, implant)).float()
         if out.shape[-2:] != (h, w):
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-        return unit_to_hu(out)
+        out = unit_to_hu(out)
+        if reinsert_metal and mask is not None:
+            k = self.config.neighbour_slices
+            out = torch.where(mask > 0.5, volume_hu[:, k:k + 1].float(), out)
+        return out
 
     # ------------------------------------------------------------------------------ weights
     def save_pretrained(self, folder: str | Path) -> Path:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import time
@@ -72,6 +73,18 @@ class TrainError(RuntimeError):
 def active_stages(config: LGAConfig) -> list[str]:
     """Stages this config trains, in order (no invariance stage when beta = 0)."""
     return [s for s in STAGES if s != "invariance" or config.beta > 0]
+
+
+def stage_lr(config: LGAConfig, step: int, total: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of a stage of ``total`` steps.
+
+    A pure function of the step (no scheduler state), so a resumed run continues the same
+    curve. ``cosine``: lr at step 0, ``lr_final_ratio * lr`` at the last step."""
+    if config.lr_schedule == "constant" or total <= 1:
+        return config.lr
+    t = min(step, total - 1) / (total - 1)
+    lo = config.lr * config.lr_final_ratio
+    return lo + 0.5 * (config.lr - lo) * (1.0 + math.cos(math.pi * t))
 
 
 def _freeze(*modules: nn.Module) -> None:
@@ -300,6 +313,8 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
             module.train()
             t0, n_seen, running = time.perf_counter(), 0, 0.0
             for batch in it:
+                for group in opt.param_groups:
+                    group["lr"] = stage_lr(cfg, st["step"], total)
                 with accelerator.autocast():
                     losses = module(batch)
                 accelerator.backward(losses["loss"])

@@ -59,7 +59,7 @@ def test_rows_are_the_base_config_plus_the_table1_switches():
 
     rows = [row_config("lga-cpu", r, max_steps=7) for r in TABLE1]
     cpu = load_config("lga-cpu")
-    # Toy scale kept (64 px, f = 4, lga-cpu's widths and lr), steps capped.
+    # Toy scale kept (128 px, f = 2, lga-cpu's widths and lr), steps capped.
     assert all((c.image_size, c.vae_channels, c.lr, c.max_steps) ==
                (cpu.image_size, cpu.vae_channels, cpu.lr, 7) for c in rows)
     # The switches of Table 1 (paper Sec. 4.3), written out by hand.

@@ -278,10 +278,13 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
                             weight_decay=cfg.weight_decay)
     sampler = EpochSampler(len(train_ds), cfg.seed)
     # Contrastive batches need >= 2 slices; other stages keep the last partial batch.
+    # Pinned host memory lets the copies to the GPU overlap compute. Workers are not kept
+    # between epochs: each epoch's workers must get the dataset after its set_epoch.
+    feed = {"num_workers": cfg.num_workers, "pin_memory": accelerator.device.type == "cuda"}
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.num_workers, drop_last=stage == "invariance"
-                        and len(train_ds) > cfg.batch_size)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                        drop_last=stage == "invariance" and len(train_ds) > cfg.batch_size,
+                        **feed)
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, **feed)
     module, opt, loader, val_loader = accelerator.prepare(module, opt, loader, val_loader)
     spe = len(loader)
     if spe == 0:

@@ -11,6 +11,7 @@ DEMO_SLICES ?= 12
 DEMO_SIZE ?= 128
 # 1: the demo also trains the toy LGA (lga-cpu, about 30 minutes on 2 cores) and scores it.
 DEMO_LGA ?= 1
+DEMO_LGA_CONFIG ?= lga-cpu
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -35,7 +36,7 @@ demo: setup
 	for m in identity li nmar; do $(BIN)/marbench run --method $$m --data $(DATA)/built --out $(DATA)/results/$$m || exit 1; done
 	# LGA: an interrupted training resumes; a finished one is reused.
 	if [ "$(DEMO_LGA)" = 1 ]; then \
-	  $(BIN)/marbench train lga --config lga-cpu --data $(DATA)/built --out $(DATA)/lga-run \
+	  $(BIN)/marbench train lga --config $(DEMO_LGA_CONFIG) --data $(DATA)/built --out $(DATA)/lga-run \
 	    $$(test -f $(DATA)/lga-run/config.json && echo --resume) && \
 	  $(BIN)/marbench run --method lga --data $(DATA)/built --out $(DATA)/results/lga \
 	    --option weights=$(DATA)/lga-run/model || exit 1; fi

@@ -50,7 +50,8 @@ def latent_psnr(model: LGAModel, data: str | Path, split: str = "test",
     * ``vae_ceiling``: D_g(E(V_g)) (GSI volume in, GSI decoder out; posterior mean);
     * ``lga``: D_g(F(E(V_n))) (the method itself, same resolution);
     * ``vae_ceiling_metal`` / ``lga_metal``: the same with the metal pixels (metal fraction
-      > 0.5) taken from the target, as the method re-inserts the input's metal;
+      > 0.5) taken from the target: what re-inserting metal gains at best (the method puts
+      back the ordinary image's metal, whose HU differ from GSI's);
 
     all against the GSI centre slice (B, 1, S, S)."""
     model.eval()

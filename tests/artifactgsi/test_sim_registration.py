@@ -64,7 +64,6 @@ def test_registration_recovers_the_simulated_motion(built):
     assert float(np.mean(errors_px)) < 0.5, np.round(errors_px, 2)
 
 
-
 @pytest.fixture(scope="module")
 def built128(tmp_path_factory) -> Path:
     """3 patients (one of each implant type) at the demo's 128 px."""
@@ -90,9 +89,10 @@ def test_nmar_beats_li_beats_identity_on_simulated_patients(built128):
     from benchmark.data import DatasetError, open_split
     from benchmark.metrics.clinical import clinical_metrics
     from benchmark.metrics.image import psnr
+    from benchmark.metrics.protocol import MARBENCH_V1, hu_to_unit
 
     def unit(x: torch.Tensor) -> torch.Tensor:
-        return (x.clamp(-1024, 3071) + 1024) / 4095
+        return hu_to_unit(x, MARBENCH_V1.hu_min, MARBENCH_V1.hu_max)
 
     methods = {"identity": None, "li": LI(), "nmar": NMAR()}
     scores: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "streak": []} for m in methods}

@@ -75,6 +75,10 @@ class LGAConfig:
 
     # ---- VAE losses
     recon_loss: str = "l1"            # "l1" or "mse", in [-1, 1] units
+    # Random square crops (px) the VAE trains on; 0 = whole slices. E and D are convolutional
+    # (the optional mid-block attention takes any size), so they run on whole slices
+    # afterwards, as LDM's autoencoders train on 256 px crops and decode larger images.
+    vae_crop: int = 0
     kl_weight: float = 1e-6           # weight of the KL term (as LDM's autoencoders)
     gsi_fraction: float = 0.25        # D_g batches: 25 % GSI ...
     clean_fraction: float = 0.75      # ... and 75 % clean no-implant slices (paper Sec. 4)
@@ -96,6 +100,9 @@ class LGAConfig:
 
     # ---- alignment loss (Eq. 12-13): L = L_i + alpha L_l + beta L_inv
     alpha: float = 1.0
+    # Random square crops (px, image side) for F's loss: latents are computed on whole
+    # slices, then F and D_g run on the matching latent window (0 = whole slices).
+    align_crop: int = 0
     beta: float = 0.001               # 0 disables L_inv (and the invariance stage)
 
     # ---- training
@@ -113,7 +120,8 @@ class LGAConfig:
     max_steps: int | None = None      # cap on optimiser steps per stage (None = epochs decide)
     val_fraction: float = 0.2         # held-out share of the training patients
     val_max_slices: int | None = 256  # validation subset per epoch (None = all)
-    checkpoint_every: int = 1000      # steps between "last" checkpoints (also each epoch end)
+    checkpoint_every: int = 1000      # steps between "last" checkpoints (also each validation)
+    val_every: int = 1                # epochs between validations (and the last epoch always)
     num_workers: int = 4
     mixed_precision: str = "bf16"     # on GPU; CPU always runs fp32
     seed: int = 0
@@ -166,6 +174,13 @@ class LGAConfig:
                 if self.align_channels[lvl] % self.align_heads:
                     raise bad("align_heads", f"{self.align_heads} heads do not divide "
                               f"width {self.align_channels[lvl]} of level {lvl}")
+        for key, crop, multiple in (("vae_crop", self.vae_crop, f),
+                                    ("align_crop", self.align_crop, f * 2 ** n_down)):
+            if crop and (crop % multiple or not 0 < crop <= self.image_size):
+                raise bad(key, f"{crop} px must be 0 (whole slices) or a multiple of "
+                          f"{multiple} px up to image_size {self.image_size}")
+        if self.val_every < 1:
+            raise bad("val_every", "must be >= 1 (epochs)")
         if self.recon_loss not in ("l1", "mse"):
             raise bad("recon_loss", f"must be 'l1' or 'mse', got {self.recon_loss!r}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -32,12 +32,13 @@ Output folder::
     OUT/model/                            config.json + model.safetensors (after each stage)
     OUT/checkpoints/<stage>/last/         accelerate state (model, optimiser, RNG) + state.json
     OUT/checkpoints/<stage>/best.safetensors   best validation weights of the stage
-    OUT/log.jsonl                         one line per epoch and stage
+    OUT/log.jsonl                         one line per validation (every val_every epochs)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -98,6 +99,29 @@ def _psnr_unit(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return psnr(pred.float().clamp(-1, 1), target.float().clamp(-1, 1), data_range=2.0)
 
 
+def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generator:
+    """The CPU generator of one optimiser step's random draws (crops, augmentation, latent
+    samples): a pure function of (seed, stage, step, process), so a resumed run draws exactly
+    what the uninterrupted one did (torch's global RNG is also consumed by data loaders)."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{step}/{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def random_corners(batch: int, full: int, crop: int, multiple: int,
+                   generator: torch.Generator | None = None) -> tuple[list[int], list[int]]:
+    """Top-left corners (rows, cols) of ``batch`` random ``crop``-px squares inside a
+    ``full``-px square, on a grid of ``multiple`` px."""
+    n = (full - crop) // multiple + 1
+    corners = torch.randint(0, n, (2, batch), generator=generator) * multiple
+    return corners[0].tolist(), corners[1].tolist()
+
+
+def take_crops(x: torch.Tensor, ys: list[int], xs: list[int], crop: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, crop, crop): sample i cut at (ys[i], xs[i])."""
+    return torch.stack([x[i, :, y:y + crop, c:c + crop]
+                        for i, (y, c) in enumerate(zip(ys, xs, strict=True))])
+
+
 # ----------------------------------------------------------------------------- stage modules
 # Each stage is one nn.Module whose forward returns the losses, so that DDP (which syncs
 # gradients in the wrapped module's forward/backward) sees the whole computation. Frozen
@@ -109,6 +133,7 @@ class VAEStage(nn.Module):
         super().__init__()
         self.vae = model.vae
         self.cfg = model.config
+        self.rng: torch.Generator | None = None  # set per step (see step_generator)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c, k = self.cfg, self.cfg.neighbour_slices
@@ -117,8 +142,11 @@ class VAEStage(nn.Module):
         kl = 0.0
         for name, x, decode in (("rec_n", batch["ordinary"], self.vae.decode_n),
                                 ("rec_g", batch["g"], self.vae.decode_g)):
-            post = self.vae.encode(augment_centre_slice(x, c))
-            out = decode(post.sample())
+            if 0 < c.vae_crop < x.shape[-1]:
+                x = take_crops(x, *random_corners(x.shape[0], x.shape[-1], c.vae_crop, 1,
+                                                  self.rng), c.vae_crop)
+            post = self.vae.encode(augment_centre_slice(x, c, self.rng))
+            out = decode(post.sample(generator=self.rng))
             losses[name] = rec(out.float(), x[:, k:k + 1].float())
             kl = kl + post.kl().float().mean() / (x.shape[-1] * x.shape[-2])
         losses["kl"] = kl / 2
@@ -130,6 +158,7 @@ class InvarianceStage(nn.Module):
     def __init__(self, model: LGAModel) -> None:
         super().__init__()
         self.ec_n, self.ec_g = model.ec_n, model.ec_g
+        self.rng: torch.Generator | None = None  # unused: no random draws in this stage
         self.__dict__["vae"] = model.vae  # frozen, unregistered
         self.cfg = model.config
 
@@ -151,16 +180,25 @@ class AlignStage(nn.Module):
         self.align = model.align
         self.__dict__["model"] = model  # frozen E, D_g, Ec_n, Ec_g, unregistered
         self.cfg = model.config
+        self.rng: torch.Generator | None = None  # set per step (see step_generator)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c, k, m = self.cfg, self.cfg.neighbour_slices, self.model
         with torch.no_grad():
             z_n = m.vae.encode(batch["ordinary"]).mode()
             z_g = m.vae.encode(batch["gsi"]).mode()
-        pred = self.align(z_n, batch["mask"], batch["implant"])
+        target, mask = batch["gsi"][:, k:k + 1], batch["mask"]
+        if 0 < c.align_crop < target.shape[-1]:
+            # The same window of the latents (side align_crop / f) and of the images.
+            f, lc = c.downsample_factor_latent, c.align_crop // c.downsample_factor_latent
+            ys, xs = random_corners(z_n.shape[0], z_n.shape[-1], lc, 1, self.rng)
+            z_n, z_g = take_crops(z_n, ys, xs, lc), take_crops(z_g, ys, xs, lc)
+            big = ([y * f for y in ys], [x * f for x in xs], c.align_crop)
+            target, mask = take_crops(target, *big), take_crops(mask, *big)
+        pred = self.align(z_n, mask, batch["implant"])
         losses = {"l_l": F.mse_loss(pred.float(), z_g.float())}
         image = m.vae.decode_g(pred)
-        losses["l_i"] = F.mse_loss(image.float(), batch["gsi"][:, k:k + 1].float())
+        losses["l_i"] = F.mse_loss(image.float(), target.float())
         loss = losses["l_i"] + c.alpha * losses["l_l"]
         if c.beta > 0:
             losses["l_inv"] = invariance_distance(m.ec_n(pred), m.ec_g(z_g))
@@ -261,6 +299,14 @@ def _progress(accelerator: Any):
                     disable=not accelerator.is_main_process)
 
 
+def _validates(step: int, steps_per_epoch: int, total: int, every: int) -> bool:
+    """Whether ``step`` (1-based count of steps done) ends an epoch that is validated: every
+    ``every``-th epoch, and the stage's last step always."""
+    if step >= total:
+        return True
+    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % every == 0
+
+
 def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelerator: Any,
                out: Path, resume: bool, log: Callable[[dict[str, Any]], None]) -> int:
     """Train one stage to its end; return its final step. The best weights are loaded."""
@@ -306,6 +352,7 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
 
     with _progress(accelerator) as progress:
         task = progress.add_task(f"{stage}", total=total, completed=st["step"], info="")
+        t0, n_seen, running = time.perf_counter(), 0, 0.0
         while st["step"] < total:
             epoch = st["step"] // spe
             sampler.set_epoch(epoch)
@@ -314,10 +361,11 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
             skip = st["step"] - epoch * spe
             it = accelerator.skip_first_batches(loader, skip) if skip else loader
             module.train()
-            t0, n_seen, running = time.perf_counter(), 0, 0.0
             for batch in it:
                 for group in opt.param_groups:
                     group["lr"] = stage_lr(cfg, st["step"], total)
+                unwrapped.rng = step_generator(cfg.seed, stage, st["step"],
+                                               accelerator.process_index)
                 with accelerator.autocast():
                     losses = module(batch)
                 accelerator.backward(losses["loss"])
@@ -330,12 +378,14 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
                 running += float(losses["loss"].detach())
                 progress.update(task, advance=1, info=" ".join(
                     f"{n}={float(v.detach()):.4g}" for n, v in losses.items()))
-                # Mid-epoch checkpoints; epoch ends are checkpointed after validation.
-                if st["step"] % cfg.checkpoint_every == 0 and st["step"] % spe \
-                        and st["step"] < total:
+                # Periodic checkpoints; validated epochs are checkpointed after validation.
+                if st["step"] % cfg.checkpoint_every == 0 and not _validates(
+                        st["step"], spe, total, cfg.val_every):
                     _save_last(accelerator, ckpt_dir, {**st, "epoch": epoch})
                 if st["step"] >= total:
                     break
+            if not _validates(st["step"], spe, total, cfg.val_every):
+                continue
             metric, details = _validate(stage, model, val_loader, accelerator)
             better = st["best_metric"] is None or metric > st["best_metric"]
             if better:
@@ -351,6 +401,7 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
             accelerator.print(f"[lga] {stage} epoch {epoch}: step {st['step']}/{total} "
                               f"val {', '.join(f'{n}={v:.4f}' for n, v in details.items())}")
             _save_last(accelerator, ckpt_dir, st)
+            t0, n_seen, running = time.perf_counter(), 0, 0.0
     accelerator.wait_for_everyone()
     if best_path.is_file():  # the best epoch's weights go on to the next stage
         best = load_file(str(best_path))

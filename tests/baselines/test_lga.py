@@ -108,6 +108,15 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(None, neighbour_slices=0)  # augmentation without neighbours
     with pytest.raises(ConfigError, match="no such file"):
         load_config("no-such-config")
+    # Crops must tile the latent grid: f = 2 for the VAE; f * 2 (one U-Net down) for F.
+    with pytest.raises(ConfigError, match="vae_crop: 15 px"):
+        _tiny(vae_crop=15)
+    with pytest.raises(ConfigError, match="align_crop: 6 px .* multiple of 4"):
+        _tiny(align_crop=6)
+    with pytest.raises(ConfigError, match="align_crop: 64 px"):
+        _tiny(align_crop=64)  # larger than the 32 px slices
+    with pytest.raises(ConfigError, match="val_every"):
+        _tiny(val_every=0)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -235,6 +244,55 @@ def test_stage_lr_schedules_by_hand():
     assert stage_lr(cos, 0, 1) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         _tiny(lr_schedule="linear")
+
+
+def test_validation_cadence_by_hand():
+    from baselines.lga.train import _validates
+
+    # 3 steps per epoch, 10 steps in the stage, every 2nd epoch: epochs 2 and 4 end at steps
+    # 6 and 12; the stage stops at step 10, which is always validated.
+    got = [s for s in range(1, 11) if _validates(s, 3, 10, 2)]
+    assert got == [6, 10]
+    assert [s for s in range(1, 7) if _validates(s, 3, 6, 1)] == [3, 6]
+
+
+def test_crops_cut_the_same_window_from_latents_and_images(monkeypatch):
+    """align_crop: F and D_g see latent window (y, x, side c/f); the loss compares with image
+    window (f y, f x, side c). Checked against slices written out by hand."""
+    from baselines.lga import train as T
+    from baselines.lga.model import LGAModel
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    got = T.take_crops(x, [0, 4], [2, 1], 4)
+    assert torch.equal(got[0], x[0, :, 0:4, 2:6]) and torch.equal(got[1], x[1, :, 4:8, 1:5])
+    torch.manual_seed(0)
+    ys, xs = T.random_corners(500, 32, 16, 2)
+    assert set(ys) == set(xs) == set(range(0, 17, 2))  # every corner of the 2-px grid
+
+    cfg = _tiny(align_crop=16)       # f = 2: latent window 8 x 8 of the 16 x 16 latent
+    torch.manual_seed(1)
+    model = LGAModel(cfg).eval()
+    g = torch.Generator().manual_seed(2)
+    batch = {"ordinary": torch.rand(2, 5, 32, 32, generator=g) * 2 - 1,
+             "gsi": torch.rand(2, 5, 32, 32, generator=g) * 2 - 1,
+             "mask": (torch.rand(2, 1, 32, 32, generator=g) > 0.9).float(),
+             "implant": torch.tensor([1, 2])}
+    monkeypatch.setattr(T, "random_corners", lambda *a: ([4, 0], [2, 8]))
+    losses = T.AlignStage(model)(batch)
+    with torch.no_grad():
+        z_n = model.vae.encode(batch["ordinary"]).mode()
+        z_g = model.vae.encode(batch["gsi"]).mode()
+        win = [(slice(4, 12), slice(2, 10)), (slice(0, 8), slice(8, 16))]
+        big = [(slice(8, 24), slice(4, 20)), (slice(0, 16), slice(16, 32))]
+        zc = torch.stack([z_n[i, :, a, b] for i, (a, b) in enumerate(win)])
+        zg = torch.stack([z_g[i, :, a, b] for i, (a, b) in enumerate(win)])
+        mc = torch.stack([batch["mask"][i, :, a, b] for i, (a, b) in enumerate(big)])
+        tc = torch.stack([batch["gsi"][i, 2:3, a, b] for i, (a, b) in enumerate(big)])
+        pred = model.align(zc, mc, batch["implant"])
+        l_i = torch.mean((model.vae.decode_g(pred) - tc) ** 2)
+        l_l = torch.mean((pred - zg) ** 2)
+    assert float(losses["l_i"]) == pytest.approx(float(l_i), rel=1e-5)
+    assert float(losses["l_l"]) == pytest.approx(float(l_l), rel=1e-5)
 
 
 def test_info_nce_hand_computed():
@@ -435,7 +493,9 @@ def test_resume_continues_from_the_saved_step(data, tmp_path, monkeypatch):
 
     # align: 2 steps per epoch -> 2 steps; cosine: the lr differs per step, so a resumed run
     # matches only if it continues the same curve.
-    cfg = dict(TINY, align_epochs=1, max_steps=None, lr_schedule="cosine")
+    # Random crops in the VAE and alignment stages: a resumed run must draw the same ones.
+    cfg = dict(TINY, align_epochs=1, max_steps=None, lr_schedule="cosine", vae_crop=16,
+               align_crop=16)
     full = train_lga(cfg, data, tmp_path / "full")
 
     class Stop(Exception):

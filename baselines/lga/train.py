@@ -158,7 +158,6 @@ class InvarianceStage(nn.Module):
     def __init__(self, model: LGAModel) -> None:
         super().__init__()
         self.ec_n, self.ec_g = model.ec_n, model.ec_g
-        self.rng: torch.Generator | None = None  # unused: no random draws in this stage
         self.__dict__["vae"] = model.vae  # frozen, unregistered
         self.cfg = model.config
 

@@ -5,8 +5,9 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data
-# Demo size: small enough for a 2-core CPU.
-DEMO_PATIENTS ?= 10
+# Demo size: small enough for a 2-core CPU; 20 implant patients (16 train, 4 test) give the
+# toy LGA enough training patients not to memorise them.
+DEMO_PATIENTS ?= 20
 DEMO_SLICES ?= 12
 DEMO_SIZE ?= 128
 # 1: the demo also trains the toy LGA (lga-cpu, about 30 minutes on 2 cores) and scores it.

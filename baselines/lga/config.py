@@ -79,6 +79,11 @@ class LGAConfig:
     # (the optional mid-block attention takes any size), so they run on whole slices
     # afterwards, as LDM's autoencoders train on 256 px crops and decode larger images.
     vae_crop: int = 0
+    # Random flip / 90-degree rotation (one of the 8 symmetries of the square) of each training
+    # sample, the same for every image of a sample (volumes, GSI, mask): CT artifacts have no
+    # preferred orientation, and a toy set of a few patients is easily memorised.
+    # Stages that use it: any of "vae", "align".
+    dihedral: tuple[str, ...] = ()
     kl_weight: float = 1e-6           # weight of the KL term (as LDM's autoencoders)
     gsi_fraction: float = 0.25        # D_g batches: 25 % GSI ...
     clean_fraction: float = 0.75      # ... and 75 % clean no-implant slices (paper Sec. 4)
@@ -179,6 +184,8 @@ class LGAConfig:
             if crop and (crop % multiple or not 0 < crop <= self.image_size):
                 raise bad(key, f"{crop} px must be 0 (whole slices) or a multiple of "
                           f"{multiple} px up to image_size {self.image_size}")
+        if set(self.dihedral) - {"vae", "align"}:
+            raise bad("dihedral", f"stages must be 'vae' and/or 'align', got {list(self.dihedral)}")
         if self.val_every < 1:
             raise bad("val_every", "must be >= 1 (epochs)")
         if self.recon_loss not in ("l1", "mse"):

@@ -122,6 +122,25 @@ def take_crops(x: torch.Tensor, ys: list[int], xs: list[int], crop: int) -> torc
                         for i, (y, c) in enumerate(zip(ys, xs, strict=True))])
 
 
+def random_dihedral(batch: dict[str, torch.Tensor], keys: tuple[str, ...],
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A copy of ``batch`` in which each sample's (B, C, H, W) images under ``keys`` get the
+    same random one of the 8 symmetries of the square (0-3 quarter turns, then an optional
+    left-right flip); other entries are kept. H must equal W."""
+    b = batch[keys[0]].shape[0]
+    turns = torch.randint(0, 4, (b,), generator=generator).tolist()
+    flips = torch.randint(0, 2, (b,), generator=generator).tolist()
+    out = dict(batch)
+    for key in keys:
+        x = batch[key]
+        rows = []
+        for i in range(b):
+            r = torch.rot90(x[i], turns[i], dims=(-2, -1))
+            rows.append(r.flip(-1) if flips[i] else r)
+        out[key] = torch.stack(rows)
+    return out
+
+
 # ----------------------------------------------------------------------------- stage modules
 # Each stage is one nn.Module whose forward returns the losses, so that DDP (which syncs
 # gradients in the wrapped module's forward/backward) sees the whole computation. Frozen
@@ -138,6 +157,8 @@ class VAEStage(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c, k = self.cfg, self.cfg.neighbour_slices
         rec = F.l1_loss if c.recon_loss == "l1" else F.mse_loss
+        if "vae" in c.dihedral:
+            batch = random_dihedral(batch, ("ordinary", "g"), self.rng)
         losses = {}
         kl = 0.0
         for name, x, decode in (("rec_n", batch["ordinary"], self.vae.decode_n),
@@ -183,6 +204,8 @@ class AlignStage(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c, k, m = self.cfg, self.cfg.neighbour_slices, self.model
+        if "align" in c.dihedral:
+            batch = random_dihedral(batch, ("ordinary", "gsi", "mask"), self.rng)
         with torch.no_grad():
             z_n = m.vae.encode(batch["ordinary"]).mode()
             z_g = m.vae.encode(batch["gsi"]).mode()

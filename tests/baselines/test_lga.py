@@ -117,6 +117,8 @@ def test_config_errors_name_the_key(tmp_path):
         _tiny(align_crop=64)  # larger than the 32 px slices
     with pytest.raises(ConfigError, match="val_every"):
         _tiny(val_every=0)
+    with pytest.raises(ConfigError, match="dihedral: stages must be 'vae' and/or 'align'"):
+        _tiny(dihedral=["invariance"])
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -486,6 +488,40 @@ def test_table1_baseline_trains_without_the_invariance_stage(data, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*only 1 training patient")
+def test_dihedral_gives_each_sample_one_symmetry_for_all_its_images():
+    """random_dihedral: every sample's images get the same one of the 8 symmetries of the
+    square (checked against numpy's rot90 / fliplr); other keys and the input are untouched;
+    all 8 symmetries occur."""
+    from baselines.lga.train import random_dihedral, step_generator
+
+    b = 64
+    x = torch.rand(b, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    batch = {"ordinary": x, "gsi": x * 3 + 1, "mask": (x[:, :1] > 0.5).float(),
+             "implant": torch.arange(b)}
+    before = {k: v.clone() for k, v in batch.items()}
+    out = random_dihedral(batch, ("ordinary", "gsi", "mask"), step_generator(0, "align", 7, 0))
+    syms = [(t, f) for t in range(4) for f in (False, True)]
+
+    def apply(a: np.ndarray, t: int, f: bool) -> np.ndarray:
+        r = np.rot90(a, t, axes=(-2, -1))
+        return np.flip(r, -1) if f else r
+
+    seen = set()
+    for i in range(b):
+        hits = [s for s in syms if np.array_equal(apply(x[i].numpy(), *s), out["ordinary"][i])]
+        assert len(hits) == 1  # random x: the 8 symmetries give 8 different images
+        seen.add(hits[0])
+        for key in ("gsi", "mask"):
+            assert np.array_equal(apply(batch[key][i].numpy(), *hits[0]), out[key][i])
+    assert seen == set(syms)
+    assert out["implant"] is batch["implant"]
+    for k, v in before.items():
+        assert torch.equal(batch[k], v)
+    # The same step's generator draws the same symmetries (resume-exact).
+    again = random_dihedral(batch, ("ordinary",), step_generator(0, "align", 7, 0))
+    assert torch.equal(again["ordinary"], out["ordinary"])
+
+
 def test_resume_continues_from_the_saved_step(data, tmp_path, monkeypatch):
     from baselines.lga import train as T
     from baselines.lga.model import LGAModel
@@ -493,9 +529,10 @@ def test_resume_continues_from_the_saved_step(data, tmp_path, monkeypatch):
 
     # align: 2 steps per epoch -> 2 steps; cosine: the lr differs per step, so a resumed run
     # matches only if it continues the same curve.
-    # Random crops in the VAE and alignment stages: a resumed run must draw the same ones.
+    # Random crops and symmetries in the VAE and alignment stages: a resumed run must draw
+    # the same ones.
     cfg = dict(TINY, align_epochs=1, max_steps=None, lr_schedule="cosine", vae_crop=16,
-               align_crop=16)
+               align_crop=16, dihedral=["vae", "align"])
     full = train_lga(cfg, data, tmp_path / "full")
 
     class Stop(Exception):

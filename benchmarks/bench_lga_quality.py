@@ -13,8 +13,9 @@
 3. Reports the VAE ceiling: PSNR of D_g(E(V_g)) against the GSI centre slice on the test
    split -- what LGA would reach with a perfect alignment net F(z_n) = z_g -- next to LGA's
    own D_g(F(E(V_n))), both at the model's ``image_size`` with the benchmark HU window
-   ([-1024, 3071] HU -> [0, 1], data range 1; the training's validation PSNR). A large gap
-   between the two is the alignment net's share of the error, the rest is the VAE's.
+   ([-1024, 3071] HU -> [0, 1], data range 1; the training's validation PSNR), and the same
+   two under marbench-v1 (512 px), comparable with the table. A large gap between the two is
+   the alignment net's share of the error, the rest is the VAE's.
 
 Runs with ``--threads`` torch threads (default 1: the machine is shared).
 """
@@ -30,11 +31,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from baselines.lga.config import unit_to_hu
 from baselines.lga.data import PairVolumes
 from baselines.lga.model import LGAModel
 from baselines.lga.train import train_lga
 from benchmark.data import open_split
-from benchmark.metrics.image import psnr
+from benchmark.metrics.image import image_metrics, psnr
 from benchmark.results import METHOD_VS_GSI, METHOD_VS_IDEAL, Results
 from benchmark.run import run_benchmark
 
@@ -50,8 +52,10 @@ def latent_psnr(model: LGAModel, data: str | Path, split: str = "test",
     * ``vae_ceiling``: D_g(E(V_g)) (GSI volume in, GSI decoder out; posterior mean);
     * ``lga``: D_g(F(E(V_n))) (the method itself, same resolution);
     * ``vae_ceiling_metal`` / ``lga_metal``: the same with the metal pixels (metal fraction
-      > 0.5) taken from the target: what re-inserting metal gains at best (the method puts
-      back the ordinary image's metal, whose HU differ from GSI's);
+      > 0.5) taken from the target: what re-inserting metal would gain at best (the
+      ordinary image's metal, which ``-O reinsert_metal=true`` puts back, is not GSI's);
+    * ``vae_ceiling_v1`` / ``lga_v1``: the first two in HU, scored with marbench-v1
+      (resampled to 512 px), so they compare with the benchmark's table;
 
     all against the GSI centre slice (B, 1, S, S)."""
     model.eval()
@@ -60,8 +64,11 @@ def latent_psnr(model: LGAModel, data: str | Path, split: str = "test",
     vols = PairVolumes(pairs, range(len(pairs)), cfg)
     loader = torch.utils.data.DataLoader(vols, batch_size=batch_size)
     got: dict[str, list[torch.Tensor]] = {}
-    for b in loader:
+    for i, b in enumerate(loader):
         target = b["gsi"][:, k:k + 1]
+        # marbench-v1 resamples before it clips, so it is scored against the stored HU.
+        rows = list(range(i * batch_size, i * batch_size + len(target)))
+        target_hu = pairs.batch(rows).gsi_hu
         metal = b["mask"] > 0.5
         rec = model.vae.decode_g(model.vae.encode(b["gsi"]).mode()).clamp(-1, 1)
         out = model.vae.decode_g(model.align_latent(b["ordinary"], b["mask"],
@@ -71,6 +78,8 @@ def latent_psnr(model: LGAModel, data: str | Path, split: str = "test",
             got.setdefault(name, []).append(psnr(x.float(), target, data_range=2.0))
             got.setdefault(f"{name}_metal", []).append(
                 psnr(torch.where(metal, target, x).float(), target, data_range=2.0))
+            got.setdefault(f"{name}_v1", []).append(
+                image_metrics(unit_to_hu(x.float()), target_hu)["psnr"])
     return {n: float(torch.cat(v).mean()) for n, v in got.items()}
 
 
@@ -148,7 +157,9 @@ def main() -> None:
     console.print(f"At the model's {model.config.image_size} px (benchmark HU window), vs GSI: "
                   f"VAE ceiling D_g(E(V_g)) {lat['vae_ceiling']:.2f} dB "
                   f"({lat['vae_ceiling_metal']:.2f} with the metal pixels re-inserted); "
-                  f"LGA D_g(F(E(V_n))) {lat['lga']:.2f} dB ({lat['lga_metal']:.2f}).")
+                  f"LGA D_g(F(E(V_n))) {lat['lga']:.2f} dB ({lat['lga_metal']:.2f}). "
+                  f"The same two under marbench-v1 (512 px): {lat['vae_ceiling_v1']:.2f} and "
+                  f"{lat['lga_v1']:.2f} dB.")
     missing = {w for r, _ in runs.values() for c in r.comparisons.values()
                for w in c.missing.values()}
     for w in sorted(missing):

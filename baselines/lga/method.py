@@ -29,17 +29,18 @@ class LGA(MARMethod):
     """Latent space alignment with GSI (CVPR 2025 reference implementation); needs weights.
 
     Options: ``weights`` (folder or Hub repo id), ``revision``, ``reinsert_metal`` (default
-    true: the input's metal pixels are copied into the output, as LI / NMAR do).
+    false: the output is D_g(F(E(V_n))) as in the paper; true copies the input's metal pixels
+    into it, as LI / NMAR do).
     """
 
     name = "lga"
-    version = "2"
+    version = "3"  # 3: metal no longer re-inserted by default
     neighbour_slices = 2  # set from the loaded model's config in prepare()
 
     def __init__(self) -> None:
         self.model = None
         self.device = torch.device("cpu")
-        self.reinsert_metal = True
+        self.reinsert_metal = False
 
     @staticmethod
     def default_weights(ctx: PrepareContext) -> list[Path | str]:
@@ -74,7 +75,7 @@ class LGA(MARMethod):
         self.model = model.to(self.device).eval()
         self.neighbour_slices = model.config.neighbour_slices  # the runner reads it after this
         self.weights_sha256 = weights_sha256(folder)
-        self.reinsert_metal = _flag(ctx.options.get("reinsert_metal", True), "reinsert_metal")
+        self.reinsert_metal = _flag(ctx.options.get("reinsert_metal", False), "reinsert_metal")
 
     @staticmethod
     def _untrained_message(why: str) -> str:

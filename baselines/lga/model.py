@@ -75,7 +75,7 @@ class LGAModel(nn.Module):
 
     @torch.no_grad()
     def restore(self, volume_hu: torch.Tensor, mask: torch.Tensor | None = None,
-                implant: torch.Tensor | None = None, reinsert_metal: bool = True
+                implant: torch.Tensor | None = None, reinsert_metal: bool = False
                 ) -> torch.Tensor:
         """S_p = D_g(F(E(V_n))) in HU on the input grid.
 
@@ -83,10 +83,10 @@ class LGAModel(nn.Module):
             volume_hu: (B, 2k+1, H, W) ordinary HU, centre slice at channel k.
             mask: (B, 1, H, W) metal mask of the centre slice (bool or fraction).
             implant: (B,) long implant-type indices (0 = none / unknown).
-            reinsert_metal: copy the input's metal pixels (``mask`` > 0.5) into the output,
-                as LI and NMAR do. The decoder works at ``image_size`` in the [-1, 1] window
-                and cannot reproduce a few pixels of 3000+ HU exactly; the metal itself is
-                not what MAR restores, and GSI shows it too.
+            reinsert_metal: copy the input's metal pixels (``mask`` > 0.5) into the output, as
+                LI and NMAR do. Off by default: the paper's output is D_g's image as is, and
+                GSI shows less metal blooming than the ordinary scan, so the ordinary metal
+                mask covers tissue in GSI; D_g, trained on GSI, draws GSI-like metal.
 
         Returns:
             (B, 1, H, W) float32 HU.

@@ -151,15 +151,17 @@ def test_shapes_and_dtypes_through_every_block():
                                                                          dtype=torch.bool))
     assert hu.shape == (3, 1, 40, 40) and hu.dtype == torch.float32
     assert float(hu.min()) >= HU_MIN and float(hu.max()) <= HU_MAX
-    # Metal pixels of the centre slice come back from the input unless told otherwise.
+    # By default the output is D_g's image as is (the paper); reinsert_metal copies the centre
+    # slice's metal pixels back from the input and changes nothing else.
     vol_hu = torch.randn(3, 3, 40, 40) * 500
     vol_hu[:, 1, 10:14, 10:14] = 3000.0
     metal = vol_hu[:, 1:2] > 2500
-    kept = model.restore(vol_hu, mask=metal)
+    kept = model.restore(vol_hu, mask=metal, reinsert_metal=True)
+    plain = model.restore(vol_hu, mask=metal)
     assert torch.equal(kept[metal], vol_hu[:, 1:2][metal])
-    assert torch.equal(kept[~metal], model.restore(vol_hu, mask=metal,
-                                                   reinsert_metal=False)[~metal])
-    assert not torch.equal(kept, model.restore(vol_hu, mask=metal, reinsert_metal=False))
+    assert torch.equal(kept[~metal], plain[~metal])
+    assert torch.equal(plain, model.restore(vol_hu, mask=metal, reinsert_metal=False))
+    assert not torch.equal(kept, plain)
 
 
 def test_mask_and_implant_change_the_alignment():
@@ -459,7 +461,12 @@ def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path)
     img = validate_output("lga", batch.input, method.reduce(batch.input))
     assert img.shape == (3, 1, 32, 32)
     metal = batch.input.metal_mask
-    assert bool(metal.any()) and torch.equal(img[metal], batch.input.ordinary[metal])
+    # Default: the paper's D_g(F(E(V_n))) as is; -O reinsert_metal=true puts the metal back.
+    assert bool(metal.any()) and not torch.equal(img[metal], batch.input.ordinary[metal])
+    method.prepare(PrepareContext(options={"weights": str(trained), "reinsert_metal": "true"}))
+    kept = validate_output("lga", batch.input, method.reduce(batch.input))
+    assert torch.equal(kept[metal], batch.input.ordinary[metal])
+    assert torch.equal(kept[~metal], img[~metal])
     with pytest.raises(ValueError, match="reinsert_metal"):
         method.prepare(PrepareContext(options={"weights": str(trained), "reinsert_metal": "x"}))
     assert results is not None

@@ -469,7 +469,18 @@ def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path)
     assert torch.equal(kept[~metal], img[~metal])
     with pytest.raises(ValueError, match="reinsert_metal"):
         method.prepare(PrepareContext(options={"weights": str(trained), "reinsert_metal": "x"}))
-    assert results is not None
+    # The quality benchmark's own path through the model scores what the runner scored.
+    import importlib.util
+
+    from benchmark.results import METHOD_VS_GSI
+
+    bench = Path(__file__).parents[2] / "benchmarks" / "bench_lga_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_lga_quality", bench)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lat = mod.latent_psnr(model, data, "test", batch_size=2)
+    assert lat["lga_v1"] == pytest.approx(
+        results.comparisons[METHOD_VS_GSI].summary["psnr"].mean, abs=0.01)
 
 
 @pytest.mark.filterwarnings("ignore:.*only 1 training patient")

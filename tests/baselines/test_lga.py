@@ -505,7 +505,6 @@ def test_table1_baseline_trains_without_the_invariance_stage(data, tmp_path):
     assert validate_output("lga", batch, method.reduce(batch)).shape == (2, 1, 32, 32)
 
 
-@pytest.mark.filterwarnings("ignore:.*only 1 training patient")
 def test_dihedral_gives_each_sample_one_symmetry_for_all_its_images():
     """random_dihedral: every sample's images get the same one of the 8 symmetries of the
     square (checked against numpy's rot90 / fliplr); other keys and the input are untouched;
@@ -540,6 +539,7 @@ def test_dihedral_gives_each_sample_one_symmetry_for_all_its_images():
     assert torch.equal(again["ordinary"], out["ordinary"])
 
 
+@pytest.mark.filterwarnings("ignore:.*only 1 training patient")
 def test_resume_continues_from_the_saved_step(data, tmp_path, monkeypatch):
     from baselines.lga import train as T
     from baselines.lga.model import LGAModel

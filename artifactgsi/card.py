@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .schema import COLUMN_DOCS, CONFIG_DESCRIPTIONS, features_for
+
 CITATION = """\
 @inproceedings{han2025reducing,
   title     = {Reducing CT Metal Artifacts by Learning Latent Space Alignment with
@@ -26,43 +28,6 @@ CITATION = """\
   year      = {2025},
   note      = {arXiv:2503.21259}
 }"""
-
-_DESCRIPTIONS = {
-    "pairs": "an ordinary (single-energy) slice registered onto the GSI grid and its GSI "
-             "virtual monochromatic slice, the metal mask, and where available the ideal "
-             "image and segmentation labels",
-    "clean": "ordinary slices of patients without implant (decoder training)",
-    "generalization": "ordinary slices of implant patients without GSI (other scanners); "
-                      "no reference image",
-}
-
-_COLUMNS = (
-    ("patient_id", "pseudonym `P` + 16 hex digits (HMAC-SHA256 of the hospital id with a "
-                   "secret key that is not published)"),
-    ("slice_index", "slice number in the patient's GSI series (pairs) or ordinary series, "
-                    "ascending in z; neighbours of a slice share `patient_id`"),
-    ("z_mm", "slice position along the patient axis (mm, DICOM patient coordinates)"),
-    ("ordinary", "int16 HU, exactly as stored by the scanner (pairs: registered onto the GSI "
-                 "grid, linear interpolation)"),
-    ("gsi", "int16 HU of the GSI virtual monochromatic image (pairs)"),
-    ("metal_mask", "uint8, 1 where `ordinary` > the metal threshold (paper Eq. 8)"),
-    ("ideal", "int16 HU, simulated data only: noise- and artifact-free monochromatic image "
-              "(null for real data)"),
-    ("labels", "uint8 segmentation on the GSI grid: 0 background, 1 metal implant, 2 left "
-               "pelvis, 3 right pelvis, 4 left femur, 5 right femur (null where not annotated)"),
-    ("implant_type", "none, hip_prosthesis, fracture_fixation, spinal_fixation"),
-    ("body_region", "thoracic_spine, lumbar_spine, pelvis, hip, femur, knee"),
-    ("pixel_spacing_mm, slice_thickness_mm", "geometry of the stored grid"),
-    ("kvp, gsi_kev", "tube voltage of the ordinary scan; monochromatic energy of the GSI image"),
-    ("manufacturer, model", "scanner"),
-    ("ordinary_slice_index", "the ordinary slice that was matched (pairs)"),
-    ("match_score", "paper Eq. 1: NCC of the ordinary and GSI slices that were matched"),
-    ("affine", "paper Eq. 2: `[a11, a12, b1, a21, a22, b2]`; a GSI point p (mm) is at "
-               "`A p + b` in the ordinary series"),
-    ("registration_ncc", "NCC after registration (body, metal excluded, HU clipped to "
-                         "[-1000, 1500])"),
-)
-
 
 def _size_category(rows: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
@@ -78,8 +43,6 @@ def card_metadata(summary: dict[str, Any]) -> dict[str, Any]:
     from datasets.info import DatasetInfosDict
     from datasets.splits import SplitDict
     from huggingface_hub import DatasetCardData
-
-    from .build import features_for
 
     configs, infos = [], {}
     total = 0
@@ -117,6 +80,34 @@ def _fmt(st: dict[str, Any]) -> str:
             f"{st['p05']:.3f}, min {st['min']:.3f} (n = {st['n']})")
 
 
+def _simulation_lines(sim: dict[str, Any]) -> list[str]:
+    """The "Simulation" section: how a simulated raw tree was made (``simulation.json``)."""
+    o, g = sim.get("ordinary_protocol", {}), sim.get("gsi_protocol", {})
+    mc = sim.get("gsi_metal_correction", {})
+    lines = [
+        "## Simulation",
+        "",
+        f"The raw data were simulated by {sim.get('simulator', 'a simulator')} (settings "
+        f"fingerprint `{sim.get('config_fingerprint', 'n/a')}`): procedural patients, a 2D "
+        "fan-beam scanner per axial slice, polychromatic spectra and Poisson noise.",
+        "",
+    ]
+    if o:
+        lines.append(f"- Ordinary series: {o.get('kvp', 'n/a'):g} kVp, water beam-hardening "
+                     f"correction, FBP with a {o.get('filter', 'n/a')} filter.")
+    if g:
+        lines.append(f"- GSI series: rapid {g.get('kvp_low', 0):g}/{g.get('kvp_high', 0):g} "
+                     f"kVp switching, {'/'.join(g.get('basis', []))} decomposition, virtual "
+                     f"monochromatic image at {g.get('kev', 0):g} keV; projection-based metal "
+                     f"correction `{g.get('metal_correction', 'n/a')}`.")
+    if mc:
+        settings = ", ".join(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}"
+                             for k, v in mc.items())
+        lines.append("- GSI metal correction (normalised sinogram interpolation, the same "
+                     f"implementation as the NMAR baseline's): {settings}.")
+    return lines
+
+
 def render_card(summary: dict[str, Any]) -> str:
     """``README.md`` text (YAML front matter + prose) for a build summary."""
     import yaml
@@ -145,7 +136,7 @@ def render_card(summary: dict[str, Any]) -> str:
             lines.append(f"| {config} | {split} | {d['rows']} | {d['patients']} | {kinds} |")
     lines += [""]
     for config in summary["configs"]:
-        lines.append(f"- **{config}**: {_DESCRIPTIONS[config]}.")
+        lines.append(f"- **{config}**: {CONFIG_DESCRIPTIONS[config]}.")
     lines += [
         "",
         "```python",
@@ -162,7 +153,7 @@ def render_card(summary: dict[str, Any]) -> str:
         "| column | meaning |",
         "| --- | --- |",
     ]
-    lines += [f"| `{c}` | {m} |" for c, m in _COLUMNS]
+    lines += [f"| `{c}` | {m} |" for c, m in COLUMN_DOCS]
     scanners = ", ".join(summary["scanners"]) or "n/a"
     kvp = ", ".join(f"{v:g}" for v in summary["kvp"]) or "n/a"
     kev = ", ".join(f"{v:g}" for v in summary["gsi_kev"]) or "n/a"
@@ -210,6 +201,8 @@ def render_card(summary: dict[str, Any]) -> str:
     if summary["skipped"]:
         lines += ["", "Patients left out:", ""]
         lines += [f"- `{s['patient']}`: {s['reason']}" for s in summary["skipped"]]
+    if summary.get("simulation"):
+        lines += ["", *_simulation_lines(summary["simulation"])]
     lines += [
         "",
         "## De-identification",

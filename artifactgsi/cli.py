@@ -29,15 +29,27 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail(msg: str) -> None:
+    """Print ``msg`` as an error (literally: paths with ``[...]`` are not rich markup), exit 2."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether ``text`` is meant as a folder rather than a Hub repo id (``name`` or
+    ``namespace/name``)."""
+    import os
+
+    return (text.startswith((".", "/", "~")) or text.endswith(("/", os.sep))
+            or os.sep in text.replace("/", "") or text.count("/") > 1
+            or (os.altsep is not None and os.altsep in text))
 
 
 @app.command()
 def simulate(
-    out: Path = typer.Option(..., "--out", help="raw output folder (DESIGN 3.1 layout)"),
+    out: Path = typer.Option(..., "--out", help="raw output folder (raw layout)"),
     patients: int = typer.Option(6, help="patients with implants"),
     slices: int = typer.Option(16, help="slices per series"),
     size: int = typer.Option(128, help="image matrix in pixels (both series)"),
@@ -81,7 +93,7 @@ def preview(
 
     try:
         path = preview_patient(patient, out or patient / "preview.png", slice_index)
-    except (FileNotFoundError, RuntimeError) as e:
+    except (OSError, RuntimeError, ValueError) as e:
         _fail(str(e))
     typer.echo(str(path))
 
@@ -99,21 +111,21 @@ def build(
 ) -> None:
     """Build registered ordinary/GSI pairs from raw DICOM as a Hugging Face dataset."""
     from rich.console import Console
+    from rich.markup import escape
 
     from .build import build_dataset
 
     try:
         secret = secret_file.read_bytes() if secret_file else None
+        # Warnings are printed once, by the builder, as they are found.
         report = build_dataset(raw, out, workers=workers, resume=resume, overwrite=overwrite,
                                seed=seed, secret=secret)
     except (ValueError, OSError) as e:
         _fail(str(e))
     c = Console()
-    for w in report.warnings:
-        c.print(f"[yellow]warning:[/] {w}")
     rows = ", ".join(f"{cfg}/{split} {n}" for cfg, splits in report.rows.items()
                      for split, n in splits.items())
-    c.print(f"[green]built[/] {out}: {rows} rows in {report.seconds:.1f} s "
+    c.print(f"[green]built[/] {escape(str(out))}: {rows} rows in {report.seconds:.1f} s "
             f"({report.slices_per_s:.1f} slices/s)")
 
 
@@ -123,10 +135,13 @@ def info(
     revision: str = typer.Option(None, help="Hub revision (for a repo id)"),
 ) -> None:
     """Rows per config/split, patients, implant types and registration quality."""
-    from .build import info as _info
-    from .build import print_info
+    from .dataset import info as _info
+    from .dataset import print_info
 
     path = Path(dataset)
+    if not path.exists() and _looks_like_path(dataset):
+        _fail(f"{dataset}: no such folder (give a built dataset folder, or a Hub repo id such "
+              "as namespace/name)")
     try:
         if not path.exists():
             from .hub import download as _download
@@ -134,7 +149,8 @@ def info(
             path = _download(dataset, revision)
         print_info(_info(path))
     except (ValueError, *_hub_errors()) as e:
-        _fail(f"{type(e).__name__}: {e}")
+        hint = "" if path.exists() else f"{dataset}: no such folder; as a Hub repo id: "
+        _fail(f"{hint}{type(e).__name__}: {e}")
 
 
 @app.command()

@@ -8,8 +8,13 @@ and the instance number, and no attribute records the time of writing.
 
 Reader: :func:`read_series` checks a folder holds exactly one axial CT series that can be read
 exactly, sorts the slices along the slice normal (never by file name), reads the HU volume
-with SimpleITK (rescale applied per file) and returns a :class:`Series` whose ``header`` holds
-only allow-listed technical attributes (:data:`HEADER_ALLOWLIST`) plus keyed pseudonyms.
+through pydicom's modality LUT (each file's own rescale slope and intercept; SimpleITK/GDCM
+for the compressed syntaxes pydicom cannot decode) and returns a :class:`Series` whose
+``header`` holds only allow-listed technical attributes (:data:`HEADER_ALLOWLIST`) plus keyed
+pseudonyms. Encodings whose HU it cannot be sure of are refused: photometric
+interpretations other than MONOCHROME1/2 (MONOCHROME1 is read through the modality LUT, which
+display inversion does not affect), missing, zero or negative rescale slope, missing intercept,
+slice thickness differing between slices, truncated files.
 
 De-identification (DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile):
 the built dataset never carries DICOM headers, so nothing is removed from a header: values are
@@ -37,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ArtifactGSIError
 from .physics.geometry import ImageGrid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -65,7 +71,7 @@ SPACING_REL_TOL = 0.02
 _KEV_RE = re.compile(r"(\d+(?:\.\d+)?)\s*ke[vV]")
 
 
-class DicomError(ValueError):
+class DicomError(ArtifactGSIError, ValueError):
     """A DICOM file or series cannot be used; the message names the file and the problem."""
 
 
@@ -411,7 +417,40 @@ def _read_header(path: Path) -> Any:
     except Exception as err:  # truncated headers raise EOFError, struct.error, ValueError ...
         raise DicomError(f"{path}: unreadable, truncated or corrupt DICOM "
                          f"({type(err).__name__}: {err})") from None
+    _check_not_truncated(path, ds)
     return ds
+
+
+def _check_not_truncated(path: Path, ds: Any) -> None:
+    """Refuse a file that ends inside an element: pydicom stops reading there silently, and
+    later checks would then report a missing attribute instead of the real cause."""
+    from pydicom.dataelem import RawDataElement
+
+    raws = list(ds._dict.values())
+    if not raws:
+        size = path.stat().st_size
+        if size > 132:  # preamble + "DICM": something follows the file meta, but no element
+            raise DicomError(f"{path}: truncated DICOM: no data element could be read after the "
+                             f"file meta information ({size} bytes); copy the file again")
+        return
+    last = raws[-1]
+    if not isinstance(last, RawDataElement) or last.value is None:
+        return
+    declared = int(last.length)
+    got = len(last.value)
+    if declared == 0xFFFFFFFF:  # undefined length (encapsulated pixels, sequences)
+        return
+    if got < declared:
+        raise DicomError(f"{path}: truncated DICOM: element {last.tag} declares {declared} bytes "
+                         f"but the file ends after {got}; copy the file again")
+    meta = getattr(ds, "file_meta", None)
+    deflated = meta is not None and str(meta.get("TransferSyntaxUID", "")) == \
+        "1.2.840.10008.1.2.1.99"  # positions refer to the inflated stream
+    size = path.stat().st_size
+    end = int(last.value_tell) + got
+    if not deflated and end < size:
+        raise DicomError(f"{path}: truncated DICOM: {size - end} byte(s) after element "
+                         f"{last.tag} do not form a complete element; copy the file again")
 
 
 def _check_file(path: Path, ds: Any) -> None:
@@ -438,19 +477,115 @@ def _check_file(path: Path, ds: Any) -> None:
     if "LOCALIZER" in image_type:
         raise DicomError(f"{path}: a LOCALIZER (scout) image, not an axial slice")
     if "PixelData" not in ds:
-        raise DicomError(f"{path}: no pixel data")
+        last = list(ds.keys())[-1] if len(ds) else None
+        raise DicomError(f"{path}: no pixel data (the file ends after element {last}; if it "
+                         "should hold an image, it may be truncated)")
     for kw in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient",
-               "ImageOrientationPatient", "BitsAllocated"):
+               "ImageOrientationPatient", "BitsAllocated", "BitsStored",
+               "PixelRepresentation", "PhotometricInterpretation"):
         if ds.get(kw) in (None, ""):
             raise DicomError(f"{path}: missing {kw}")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomError(f"{path}: SamplesPerPixel {ds.SamplesPerPixel}: not a grey-scale CT")
+    _check_pixel_encoding(path, ds, ts)
     if ts in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"):
         expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
         got = len(ds.PixelData)
         if got < expected:
             raise DicomError(f"{path}: pixel data has {got} bytes, {ds.Rows}x{ds.Columns}x"
                              f"{ds.BitsAllocated} bits need {expected} (truncated file?)")
+
+
+#: Transfer syntaxes whose pixels pydicom decodes itself (no optional plugin): read with
+#: pydicom and its modality LUT; the others are decoded by SimpleITK's GDCM.
+PYDICOM_TRANSFER_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
+                                       "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.5"})
+
+
+def _rescale(path: Path, ds: Any) -> tuple[float, float]:
+    """``(RescaleSlope, RescaleIntercept)`` of a CT file, checked: both present (Type 1 in the
+    CT Image module), finite, slope > 0 (zero blanks the image, a negative one inverts it)."""
+    values = []
+    for kw in ("RescaleSlope", "RescaleIntercept"):
+        try:
+            raw = ds.get(kw)
+        except (TypeError, ValueError):  # pydicom converts DS values on access
+            elem = ds.get_item(kw)
+            raise DicomError(f"{path}: {kw} {bytes(elem.value or b'')!r} is not a "
+                             "number") from None
+        if raw is None or str(raw).strip() == "":
+            raise DicomError(f"{path}: missing {kw} (required in CT Image Storage); without it "
+                             "stored values are not Hounsfield units. Re-export the series from "
+                             "the scanner or PACS with the rescale attributes")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise DicomError(f"{path}: {kw} {str(raw)!r} is not a number") from None
+        if not math.isfinite(value):
+            raise DicomError(f"{path}: {kw} is {value}, not a finite number")
+        values.append(value)
+    slope, intercept = values
+    if slope <= 0:
+        raise DicomError(f"{path}: RescaleSlope is {slope:g}; a CT series needs a positive "
+                         "slope (zero would blank the image, a negative one invert it)")
+    if "ModalityLUTSequence" in ds:
+        raise DicomError(f"{path}: a Modality LUT Sequence is not supported for CT (HU must "
+                         "come from RescaleSlope and RescaleIntercept)")
+    return slope, intercept
+
+
+def _check_pixel_encoding(path: Path, ds: Any, ts: str) -> None:
+    """Refuse pixel encodings whose HU the reader would get wrong; check the rescale."""
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(f"{path}: PhotometricInterpretation {photometric!r}: a CT image must be "
+                         "MONOCHROME2 (or MONOCHROME1)")
+    if photometric == "MONOCHROME1" and ts not in PYDICOM_TRANSFER_SYNTAXES:
+        raise DicomError(f"{path}: MONOCHROME1 with compressed transfer syntax {ts}: its HU "
+                         "cannot be read exactly here; decompress the series first (e.g. "
+                         "gdcmconv --raw, dcmdjpeg)")
+    bits_alloc, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
+    rep = int(ds.PixelRepresentation)
+    if bits_alloc not in (8, 16) or not 1 <= bits_stored <= bits_alloc:
+        raise DicomError(f"{path}: BitsAllocated {bits_alloc} / BitsStored {bits_stored} are "
+                         "not supported for CT (8 or 16 bits allocated)")
+    if rep not in (0, 1):
+        raise DicomError(f"{path}: PixelRepresentation {rep} is neither 0 (unsigned) nor 1 "
+                         "(two's complement)")
+    high = ds.get("HighBit")
+    if high not in (None, "") and int(high) != bits_stored - 1:
+        raise DicomError(f"{path}: HighBit {int(high)} with BitsStored {bits_stored}: only "
+                         "HighBit = BitsStored - 1 is supported")
+    _rescale(path, ds)
+
+
+def _slice_hu(path: Path, ds: Any) -> np.ndarray:
+    """``(H, W)`` float64 HU of one file through pydicom's modality LUT (its own rescale;
+    MONOCHROME1 only changes how the image is displayed, not its HU)."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        stored = ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - any decoder error: name the file
+        raise DicomError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: "
+                         f"{err})") from None
+    return np.asarray(apply_modality_lut(stored, ds), np.float64)
+
+
+def _thickness(ds: Any) -> float:
+    """SliceThickness in mm (NaN when empty: it is Type 2 in the CT Image module)."""
+    value = ds.get("SliceThickness")
+    return float("nan") if value in (None, "") else float(value)
+
+
+def _thickness_key(ds: Any) -> float | None:
+    """SliceThickness for comparing slices: rounded to 1e-6 mm, ``None`` when empty."""
+    t = _thickness(ds)
+    return None if math.isnan(t) else round(t, 6)
+
+
+def _fmt_mm(value: float) -> str:
+    return "(empty)" if math.isnan(value) else f"{value:g} mm"
 
 
 def _axis_sign(v: np.ndarray, axis: int) -> int | None:
@@ -476,8 +611,9 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
         DicomError: naming the file and the problem: not DICOM / truncated, missing pixel
             data, modality other than CT, several series, unsupported transfer syntax,
             burned-in annotation, non-axial or inconsistent orientation, inconsistent pixel
-            spacing, matrix or in-plane position, duplicate or irregular slice positions, or
-            HU outside int16.
+            spacing, matrix or in-plane position, duplicate or irregular slice positions,
+            photometric interpretation or bit layout not read exactly, missing / zero /
+            negative rescale, slice thickness differing between slices, or HU outside int16.
     """
     import SimpleITK as sitk
 
@@ -503,7 +639,7 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
     sx = _axis_sign(iop0[:3], 0)
     sy = _axis_sign(iop0[3:], 1)
     if sx is None or sy is None:
-        raise DicomError(f"{f0}: ImageOrientationPatient {list(iop0)} is not axial (rows "
+        raise DicomError(f"{f0}: ImageOrientationPatient {iop0.tolist()} is not axial (rows "
                          "along x, columns along y); tilted or reformatted series are not "
                          "supported")
     ps0 = [float(v) for v in first.PixelSpacing]
@@ -514,8 +650,8 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
     for f, ds, pos in zip(files, headers, ipp, strict=True):
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
         if not np.allclose(iop, iop0, atol=1e-4):
-            raise DicomError(f"{f}: ImageOrientationPatient {list(iop)} differs from "
-                             f"{f0.name}'s {list(iop0)}")
+            raise DicomError(f"{f}: ImageOrientationPatient {iop.tolist()} differs from "
+                             f"{f0.name}'s {iop0.tolist()}")
         ps = [float(v) for v in ds.PixelSpacing]
         if not np.allclose(ps, ps0, rtol=1e-5, atol=1e-6):
             raise DicomError(f"{f}: PixelSpacing {ps} differs from {f0.name}'s {ps0}")
@@ -523,8 +659,8 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
             raise DicomError(f"{f}: matrix {int(ds.Rows)}x{int(ds.Columns)} differs from "
                              f"{f0.name}'s {shape0[0]}x{shape0[1]}")
         if np.abs(pos[:2] - ipp[0, :2]).max() > POSITION_TOL_MM:
-            raise DicomError(f"{f}: in-plane ImagePositionPatient {list(pos[:2])} differs from "
-                             f"{f0.name}'s {list(ipp[0, :2])}")
+            raise DicomError(f"{f}: in-plane ImagePositionPatient {pos[:2].tolist()} differs "
+                             f"from {f0.name}'s {ipp[0, :2].tolist()}")
     normal = np.cross(iop0[:3], iop0[3:])
     dist = ipp @ normal  # position along the slice normal (= z for axial)
     order = np.argsort(dist, kind="stable")
@@ -545,19 +681,34 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
                              f"{files[b].name} differs from the series' {med:.3f} mm (missing "
                              "or irregular slices)")
 
-    # Pixels: SimpleITK/GDCM applies each file's own rescale slope and intercept.
-    try:
-        img = sitk.ReadImage([str(f) for f in files], sitk.sitkFloat64)
-    except RuntimeError as err:
-        raise DicomError(f"{folder}: SimpleITK could not read the series: "
-                         f"{str(err).strip().splitlines()[-1]}") from None
-    hu = sitk.GetArrayFromImage(img)  # (S, H, W)
+    keys = [_thickness_key(ds) for ds in headers]
+    if len(set(keys)) > 1:
+        b = next(i for i, k in enumerate(keys) if k != keys[0])
+        raise DicomError(f"{files[b]}: SliceThickness {_fmt_mm(_thickness(headers[b]))} "
+                         f"differs from {files[0].name}'s {_fmt_mm(_thickness(headers[0]))}; a "
+                         "series must have one slice thickness (split it into series of equal "
+                         "thickness)")
+
+    # Pixels: each file's own rescale slope and intercept is applied (they may differ).
+    ts = str(first.file_meta.get("TransferSyntaxUID", ""))
+    if ts in PYDICOM_TRANSFER_SYNTAXES:
+        hu = np.stack([_slice_hu(f, ds) for f, ds in zip(files, headers, strict=True)])
+    else:  # compressed: SimpleITK/GDCM decodes and applies each file's rescale
+        try:
+            img = sitk.ReadImage([str(f) for f in files], sitk.sitkFloat64)
+        except RuntimeError as err:
+            raise DicomError(f"{folder}: SimpleITK could not read the series: "
+                             f"{str(err).strip().splitlines()[-1]}") from None
+        hu = sitk.GetArrayFromImage(img)  # (S, H, W)
     if hu.shape != (len(files), *shape0):
         raise DicomError(f"{folder}: read {hu.shape}, expected {(len(files), *shape0)}")
     rounded = np.rint(hu)
-    if np.abs(hu - rounded).max() > 1e-3:
-        raise DicomError(f"{folder}: HU are not integers after rescale (RescaleSlope "
-                         f"{first.get('RescaleSlope')}); cannot store them exactly as int16")
+    frac = np.abs(hu - rounded).max(axis=(1, 2))
+    if frac.max() > 1e-3:
+        b = int(np.argmax(frac))
+        raise DicomError(f"{files[b]}: HU are not integers after rescale (RescaleSlope "
+                         f"{float(headers[b].RescaleSlope):g}); cannot store them exactly as "
+                         "int16")
     if rounded.min() < -32768 or rounded.max() > 32767:
         raise DicomError(f"{folder}: HU {rounded.min():.0f}..{rounded.max():.0f} exceed int16")
     vol = rounded.astype(np.int16)
@@ -577,11 +728,10 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
     if normal[2] < 0:
         vol, z, files, headers = vol[::-1].copy(), z[::-1].copy(), files[::-1], headers[::-1]
     header = deidentified_header(first, key)
-    thickness = first.get("SliceThickness")
     kvp = first.get("KVP")
     return Series(
         volume_hu=vol, z_mm=np.asarray(z, np.float64), grid=grid, pixel_spacing_mm=px,
-        slice_thickness_mm=float(thickness) if thickness not in (None, "") else float("nan"),
+        slice_thickness_mm=_thickness(first),
         kvp=float(kvp) if kvp not in (None, "") else None, kev=_kev_of(first),
         manufacturer=str(first.get("Manufacturer", "")),
         model=str(first.get("ManufacturerModelName", "")), header=header, files=files,

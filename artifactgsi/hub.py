@@ -1,6 +1,6 @@
 """Download and publish the built ArtifactGSI dataset on the Hugging Face Hub.
 
-A built dataset folder (DESIGN.md section 3.2) holds ``README.md`` (the dataset card, YAML
+A built dataset folder (see docs/dataset.md) holds ``README.md`` (the dataset card, YAML
 ``configs:`` naming Parquet globs), the Parquet shards, and ``manifest.json``::
 
     {"format": "artifactgsi-manifest/1",
@@ -22,7 +22,6 @@ imported there too, so importing this module is cheap and reads no environment v
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import re
@@ -33,13 +32,15 @@ from typing import Any
 import yaml
 
 from artifactgsi import settings
+from artifactgsi.errors import ArtifactGSIError, HubTransferError
+from artifactgsi.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 
 _FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
-class DatasetFolderError(ValueError):
+class DatasetFolderError(ArtifactGSIError, ValueError):
     """A built dataset folder is not valid; ``problems`` maps a file (or field) to what is wrong."""
 
     def __init__(self, folder: Path, problems: dict[str, str], what: str, hint: str = "") -> None:
@@ -72,15 +73,6 @@ class DatasetCardError(DatasetFolderError):
 # ---------------------------------------------------------------------------------------------
 # Manifest
 # ---------------------------------------------------------------------------------------------
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk_bytes`` chunks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Load and structurally check ``folder/manifest.json``; raise :class:`ManifestError` if bad.
 
@@ -332,10 +324,55 @@ def download(
     ``huggingface_hub`` with an HTTP ``Range`` request. Files whose size or SHA-256 does not
     match the manifest are downloaded once more; if they still differ, :class:`ManifestError`
     names them. With ``HF_HUB_OFFLINE=1`` the cached copy is verified without any request.
+
+    Raises:
+        HubTransferError: the connection dropped or the server could not be reached (after
+            ``huggingface_hub``'s own retries); the message says how to resume.
+        ManifestError: files differ from the manifest.
     """
-    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+    from huggingface_hub import constants
 
     repo_id = repo_id or settings.default_repo_id()
+    try:
+        return _download(repo_id, revision, local_dir, token)
+    except Exception as err:
+        cause = _transport_error(err)
+        if cause is None:
+            raise
+        where = f" into {local_dir}" if local_dir is not None else ""
+        raise HubTransferError(
+            f"downloading {repo_id}@{revision or 'main'} from {constants.ENDPOINT}{where} "
+            f"stopped: the connection failed ({type(cause).__name__}: {cause}). Files "
+            "completed so far are kept; check the network (or HF_ENDPOINT) and run the same "
+            "command again to resume: only missing or incomplete files are fetched") from None
+
+
+def _transport_error(err: BaseException) -> BaseException | None:
+    """The connection-level error (dropped, refused, timed out) behind ``err``, if any."""
+    kinds: list[type] = []
+    for module in ("httpx", "httpx2", "requests"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        for name in ("TransportError", "ConnectionError", "Timeout"):
+            kind = getattr(mod, name, None)
+            if isinstance(kind, type) and issubclass(kind, BaseException):
+                kinds.append(kind)
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, tuple(kinds)) or isinstance(e, ConnectionError | TimeoutError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _download(repo_id: str, revision: str | None, local_dir: Path | None,
+              token: str | bool | None) -> Path:
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+
     cache_dir = settings.hub_cache_dir()
     # Pin one commit, so a push landing mid-download cannot mix two revisions, and the bad files
     # are re-fetched from the same commit. Offline, the commit cached under refs/ is used.

@@ -14,6 +14,9 @@ WINDOW_WIDTH_HU = 2000.0
 def _read_series(folder: Path):
     import SimpleITK as sitk
 
+    if not folder.is_dir():  # checked first: ITK would print warnings before failing
+        raise FileNotFoundError(f"{folder}: no such folder (a raw patient folder holds "
+                                "ordinary/ and, for implant patients, gsi/)")
     reader = sitk.ImageSeriesReader()
     files = reader.GetGDCMSeriesFileNames(str(folder))
     if not files:
@@ -35,6 +38,8 @@ def preview_patient(patient_dir: Path, out_png: Path, slice_index: int | None = 
     import SimpleITK as sitk
 
     patient_dir = Path(patient_dir)
+    if not patient_dir.is_dir():
+        raise FileNotFoundError(f"{patient_dir}: no such patient folder")
     ordinary = _read_series(patient_dir / "ordinary")
     has_gsi = (patient_dir / "gsi").is_dir()
     ref = _read_series(patient_dir / "gsi") if has_gsi else ordinary

@@ -32,14 +32,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ArtifactGSIError
 from .physics.geometry import ImageGrid
+from .schema import METAL_THRESHOLD_HU
 
 #: HU window used by every similarity measure here: air to dense cortical bone. Metal
 #: (thousands of HU) would otherwise dominate the correlation.
 CLIP_HU = (-1000.0, 1500.0)
 
 
-class RegistrationError(ValueError):
+class RegistrationError(ArtifactGSIError, ValueError):
     """The two series cannot be paired (too little overlap, incompatible grids)."""
 
 
@@ -73,7 +75,7 @@ class RegistrationConfig:
         threads: ITK threads per registration (1: results independent of the machine).
     """
 
-    metal_hu: float = 2500.0
+    metal_hu: float = METAL_THRESHOLD_HU
     metal_dilation_px: int = 2
     window_slices: int = 1
     z_prior: float = 0.02

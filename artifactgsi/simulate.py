@@ -1,5 +1,5 @@
 """ArtifactGSI-Sim: simulate paired ordinary / GSI CT series of procedural patients and write
-them in the raw layout of a hospital export (DESIGN.md 3.1).
+them in the raw layout of a hospital export (see docs/dataset.md).
 
 Per implant patient ``RAW/<id>/`` holds ``ordinary/*.dcm`` (120 kVp, water beam-hardening
 corrected FBP), ``gsi/*.dcm`` (virtual monochromatic image of a rapid 80/140 kVp switching
@@ -32,12 +32,12 @@ import torch
 
 from .physics.geometry import FanBeamGeometry, ImageGrid
 from .physics.scan import GSIProtocol, OrdinaryProtocol, Scanner
+from .schema import IMPLANT_TYPES, MANIFEST_COLUMNS
 
-IMPLANT_CYCLE = ("hip_prosthesis", "fracture_fixation", "spinal_fixation")
+#: Implant types of simulated patients, in turn (every type but "none").
+IMPLANT_CYCLE = tuple(t for t in IMPLANT_TYPES if t != "none")
 SCANNER_MANUFACTURER = "GE MEDICAL SYSTEMS"
 SCANNER_MODEL = "Discovery CT750 HD (ArtifactGSI-Sim)"
-MANIFEST_COLUMNS = ("patient_id", "implant_type", "body_region", "scanner", "has_labels",
-                    "split_hint")
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,7 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan, scanner: Scanner | None 
         "geometry": asdict(geom),
         "ordinary_protocol": asdict(cfg.ordinary),
         "gsi_protocol": asdict(cfg.gsi),
+        "gsi_metal_correction": asdict(cfg.gsi.metal_correction_setup()),
         "seed": plan.seed,
     }
     return PatientResult(
@@ -338,6 +339,31 @@ def _body_part(region: str) -> str:
             "hip": "HIP", "femur": "LEG", "knee": "KNEE"}.get(region, "")
 
 
+#: File at the root of a simulated raw tree recording how it was made; the builder quotes it
+#: in the dataset card.
+SIMULATION_FILENAME = "simulation.json"
+
+
+def simulation_record(cfg: SimConfig) -> dict:
+    """The settings of a simulated raw tree (JSON-able; nothing identifying)."""
+    return {
+        "simulator": "ArtifactGSI-Sim",
+        "config_fingerprint": config_fingerprint(cfg),
+        "size_px": cfg.size, "slices": cfg.slices, "thickness_mm": cfg.thickness_mm,
+        "geometry": asdict(FanBeamGeometry.scaled(cfg.size)),
+        "ordinary_protocol": asdict(cfg.ordinary),
+        "gsi_protocol": asdict(cfg.gsi),
+        "gsi_metal_correction": asdict(cfg.gsi.metal_correction_setup()),
+    }
+
+
+def _write_simulation_record(raw: Path, cfg: SimConfig) -> None:
+    from .fileio import write_text_atomic
+
+    write_text_atomic(raw / SIMULATION_FILENAME,
+                      json.dumps(simulation_record(cfg), indent=1, sort_keys=True) + "\n")
+
+
 def _write_manifest(raw: Path, rows: list[dict]) -> None:
     tmp = raw / f".manifest.csv.tmp{os.getpid()}"
     with tmp.open("w", newline="") as f:
@@ -420,6 +446,7 @@ def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool =
                     rows.append(row)
                     prog.advance(task)
     _write_manifest(raw, rows)
+    _write_simulation_record(raw, cfg)
     dt = time.perf_counter() - t0
     n_slices = sum(cfg.slices for _ in todo)
     return {"patients": len(plans), "simulated": len(todo), "seconds": dt,

@@ -1,4 +1,4 @@
-"""Tiny synthetic raw trees (DESIGN 3.1) for tests and benchmarks of the DICOM / registration /
+"""Tiny synthetic raw trees (the raw layout) for tests and benchmarks of the DICOM / registration /
 build pipeline, in milliseconds rather than the minutes of the physics simulator.
 
 An analytic phantom is evaluated in patient coordinates (mm): a body ellipse with a fat
@@ -72,7 +72,8 @@ def phantom(x: np.ndarray, y: np.ndarray, z: float, metal: bool, metal_hu: float
             ) -> tuple[np.ndarray, np.ndarray]:
     """(HU, label) of the phantom at patient points ``(x, y)`` mm on the plane ``z`` mm.
 
-    Labels follow DESIGN 3.2: 1 metal, 4 left femur (patient left = +x), 5 right femur.
+    Labels follow artifactgsi.schema.LABEL_NAMES: 1 metal, 4 left femur (patient left = +x),
+    5 right femur.
     """
     hu = np.full(x.shape, -1000.0)
     lab = np.zeros(x.shape, np.uint8)

@@ -4,7 +4,7 @@ artifacts caused by metallic implants", Radiology 164(2), 576-577, 1987.
 The ordinary image is forward projected with the shared fan-beam projector, the metal trace
 of every view is replaced by the straight line between its two edges, the change is
 reconstructed by FBP and added to the image, and the original metal pixels are put back (see
-:mod:`baselines.sinogram_inpainting` for the shared steps, and for why the change is added
+:mod:`artifactgsi.physics.sinogram_inpainting` for the shared steps, and for why the change is added
 to the input image instead of reconstructing the whole reprojected sinogram).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from artifactgsi.physics.projector import FanBeamProjector, FilterName
-from baselines.sinogram_inpainting import (
+from artifactgsi.physics.sinogram_inpainting import (
     DEFAULT_KEV,
     TRACE_DILATION,
     TRACE_THRESHOLD_PX,
@@ -88,7 +88,7 @@ def li_correct(proj: FanBeamProjector, ordinary_hu: torch.Tensor, metal_mask: to
     """LI on one batch of equal pixel spacing, metal *not* re-inserted.
 
     ``recon_px``: reconstruct the correction on a coarser grid (see
-    :func:`~baselines.sinogram_inpainting.inpaint_and_reconstruct`).
+    :func:`~artifactgsi.physics.sinogram_inpainting.inpaint_and_reconstruct`).
 
     Returns:
         ``(li_hu, reprojection)``: the ``(B, 1, N, N)`` LI image in HU, whose metal pixels
@@ -140,6 +140,8 @@ class LI(MARMethod):
     def __init__(self, filter: FilterName = "hann", kev: float = DEFAULT_KEV,
                  trace_dilation: int = TRACE_DILATION) -> None:
         self.setup = SinogramSetup(filter=filter, kev=kev, trace_dilation=trace_dilation)
+        # Every option is kept under its own name: results.json reads them back.
+        self.filter, self.kev, self.trace_dilation = filter, kev, trace_dilation
 
     def reduce(self, batch: MARInput) -> MAROutput:
         return MAROutput(image=li(batch.ordinary, batch.metal_mask, batch.pixel_spacing_mm,

@@ -8,7 +8,8 @@ divided by the prior's forward projection, so that what is left to interpolate a
 metal trace is nearly flat (the bone and body edges that LI smears into streaks are in the
 prior); the normalised sinogram is linearly interpolated, multiplied back, and the change is
 reconstructed and added to the image; the original metal pixels are re-inserted. The shared
-steps are in :mod:`baselines.sinogram_inpainting`.
+steps are in :mod:`artifactgsi.physics.sinogram_inpainting` (shared with the simulator's GSI
+metal correction).
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from dataclasses import dataclass
 import torch
 
 from artifactgsi.physics.projector import FanBeamProjector, FilterName
-from baselines.li import SinogramSetup, li_correct
-from baselines.sinogram_inpainting import (
+from artifactgsi.physics.sinogram_inpainting import (
     DEFAULT_KEV,
     TRACE_DILATION,
     gaussian_blur,
     hu_to_mu,
     inpaint_and_reconstruct,
-    interpolate_trace,
+    normalized_interpolation,
     reinsert_metal,
     run_per_spacing,
 )
+from baselines.li import SinogramSetup, li_correct
 from benchmark.method import MARInput, MARMethod, MAROutput
 
 
@@ -115,9 +116,9 @@ def nmar_correct(proj: FanBeamProjector, ordinary_hu: torch.Tensor, metal_mask: 
     li_hu, rp = li_correct(proj, ordinary_hu, metal_mask, pixel_mm, setup,
                            prior_setup.li_max_px)
     prior = nmar_prior(li_hu, metal_mask, pixel_mm, prior_setup)
-    den = proj.forward(hu_to_mu(prior, rp.mu_water)) + prior_setup.eps_water_mm * rp.mu_water
-    norm = rp.sino / den
-    nmar_sino = interpolate_trace(norm, rp.trace) * den
+    nmar_sino = normalized_interpolation(rp.sino, rp.trace,
+                                         proj.forward(hu_to_mu(prior, rp.mu_water)),
+                                         prior_setup.eps_water_mm * rp.mu_water)
     img = inpaint_and_reconstruct(proj, rp.sino, nmar_sino, ordinary_hu, metal_mask,
                                   rp.mu_water, setup.filter)
     return reinsert_metal(img, ordinary_hu, metal_mask)
@@ -168,6 +169,10 @@ class NMAR(MARMethod):
         self.setup = SinogramSetup(filter=filter, kev=kev, trace_dilation=trace_dilation)
         self.prior_setup = PriorSetup(air_hu=air_hu, bone_hu=bone_hu,
                                       soft_tissue_hu=soft_tissue_hu, sigma_mm=sigma_mm)
+        # Every option is kept under its own name: results.json reads them back.
+        self.filter, self.kev, self.trace_dilation = filter, kev, trace_dilation
+        self.air_hu, self.bone_hu = air_hu, bone_hu
+        self.soft_tissue_hu, self.sigma_mm = soft_tissue_hu, sigma_mm
 
     def reduce(self, batch: MARInput) -> MAROutput:
         return MAROutput(image=nmar(batch.ordinary, batch.metal_mask, batch.pixel_spacing_mm,

@@ -31,14 +31,21 @@ app.add_typer(weights_app, name="weights")
 def ls() -> None:
     """List the installed methods with a one-line summary."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from .method import list_methods
+    from .registry import list_methods, list_trainers
 
     t = Table("method", "summary", "from")
     for info in list_methods():
-        t.add_row(info.name, info.summary, info.source)
+        t.add_row(escape(info.name), escape(info.summary), escape(info.source))
     Console().print(t)
+    trainers = list_trainers()
+    if trainers:
+        t = Table("trainer (marbench train NAME)", "target", "from")
+        for tr in trainers:
+            t.add_row(escape(tr.name), escape(tr.target), escape(tr.source))
+        Console().print(t)
 
 
 @weights_app.command("lpips")
@@ -109,14 +116,20 @@ def run(
                                      help="method setting KEY=VALUE (repeatable)"),
     train_split: str = typer.Option(None, help="split given to prepare() as train_data"),
     seed: int = typer.Option(0, help="seed for prepare()"),
+    segmenter: str = typer.Option(None, "--segmenter",
+                                  help="frozen segmenter (model folder or Hub repo id) for "
+                                       "the segmentation scores [default: "
+                                       "$MARBENCH_SEGMENTER]"),
+    no_verify: bool = typer.Option(False, "--no-verify",
+                                   help="score a built folder that has no manifest.json "
+                                        "(results then record no manifest sha256)"),
 ) -> None:
     """Run a method over a split, score it (marbench-v1) and write OUT/results.json,
     per_slice.csv, figure.png and predictions/."""
     from artifactgsi.hub import DatasetFolderError
 
-    from .data import DatasetError
-    from .method import DuplicateMethodError, MethodOutputError, UnknownMethodError
-    from .run import MethodRunError, run_benchmark
+    from .errors import MARBenchError
+    from .run import run_benchmark
 
     options = _parse_options(option)
     lpips: Any = None if no_lpips else (lpips_weights or "auto")
@@ -124,9 +137,10 @@ def run(
         run_benchmark(method, data, split=split, out=out, device=device, limit=limit,
                       batch_size=batch_size, save_predictions=predictions, lpips=lpips,
                       config=config, revision=revision, options=options,
-                      train_split=train_split, seed=seed, clinical=clinical)
-    except (UnknownMethodError, DuplicateMethodError, DatasetError, DatasetFolderError,
-            MethodOutputError, MethodRunError, ImportError, TypeError, ValueError) as e:
+                      train_split=train_split, seed=seed, clinical=clinical,
+                      verify_manifest=not no_verify, segmenter=segmenter)
+    except (MARBenchError, DatasetFolderError, ImportError, TypeError, ValueError,
+            FileNotFoundError) as e:
         raise _error(str(e)) from None
 
 
@@ -138,15 +152,36 @@ def compare(
 ) -> None:
     """Compare runs in the layout of the paper's Table 3: one row per method, PSNR / SSIM /
     LPIPS against GSI (and the ideal image when present), then key clinical metrics."""
-    from .results import Results, comparison_table, format_value, markdown_table
+    from .results import (
+        Results,
+        comparison_table,
+        format_value,
+        markdown_table,
+        verify_results,
+    )
 
     runs = []
+    unverified: list[str] = []
+    unverified_rows: set[int] = set()
     for f in files:
         try:
-            runs.append((str(f), Results.load(f)))
-        except (FileNotFoundError, ValueError) as e:
+            r = Results.load(f)
+        except (FileNotFoundError, ValueError, OSError) as e:
             raise _error(str(e)) from None
+        run_dir = f if f.is_dir() else f.parent
+        check = verify_results(r, run_dir)
+        if check.problems:
+            raise _error(f"{f}: the results file is inconsistent and is not shown:\n  "
+                         + "\n  ".join(check.problems))
+        label = str(f)
+        if not check.predictions_checked:
+            unverified.append(f"{f}: {check.note}")
+            unverified_rows.add(len(runs))
+        runs.append((label, r))
     table = comparison_table(runs)
+    # Rows whose predictions could not be checked carry a visible mark.
+    table.rows = [((name + " (unverified)") if i in unverified_rows else name, cells)
+                  for i, (name, cells) in enumerate(table.rows)]
     if markdown:
         typer.echo(markdown_table(table, with_std=std), nl=False)
     else:
@@ -177,73 +212,133 @@ def compare(
             console.print(t)
     for w in table.warnings:
         typer.echo(f"warning: {w}", err=True)
+    for u in unverified:
+        typer.echo(f"unverified: {u}; per-slice values cannot be checked without the "
+                   "predictions they were computed from", err=True)
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train a method that needs training.")
-app.add_typer(train_app, name="train")
-
-
-@train_app.command("lga")
-def train_lga(
-    config: str = typer.Option("lga-cpu", help="config name (lga-cpu, lga-paper, table1-*) "
-                                                "or a YAML file"),
-    data: str = typer.Option(..., help="built dataset folder or Hub repo id"),
-    out: Path = typer.Option(..., help="run folder (checkpoints, logs, model/)"),
-    resume: bool = typer.Option(False, help="continue an interrupted run"),
+@app.command("rescore")
+def rescore_cmd(
+    run_dir: Path = typer.Argument(..., help="a run folder (results.json + predictions/)"),
+    data: str = typer.Option(..., "--data", "-d", help="the reference dataset (folder or Hub "
+                                                       "repo id)"),
+    out: Path = typer.Option(..., "--out", "-o", help="where the new results.json goes"),
+    revision: str = typer.Option(None, help="Hub branch, tag or commit (repo ids only)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
 ) -> None:
-    """Train the reference LGA method (VAE, invariance encoders, alignment network).
+    """Score a run's saved predictions again under the protocol it recorded (the
+    leaderboard's verification step); writes OUT/results.json."""
+    from artifactgsi.hub import DatasetFolderError
 
-    Multi-GPU / multi-node: `accelerate launch -m baselines.lga.train --config ... --data ...
-    --out ...` runs the same loop with no code change."""
-    import importlib
+    from .errors import MARBenchError
+    from .rescore import rescore
 
-    # Loaded by name: the harness never imports a method package directly (DESIGN.md 1).
-    train = importlib.import_module("baselines.lga.train")
     try:
-        path = train.train_lga(config, data, out, resume=resume)
-    except (ValueError, FileNotFoundError) as e:
+        rescore(run_dir, data, out, revision=revision, device=device, verbose=False)
+    except (MARBenchError, DatasetFolderError, FileNotFoundError, ValueError) as e:
+        raise _error(str(e)) from None
+    typer.echo(str(out / "results.json"))
+
+
+def _parse_extra(args: list[str]) -> dict[str, Any]:
+    """``["--input", "gsi", "--seed=1", "--flag"]`` -> ``{"input": "gsi", "seed": 1,
+    "flag": True}`` (values JSON-decoded when they parse; dashes in keys become ``_``)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or len(a) < 3:
+            raise _error(f"unexpected argument {a!r}: config overrides are --KEY VALUE or "
+                         "-O KEY=VALUE")
+        key, eq, value = a[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+@app.command("train", context_settings={"allow_extra_args": True,
+                                        "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="trainer name (see `marbench ls`)"),
+    config: str = typer.Option(None, "--config", "-c",
+                               help="shipped config name (e.g. lga-cpu) or a YAML file "
+                                    "[default: the trainer's *-cpu config]"),
+    data: str = typer.Option(..., "--data", "-d", help="built dataset folder or Hub repo id"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder (checkpoints, logs, model/)"),
+    resume: bool = typer.Option(False, help="continue an interrupted run"),
+    option: list[str] = typer.Option([], "--option", "-O",
+                                     help="config override KEY=VALUE (repeatable); "
+                                          "--KEY VALUE works too"),
+) -> None:
+    """Train a method (or the segmenter) with a trainer found in the `marbench.trainers`
+    entry-point group; prints the saved model folder.
+
+    Multi-GPU / multi-node: run the trainer's module under `accelerate launch`."""
+    from .errors import MARBenchError
+    from .registry import get_trainer
+
+    overrides = {**_parse_options(option), **_parse_extra(list(ctx.args))}
+    try:
+        info = get_trainer(name)
+        fn = info.load()
+        if config is None:
+            shipped = info.configs()
+            cpu = [c for c in shipped if c.endswith("-cpu")]
+            if not cpu:
+                raise ValueError(f"trainer {name!r}: give --config (shipped: "
+                                 f"{', '.join(shipped) or 'none listed'})")
+            config = cpu[0]
+        path = fn(config, data, out, resume=resume, overrides=overrides)
+    except (MARBenchError, ImportError, ValueError, TypeError, FileNotFoundError,
+            RuntimeError) as e:
         raise _error(str(e)) from None
     typer.echo(str(path))
 
 
-@app.command("ablate")
-def ablate(
-    config: str = typer.Option("lga-cpu", help="base config (lga-cpu, lga-paper or a YAML "
-                                                "file); each row = it + the row's switches"),
-    data: str = typer.Option(..., "--data", "-d", help="built dataset folder or Hub repo id"),
-    out: Path = typer.Option(Path("results/ablation"), "--out", "-o",
-                             help="output folder (OUT/<row>/run, OUT/<row>/results, "
-                                  "ablation.json, ablation.md)"),
-    rows: str = typer.Option(None, help="comma-separated subset: baseline, arvae, "
-                                        "arvae-loss, arvae-an, full (default: all five)"),
-    max_steps: int = typer.Option(None, min=1, help="cap on optimiser steps per stage"),
-    resume: bool = typer.Option(False, help="continue rows already started in OUT"),
-    split: str = typer.Option("test", help="split to score"),
-    device: str = typer.Option("cpu", help="device for scoring"),
-    limit: int = typer.Option(None, min=1, help="score only the first N slices"),
-    lpips_weights: Path = typer.Option(None, help="AlexNet weights file for LPIPS"),
-    no_lpips: bool = typer.Option(False, "--no-lpips", help="skip LPIPS (reported missing)"),
-) -> None:
-    """Train and score the five rows of the paper's Table 1 (Baseline, +ARVAE, +ARVAE+Loss,
-    +ARVAE+AN, full) and print them beside the paper's numbers."""
+def _add_plugin_commands(root: typer.Typer) -> None:
+    """Subcommands that other packages add through the ``marbench.commands`` group: a
+    ``typer.Typer`` becomes a command group, a function one command. A plugin that fails to
+    load gets a command that reports why, so it cannot break the others."""
     import importlib
 
-    from artifactgsi.hub import DatasetFolderError
+    from .registry import iter_commands
 
-    from .ablate import run_ablation
-    from .data import DatasetError
-    from .run import MethodRunError
+    taken = {c.name for c in root.registered_commands} | {
+        g.name for g in root.registered_groups}
+    for name, target, source in iter_commands():
+        if name in taken:
+            continue
+        module_name, _, attr = target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as e:  # a broken plugin must not break marbench
+            reason = f"{type(e).__name__}: {e}"
 
-    # The training module is loaded by name inside run_ablation; TrainError and
-    # ConfigError are ValueError / RuntimeError subclasses.
-    train = importlib.import_module("baselines.lga.train")
-    lpips: Any = None if no_lpips else (lpips_weights or "auto")
-    try:
-        run_ablation(config, data, out, rows=rows, max_steps=max_steps, resume=resume,
-                     split=split, device=device, lpips=lpips, limit=limit)
-    except (DatasetError, DatasetFolderError, MethodRunError, train.TrainError,
-            FileNotFoundError, ValueError) as e:
-        raise _error(str(e)) from None
+            def broken(reason: str = reason, target: str = target, source: str = source
+                       ) -> None:
+                raise _error(f"command from {source} ({target}) cannot load: {reason}")
+
+            root.command(name, help=f"(cannot load: {reason})")(broken)
+            continue
+        if isinstance(obj, typer.Typer):
+            root.add_typer(obj, name=name)
+        elif callable(obj):
+            root.command(name)(obj)
+
+
+_add_plugin_commands(app)
 
 
 if __name__ == "__main__":

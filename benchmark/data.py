@@ -34,19 +34,20 @@ from artifactgsi.hub import (
     read_manifest,
     sha256_file,
 )
+from benchmark.errors import MARBenchError
 from benchmark.method import MARInput
 
-#: Columns the benchmark needs from the ``pairs`` config (DESIGN 3.2).
+#: Columns the benchmark needs from the ``pairs`` config (see docs/dataset.md).
 REQUIRED_COLUMNS = ("patient_id", "slice_index", "ordinary", "gsi", "metal_mask",
                     "pixel_spacing_mm", "implant_type")
 #: Columns used when present.
-OPTIONAL_COLUMNS = ("ideal", "z_mm")
-_IMAGE_COLUMNS = ("ordinary", "gsi", "metal_mask", "ideal")
+OPTIONAL_COLUMNS = ("ideal", "z_mm", "labels")
+_IMAGE_COLUMNS = ("ordinary", "gsi", "metal_mask", "ideal", "labels")
 
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-class DatasetError(ValueError):
+class DatasetError(MARBenchError, ValueError):
     """The dataset cannot be read as asked (the message names the dataset and the fix)."""
 
 
@@ -129,8 +130,8 @@ def _describe(source: str, folder: Path, repo_id: str | None, revision: str | No
     return f"dataset folder {str(folder)!r}"
 
 
-def _split_files(folder: Path, config: str, split: str, where: str) -> tuple[
-        list[DataFile], str | None]:
+def _split_files(folder: Path, config: str, split: str, where: str, *,
+                 require_manifest: bool = False) -> tuple[list[DataFile], str | None]:
     """The split's files (from the card + manifest) and the manifest's sha256."""
     try:
         metadata = read_card_metadata(folder)
@@ -146,7 +147,7 @@ def _split_files(folder: Path, config: str, split: str, where: str) -> tuple[
         if not patterns:
             raise DatasetError(f"{where}: no dataset card with 'configs:' and no "
                                f"{config}/*.parquet files; is this a built ArtifactGSI "
-                               "dataset (DESIGN 3.2)?")
+                               "dataset (`artifactgsi build` writes one)?")
     if split not in patterns:
         raise DatasetError(f"{where}, config {config!r}, has no split {split!r}; available "
                            f"splits: {', '.join(sorted(patterns)) or 'none'}")
@@ -158,6 +159,11 @@ def _split_files(folder: Path, config: str, split: str, where: str) -> tuple[
                  for e in manifest["files"]
                  if e["path"].endswith(".parquet") and any(r.fullmatch(e["path"]) for r in regexes)]
         digest: str | None = sha256_file(manifest_path)
+    elif require_manifest:
+        raise DatasetError(f"{where}: no {settings.MANIFEST_FILENAME}, so the files cannot be "
+                           "checked and results could not say which data was scored. Rebuild "
+                           "or re-download the dataset, or pass --no-verify to score it "
+                           "anyway (results then record no manifest sha256).")
     else:
         rels = sorted({Path(p).relative_to(folder).as_posix() for pat in patterns[split]
                        for p in glob.glob(str(folder / pat), recursive=True)})
@@ -204,8 +210,8 @@ def _fetch_from_hub(repo_id: str, revision: str | None, config: str,
     return folder, str(commit.resolved)
 
 
-def resolve_source(data: str | Path, config: str, split: str, revision: str | None = None
-                   ) -> tuple[DatasetSource, list[DataFile]]:
+def resolve_source(data: str | Path, config: str, split: str, revision: str | None = None,
+                   *, require_manifest: bool = False) -> tuple[DatasetSource, list[DataFile]]:
     """Find the folder (downloading from the Hub if ``data`` is a repo id) and the split's
     files, verified against the manifest."""
     text = str(data)
@@ -237,7 +243,8 @@ def resolve_source(data: str | Path, config: str, split: str, revision: str | No
         raise DatasetError(f"{text}: no such folder, and not a Hub dataset repo id "
                            "('org/name')")
     where = _describe(text, folder, repo_id, rev)
-    files, digest = _split_files(folder, config, split, where)
+    files, digest = _split_files(folder, config, split, where,
+                                 require_manifest=require_manifest)
     verify_files(folder, files)
     return DatasetSource(source=text, folder=folder, repo_id=repo_id, revision=rev,
                          manifest_sha256=digest), files
@@ -256,6 +263,9 @@ class PairsBatch:
         ideal_hu: (B, 1, H, W) float32 ideal reference, HU (rows without one are zeros),
             or ``None`` if no row of the batch has one.
         has_ideal: (B,) bool, rows that have an ideal image.
+        labels: (B, H, W) uint8 reference labels (rows without labels are zeros), or
+            ``None`` if no row of the batch has them.
+        has_labels: (B,) bool, rows that have labels.
         z_mm: B slice positions in mm (``None`` where the column is absent).
         rows: B row numbers in the underlying dataset.
     """
@@ -266,6 +276,8 @@ class PairsBatch:
     has_ideal: torch.Tensor
     z_mm: list[float | None]
     rows: list[int]
+    labels: torch.Tensor | None = None
+    has_labels: torch.Tensor | None = None
 
 
 class PairsSplit:
@@ -308,6 +320,10 @@ class PairsSplit:
             self._ideal_null = np.asarray(table.column("ideal").is_null().to_pylist(), bool)
         else:
             self._ideal_null = np.ones(len(pids), bool)
+        if "labels" in cols:
+            self._labels_null = np.asarray(table.column("labels").is_null().to_pylist(), bool)
+        else:
+            self._labels_null = np.ones(len(pids), bool)
         seen: dict[tuple[str, int], int] = {}
         for i, key in enumerate(zip(pids, sidx, strict=True)):
             if key in seen:
@@ -333,6 +349,11 @@ class PairsSplit:
     def has_ideal(self) -> bool:
         """Whether any row has an ideal image (simulated data)."""
         return bool((~self._ideal_null).any())
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether any row has segmentation labels."""
+        return bool((~self._labels_null).any())
 
     def slice_id(self, row: int) -> tuple[str, int]:
         return self._patient_id[row], self._slice_index[row]
@@ -370,6 +391,12 @@ class PairsSplit:
             arr = np.asarray(d["ideal"], dtype=np.float32)  # float64 with NaN rows if mixed
             arr[~has_ideal.numpy()] = 0.0
             ideal = torch.from_numpy(arr).unsqueeze(1)
+        has_labels = torch.from_numpy(~self._labels_null[rows])
+        labels = None
+        if bool(has_labels.any()):
+            lab = [np.asarray(v, np.uint8) if ok else np.zeros(ordinary.shape[2:], np.uint8)
+                   for v, ok in zip(d["labels"], has_labels.tolist(), strict=True)]
+            labels = torch.from_numpy(np.stack(lab))
         neighbours = None
         if neighbour_slices > 0:
             need = [self.neighbour_rows(r, neighbour_slices) for r in rows]
@@ -385,7 +412,7 @@ class PairsSplit:
             implant_type=implant_types, patient_id=[self._patient_id[r] for r in rows],
             slice_index=[self._slice_index[r] for r in rows], neighbours=neighbours)
         return PairsBatch(input=inp, gsi_hu=gsi, ideal_hu=ideal, has_ideal=has_ideal,
-                          z_mm=z_mm, rows=rows)
+                          z_mm=z_mm, rows=rows, labels=labels, has_labels=has_labels)
 
     def iter_batches(self, batch_size: int, limit: int | None = None,
                      neighbour_slices: int = 0) -> Iterator[PairsBatch]:
@@ -398,7 +425,8 @@ class PairsSplit:
 
 
 def open_split(data: str | Path, split: str = "test", *, config: str = "pairs",
-               revision: str | None = None, cache_dir: Path | str | None = None) -> PairsSplit:
+               revision: str | None = None, cache_dir: Path | str | None = None,
+               require_manifest: bool = False) -> PairsSplit:
     """Open one split of a built dataset (a folder or a Hub repo id) for the benchmark.
 
     The split's files are checked against ``manifest.json`` (size and sha256) before they
@@ -409,6 +437,8 @@ def open_split(data: str | Path, split: str = "test", *, config: str = "pairs",
         split: e.g. ``"test"``; config: e.g. ``"pairs"``.
         revision: Hub branch, tag or commit (repo ids only).
         cache_dir: ``datasets`` cache for the Arrow files (default: its own).
+        require_manifest: refuse a folder without ``manifest.json`` (the runner does, unless
+            told ``--no-verify``: results must say which data was scored).
 
     Raises:
         DatasetError: no such folder / repo, config or split (the available ones are listed),
@@ -417,7 +447,8 @@ def open_split(data: str | Path, split: str = "test", *, config: str = "pairs",
     """
     import datasets
 
-    source, files = resolve_source(data, config, split, revision)
+    source, files = resolve_source(data, config, split, revision,
+                                   require_manifest=require_manifest)
     ds = datasets.load_dataset(
         "parquet", data_files={split: [str(source.folder / f.path) for f in files]},
         split=split, cache_dir=None if cache_dir is None else str(cache_dir))

@@ -1,4 +1,4 @@
-"""The MAR method interface and the method registry (DESIGN 5).
+"""The MAR method interface: :class:`MARMethod`, its input and output, and output checks.
 
 A method is a class with one abstract method::
 
@@ -8,35 +8,26 @@ A method is a class with one abstract method::
         def reduce(self, batch: MARInput) -> MAROutput:
             return MAROutput(image=...)            # (B, 1, H, W) float32 HU, same grid
 
-It is found by name through the registry. Third-party packages plug in without touching this
-repository by declaring an entry point in the ``marbench.methods`` group of their own
-``pyproject.toml``::
-
-    [project.entry-points."marbench.methods"]
-    mine = "my_package.my_module:MyMethod"
-
-and ``get_method("my_package.my_module:MyMethod")`` works without any registration. Entry
-points are read lazily: listing names imports nothing; a method's module (and its heavy
-imports) is imported only when that method is chosen, or when ``list_methods()`` reads its
-docstring.
+Every option is a keyword argument of the constructor, stored on the instance under the same
+name; :func:`benchmark.registry.create_method` checks options against the signature and
+:meth:`MARMethod.effective_options` reads back what the instance uses, for results files.
+Methods are found by name through :mod:`benchmark.registry` (entry-point group
+``marbench.methods``). ``benchmark.testing.check_method`` is the contract test for authors.
 """
 
 from __future__ import annotations
 
 import abc
-import difflib
-import importlib
-import importlib.metadata
-from collections.abc import Callable, Sequence
+import inspect
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from pathlib import Path, PurePath
+from typing import Any, ClassVar
 
 import torch
 
-#: Entry-point group that third-party packages use to register methods.
-ENTRY_POINT_GROUP = "marbench.methods"
-
+from .errors import MARBenchError
 
 # ----------------------------------------------------------------------------- data classes
 
@@ -113,11 +104,20 @@ class MARInput:
         return f"patient {self.patient_id[i]!r} slice {self.slice_index[i]}"
 
     def to(self, device: torch.device | str) -> MARInput:
-        """A copy with every tensor on ``device``."""
-        nb = None if self.neighbours is None else self.neighbours.to(device)
-        return replace(self, ordinary=self.ordinary.to(device),
-                       metal_mask=self.metal_mask.to(device),
-                       pixel_spacing_mm=self.pixel_spacing_mm.to(device), neighbours=nb)
+        """A deep copy with every tensor on ``device``.
+
+        Always a copy (``Tensor.to`` alone returns the same tensor when it is already on
+        ``device``), so a method that edits its input in place cannot touch what the runner
+        scores with.
+        """
+        def cp(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, copy=True)
+
+        nb = None if self.neighbours is None else cp(self.neighbours)
+        return replace(self, ordinary=cp(self.ordinary), metal_mask=cp(self.metal_mask),
+                       pixel_spacing_mm=cp(self.pixel_spacing_mm),
+                       implant_type=list(self.implant_type), patient_id=list(self.patient_id),
+                       slice_index=list(self.slice_index), neighbours=nb)
 
 
 @dataclass
@@ -141,14 +141,14 @@ class PrepareContext:
             fit something before scoring; ``None`` when the runner has none.
         cache_dir: a folder the method may use for weights and intermediate files.
         seed: seed for anything random in preparation.
-        options: method-specific settings given by the user (CLI or config file).
+
+    Method settings are not here: they are constructor arguments (see :class:`MARMethod`).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     train_data: Any = None
     cache_dir: Path | None = None
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 class MARMethod(abc.ABC):
@@ -166,6 +166,26 @@ class MARMethod(abc.ABC):
     neighbour_slices: ClassVar[int] = 0
     weights_sha256: str | None = None
 
+    def effective_options(self) -> dict[str, Any]:
+        """The value of every constructor option as this instance uses it, for results files.
+
+        Each keyword of ``__init__`` is read back from the attribute of the same name (the
+        convention every method follows), so what is recorded is what runs, not what was
+        asked for. A parameter with no such attribute is recorded with its default. Paths
+        become strings; values that are not JSON numbers, strings, bools, lists or dicts
+        are recorded by ``repr``.
+        """
+        out: dict[str, Any] = {}
+        for p in _option_parameters(type(self)):
+            if hasattr(self, p.name):
+                value = getattr(self, p.name)
+            elif p.default is not inspect.Parameter.empty:
+                value = p.default
+            else:
+                continue
+            out[p.name] = _json_value(value)
+        return out
+
     def prepare(self, ctx: PrepareContext) -> None:  # noqa: B027 (optional hook, no-op default)
         """Load weights, move to ``ctx.device`` or train; called once before :meth:`reduce`."""
 
@@ -174,7 +194,33 @@ class MARMethod(abc.ABC):
         """Map the ordinary image (HU) to a corrected image (HU) on the same grid."""
 
 
-class MethodOutputError(ValueError):
+def _option_parameters(cls: type) -> list[inspect.Parameter]:
+    """The named keyword parameters of ``cls.__init__`` (``self``, ``*args``, ``**kw`` left
+    out)."""
+    if cls.__init__ is object.__init__:
+        return []
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            inspect.Parameter.KEYWORD_ONLY)]
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, torch.device):
+        return str(value)
+    return repr(value)
+
+
+class MethodOutputError(MARBenchError, ValueError):
     """A method returned something the harness cannot score."""
 
 
@@ -222,234 +268,14 @@ def validate_output(method_name: str, batch: MARInput, out: object) -> torch.Ten
     return img
 
 
-# ----------------------------------------------------------------------------- registry
 
 
-class UnknownMethodError(LookupError):
-    """No method is registered under the requested name."""
+def __getattr__(name: str) -> Any:
+    # The registry moved to benchmark.registry; old imports keep working.
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import registry
 
-    def __str__(self) -> str:  # LookupError would repr() the message
-        return str(self.args[0])
-
-
-class DuplicateMethodError(ValueError):
-    """Two different classes claim the same method name."""
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    """One row of :func:`list_methods`: name, one-line summary and where it comes from."""
-
-    name: str
-    summary: str
-    target: str
-    source: str
-
-
-@dataclass
-class _Entry:
-    target: type[MARMethod] | str  # a class, or a lazy "module:Class" string
-    source: str                     # "code" or "entry point of <distribution>"
-
-
-M = TypeVar("M", bound=type[MARMethod])
-
-
-def _spec_of(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def load_spec(spec: str) -> type[MARMethod]:
-    """Import ``"pkg.module:Class"`` (``Class`` may be dotted) and check it is a MARMethod."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"method spec {spec!r} must look like 'pkg.module:Class'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise ImportError(f"method spec {spec!r}: cannot import module {module_name!r} ({e}); "
-                          "is its package installed in this environment?") from e
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise ImportError(f"method spec {spec!r}: module {module_name!r} has no "
-                              f"attribute {attr!r}") from e
-    if not (isinstance(obj, type) and issubclass(obj, MARMethod)):
-        raise TypeError(f"method spec {spec!r} names {obj!r}, which is not a subclass of "
-                        "benchmark.method.MARMethod")
-    if getattr(obj, "__abstractmethods__", None):
-        missing = ", ".join(sorted(obj.__abstractmethods__))
-        raise TypeError(f"method spec {spec!r}: class does not implement {missing}")
-    return obj
-
-
-def _summary(cls: type) -> str:
-    doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else "(no docstring)"
-
-
-class MethodRegistry:
-    """Maps method names to classes or lazy ``"module:Class"`` strings.
-
-    Code registrations (:meth:`register`) and entry points of ``group`` share one namespace;
-    a name claimed by two different targets is a :class:`DuplicateMethodError`. Entry points
-    are read on first use (names only, nothing imported).
-    """
-
-    def __init__(self, group: str | None = ENTRY_POINT_GROUP) -> None:
-        self._group = group
-        self._entries: dict[str, _Entry] = {}
-        self._conflicts: dict[str, list[_Entry]] = {}
-        self._discovered = group is None
-
-    # -- registration
-    def register(self, name: str, target: type[MARMethod] | str, *, source: str = "code") -> None:
-        """Register ``target`` (a MARMethod subclass or a ``"module:Class"`` string) as ``name``.
-
-        Raises:
-            DuplicateMethodError: ``name`` is already registered to a different target.
-        """
-        self._discover()
-        self._add(name, _Entry(target, source), strict=True)
-
-    def _add(self, name: str, entry: _Entry, *, strict: bool) -> None:
-        if not name or ":" in name or name != name.strip():
-            raise ValueError(f"method name {name!r} ({entry.source}) must be non-empty, without "
-                             "':' or surrounding spaces")
-        if isinstance(entry.target, type) and not issubclass(entry.target, MARMethod):
-            raise TypeError(f"method {name!r}: {entry.target!r} is not a MARMethod subclass")
-        old = self._entries.get(name)
-        if old is None or self._same(old.target, entry.target):
-            if old is None:
-                self._entries[name] = entry
-            return
-        message = (f"method name {name!r} is claimed twice: by {self._describe(old)} and by "
-                   f"{self._describe(entry)}; uninstall one package or rename one method")
-        if strict:
-            raise DuplicateMethodError(message)
-        # An installed plugin clashing with another must not break unrelated methods: the
-        # clash is reported when (and only when) the ambiguous name is asked for.
-        self._conflicts.setdefault(name, [old]).append(entry)
-
-    @staticmethod
-    def _same(a: type | str, b: type | str) -> bool:
-        sa = a if isinstance(a, str) else _spec_of(a)
-        sb = b if isinstance(b, str) else _spec_of(b)
-        return sa == sb
-
-    @staticmethod
-    def _describe(e: _Entry) -> str:
-        t = e.target if isinstance(e.target, str) else _spec_of(e.target)
-        return f"{t} ({e.source})"
-
-    def _discover(self) -> None:
-        if self._discovered:
-            return
-        self._discovered = True
-        for ep in importlib.metadata.entry_points(group=self._group):
-            dist = getattr(ep, "dist", None)
-            source = f"entry point of {dist.name if dist is not None else 'unknown distribution'}"
-            self._add(ep.name, _Entry(ep.value, source), strict=False)
-
-    # -- lookup
-    def names(self) -> list[str]:
-        """Every registered name, sorted; imports nothing."""
-        self._discover()
-        return sorted(self._entries)
-
-    def get(self, name_or_spec: str) -> type[MARMethod]:
-        """The class registered as ``name_or_spec``, or the class a ``"module:Class"`` names.
-
-        Raises:
-            UnknownMethodError: with the closest registered names ("did you mean ...").
-            DuplicateMethodError: two installed packages claim this name.
-        """
-        if ":" in name_or_spec:
-            return load_spec(name_or_spec)
-        self._discover()
-        if name_or_spec in self._conflicts:
-            who = " and ".join(self._describe(e) for e in self._conflicts[name_or_spec])
-            raise DuplicateMethodError(f"method name {name_or_spec!r} is claimed by {who}; "
-                                       "uninstall one, or pass the class as 'pkg.module:Class'")
-        entry = self._entries.get(name_or_spec)
-        if entry is None:
-            raise UnknownMethodError(self._unknown_message(name_or_spec))
-        if isinstance(entry.target, str):
-            try:
-                entry.target = load_spec(entry.target)
-            except (ImportError, TypeError, ValueError) as e:
-                raise type(e)(f"method {name_or_spec!r} ({entry.source}): {e}") from e
-        return entry.target
-
-    def _unknown_message(self, name: str) -> str:
-        known = sorted(self._entries)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        if not close:  # also match ignoring case and separators: "Identity", "dudo-dp"
-            folded = {k.lower().replace("-", "_"): k for k in known}
-            hit = folded.get(name.lower().replace("-", "_"))
-            close = [hit] if hit else []
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        listing = ", ".join(known) if known else "none"
-        return (f"unknown MAR method {name!r}.{hint} Registered methods: {listing}. A method "
-                f"from another package is found once that package is installed with an entry "
-                f"point in the {self._group!r} group, or pass it as 'pkg.module:Class'.")
-
-    def create(self, name_or_spec: str, **kwargs: Any) -> MARMethod:
-        """Instantiate the method ``name_or_spec`` with ``kwargs``; its ``name`` is set."""
-        cls = self.get(name_or_spec)
-        method = cls(**kwargs)
-        if not getattr(method, "name", ""):
-            method.name = name_or_spec  # type: ignore[misc]  (instance attribute on purpose)
-        return method
-
-    def infos(self) -> list[MethodInfo]:
-        """Name, one-line summary (the class docstring's first line) and origin of each method.
-
-        This imports each method's module to read the docstring; a method whose import fails
-        is listed with the reason instead of a summary.
-        """
-        rows = []
-        for name in self.names():
-            entry = self._entries[name]
-            target = entry.target if isinstance(entry.target, str) else _spec_of(entry.target)
-            if name in self._conflicts:
-                summary = "(name claimed twice: " + ", ".join(
-                    self._describe(e) for e in self._conflicts[name]) + ")"
-            else:
-                try:
-                    summary = _summary(self.get(name))
-                except Exception as e:  # a broken plugin must not break the listing
-                    summary = f"(cannot load: {type(e).__name__}: {e})"
-            rows.append(MethodInfo(name=name, summary=summary, target=target,
-                                   source=entry.source))
-        return rows
-
-
-#: The process-wide registry: entry points of ``marbench.methods`` plus code registrations.
-REGISTRY = MethodRegistry()
-
-
-def register_method(name: str) -> Callable[[M], M]:
-    """Class decorator: ``@register_method("mine")`` registers the class in :data:`REGISTRY`."""
-
-    def deco(cls: M) -> M:
-        REGISTRY.register(name, cls)
-        return cls
-
-    return deco
-
-
-def get_method(name_or_spec: str) -> type[MARMethod]:
-    """The method class for a registered name or a ``"pkg.module:Class"`` string."""
-    return REGISTRY.get(name_or_spec)
-
-
-def create_method(name_or_spec: str, **kwargs: Any) -> MARMethod:
-    """An instance of the method ``name_or_spec`` (see :meth:`MethodRegistry.create`)."""
-    return REGISTRY.create(name_or_spec, **kwargs)
-
-
-def list_methods() -> list[MethodInfo]:
-    """Every registered method with its one-line summary (imports each to read it)."""
-    return REGISTRY.infos()
+    if name in registry.__all__:
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

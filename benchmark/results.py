@@ -1,4 +1,4 @@
-"""The results schema: what one ``marbench run`` records (DESIGN 6), as pydantic models.
+"""The results schema: what one ``marbench run`` records, as pydantic models.
 
 This is the only thing the leaderboard reads, so it imports nothing heavy (no torch, no
 datasets). A results file (``results.json``) says exactly what was scored and how:
@@ -25,10 +25,12 @@ are written as the JSON strings ``"Infinity"`` / ``"NaN"`` so the file stays sta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -152,8 +154,10 @@ class MetricDefinition(_Model):
 
 
 class MetricSummary(_Model):
-    """Aggregate over slices (``benchmark.metrics.protocol.Summary``): mean / std / median over
-    finite values; infinite and NaN values are counted, not averaged."""
+    """Aggregate of one metric over slices (:func:`summarize`): ``mean`` / ``std`` /
+    ``median`` over finite values; infinities (PSNR of identical images) and NaN (a metric
+    undefined on a slice, e.g. no bone) are counted, not averaged. When no value is finite
+    but some are infinite, ``mean`` is that infinity."""
 
     mean: float
     std: float
@@ -163,6 +167,29 @@ class MetricSummary(_Model):
     n_inf: int
     n_nan: int
     higher_is_better: bool
+
+
+def summarize(values: Iterable[float], higher_is_better: bool) -> MetricSummary:
+    """Aggregate per-slice values into a :class:`MetricSummary` (the only place summaries
+    are computed: the runner, ``marbench compare`` and the leaderboard all call it)."""
+    vals = [float(v) for v in values]
+    finite = sorted(v for v in vals if math.isfinite(v))
+    infs = [v for v in vals if math.isinf(v)]
+    nan = float("nan")
+    if finite:
+        mean = math.fsum(finite) / len(finite)
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / len(finite))
+        k = len(finite)
+        median = finite[k // 2] if k % 2 else 0.5 * (finite[k // 2 - 1] + finite[k // 2])
+    elif infs and len(set(infs)) == 1:
+        mean = median = infs[0]
+        std = nan
+    else:
+        mean = median = std = nan
+    return MetricSummary(mean=mean, std=std, median=median, n=len(vals),
+                         n_finite=len(finite), n_inf=len(infs),
+                         n_nan=len(vals) - len(finite) - len(infs),
+                         higher_is_better=higher_is_better)
 
 
 class ComparisonRecord(_Model):
@@ -183,7 +210,10 @@ class ComparisonRecord(_Model):
 
 
 class SliceRecord(_Model):
-    """One slice: identity, context and ``scores[comparison][metric]``."""
+    """One slice: identity, context and ``scores[comparison][metric]``; with a segmenter,
+    ``segmentation[image]`` holds the per-class intersection / union pixel counts
+    (``seg_inter.<class>``, ``seg_union.<class>``) of the segmenter on ``image``
+    (``method``, ``gsi``, ``ideal``) against the labels."""
 
     patient_id: str
     slice_index: int
@@ -191,6 +221,98 @@ class SliceRecord(_Model):
     implant_type: str
     metal_pixels: int
     scores: dict[str, dict[str, float]]
+    segmentation: dict[str, dict[str, float]] | None = None
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+#: Images a frozen segmenter is applied to: the method's output, and the references.
+SEG_IMAGES: tuple[str, ...] = ("method", "gsi", "ideal")
+#: The five foreground classes of the ``labels`` column (value 1..5), paper Table 2 order.
+SEG_CLASSES: tuple[str, ...] = ("metal", "l_pelvis", "r_pelvis", "l_femur", "r_femur")
+SEG_INTER = "seg_inter."
+SEG_UNION = "seg_union."
+#: Summary keys: ``iou.<class>`` then ``miou``.
+SEG_SUMMARY_KEYS: tuple[str, ...] = (*(f"iou.{k}" for k in SEG_CLASSES), "miou")
+
+
+def seg_summary(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Dataset-level IoU per class and mIoU from per-slice count rows.
+
+    Per class: the sum of intersections over the sum of unions across ``rows`` (NaN when the
+    class never occurs, in prediction or reference); a class absent from both on a slice has
+    union 0 there and contributes nothing. ``miou``: the mean of the defined class IoUs
+    (NaN only when no foreground class occurs).
+
+    Raises:
+        KeyError: a row lacks a count (names the row and the key).
+    """
+    inter = dict.fromkeys(SEG_CLASSES, 0.0)
+    union = dict.fromkeys(SEG_CLASSES, 0.0)
+    for i, row in enumerate(rows):
+        for k in SEG_CLASSES:
+            try:
+                inter[k] += float(row[f"{SEG_INTER}{k}"])
+                union[k] += float(row[f"{SEG_UNION}{k}"])
+            except KeyError:
+                raise KeyError(f"seg_summary: row {i} has no {SEG_INTER}{k} / {SEG_UNION}{k} "
+                               "count; per-slice rows must come from the segmentation "
+                               "scorer") from None
+    out = {f"iou.{k}": (inter[k] / union[k] if union[k] > 0 else math.nan) for k in SEG_CLASSES}
+    defined = [out[f"iou.{k}"] for k in SEG_CLASSES if not math.isnan(out[f"iou.{k}"])]
+    out["miou"] = math.fsum(defined) / len(defined) if defined else math.nan
+    return out
+
+
+def seg_summary_by(rows: list[dict[str, Any]], groups: list[str]) -> dict[str, dict[str, float]]:
+    """:func:`seg_summary` per group label (patient id, implant type), groups sorted."""
+    if len(rows) != len(groups):
+        raise ValueError(f"seg_summary_by: {len(rows)} rows but {len(groups)} group labels")
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r, g in zip(rows, groups, strict=True):
+        by.setdefault(str(g), []).append(r)
+    return {g: seg_summary(by[g]) for g in sorted(by)}
+
+
+class SegmentationRecord(_Model):
+    """Downstream segmentation: a frozen GSI-trained segmenter applied to each image.
+
+    Attributes:
+        available: whether it was computed; else ``reason`` says why (no segmenter given,
+            no labels in the data).
+        segmenter: its identity (weights sha256, training input, classes, HU window, ...).
+        summary: ``{image: {"iou.<class>": ..., "miou": ...}}`` over the scored slices
+            (:func:`seg_summary` of the per-slice counts).
+        by_implant: the same per implant type; per_patient: per patient id.
+        n_slices: slices with labels that were segmented.
+    """
+
+    available: bool
+    reason: str | None = None
+    segmenter: dict[str, Any] = Field(default_factory=dict)
+    classes: list[str] = Field(default_factory=lambda: list(SEG_CLASSES))
+    summary: dict[str, dict[str, float]] = Field(default_factory=dict)
+    by_implant: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    per_patient: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    n_slices: int = 0
+
+
+def segmentation_summaries(per_slice: list[SliceRecord]) -> tuple[
+        dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]],
+        dict[str, dict[str, dict[str, float]]]]:
+    """(summary, by_implant, per_patient) recomputed from the slices' segmentation counts."""
+    summary: dict[str, dict[str, float]] = {}
+    by_implant: dict[str, dict[str, dict[str, float]]] = {}
+    per_patient: dict[str, dict[str, dict[str, float]]] = {}
+    for image in SEG_IMAGES:
+        have = [s for s in per_slice if s.segmentation and image in s.segmentation]
+        if not have:
+            continue
+        rows = [s.segmentation[image] for s in have]  # type: ignore[index]
+        summary[image] = seg_summary(rows)
+        by_implant[image] = seg_summary_by(rows, [s.implant_type for s in have])
+        per_patient[image] = seg_summary_by(rows, [s.patient_id for s in have])
+    return summary, by_implant, per_patient
 
 
 class PredictionsRecord(_Model):
@@ -220,6 +342,7 @@ class Results(_Model):
     per_slice: list[SliceRecord]
     predictions: PredictionsRecord | None = None
     figure: str | None = None
+    segmentation: SegmentationRecord | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Results:
@@ -273,6 +396,10 @@ class Results(_Model):
             raise FileNotFoundError(f"{p}: no such results file (run `marbench run` first)")
         try:
             raw = json.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p}: not a results file (not UTF-8 text: {e.reason} at byte "
+                             f"{e.start}); give a results.json written by `marbench run`") \
+                from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: not valid JSON ({e})") from e
         if not isinstance(raw, dict) or raw.get("format") != RESULTS_FORMAT:
@@ -282,6 +409,146 @@ class Results(_Model):
             return cls.model_validate(raw)
         except ValueError as e:
             raise ValueError(f"{p}: not a valid results file:\n{e}") from e
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same(a: float, b: float, tol: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+
+
+def recompute_summaries(results: Results) -> dict[str, dict[str, MetricSummary]]:
+    """``{comparison: {metric: summary}}`` recomputed from ``results.per_slice``."""
+    out: dict[str, dict[str, MetricSummary]] = {}
+    for key, comp in results.comparisons.items():
+        out[key] = {}
+        for metric in comp.summary:
+            vals = [s.scores[key][metric] for s in results.per_slice
+                    if key in s.scores and metric in s.scores[key]]
+            hib = results.metrics[metric].higher_is_better
+            out[key][metric] = summarize(vals, hib)
+    return out
+
+
+class Verification(BaseModel):
+    """What :func:`verify_results` found.
+
+    ``problems``: every inconsistency, each naming the field; empty when consistent.
+    ``predictions_checked``: the predictions file was present and its sha256, size and row
+    count match the record. Per-slice values cannot be proven genuine without the
+    predictions, so a results file is *verified* only when both hold.
+    """
+
+    problems: list[str]
+    predictions_checked: bool
+    note: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return not self.problems and self.predictions_checked
+
+
+def verify_results(results: Results, run_dir: Path | str | None = None, *,
+                   tol: float = 1e-6) -> Verification:
+    """Check a results file against itself and its predictions.
+
+    - every summary equals the one recomputed from the per-slice values (relative ``tol``),
+      and higher-is-better flags agree with the metric definitions;
+    - every per-slice value is a number the protocol can produce (no NaN where the summary
+      says none, same slice never twice);
+    - when ``run_dir`` holds the predictions file: its sha256, size and rows match.
+
+    Shared by ``marbench compare`` and the leaderboard.
+    """
+    problems: list[str] = []
+    seen: set[tuple[str, int]] = set()
+    for s in results.per_slice:
+        key = (s.patient_id, s.slice_index)
+        if key in seen:
+            problems.append(f"per_slice: patient {s.patient_id!r} slice {s.slice_index} "
+                            "appears more than once")
+        seen.add(key)
+    recomputed = recompute_summaries(results)
+    for key, comp in results.comparisons.items():
+        for metric, stored in comp.summary.items():
+            if stored.higher_is_better != results.metrics[metric].higher_is_better:
+                problems.append(f"comparisons[{key!r}].summary[{metric!r}]: "
+                                f"higher_is_better disagrees with metrics[{metric!r}]")
+            fresh = recomputed[key][metric]
+            for field in ("mean", "std", "median"):
+                a, b = getattr(stored, field), getattr(fresh, field)
+                if not _same(a, b, tol):
+                    problems.append(f"comparisons[{key!r}].summary[{metric!r}].{field} is "
+                                    f"{a!r} but the per-slice values give {b!r}")
+            for field in ("n", "n_finite", "n_inf", "n_nan"):
+                a, b = getattr(stored, field), getattr(fresh, field)
+                if a != b:
+                    problems.append(f"comparisons[{key!r}].summary[{metric!r}].{field} is "
+                                    f"{a} but the per-slice values give {b}")
+    seg = results.segmentation
+    if seg is not None and seg.available:
+        summary, by_implant, per_patient = segmentation_summaries(results.per_slice)
+        for what, stored, fresh in (("summary", seg.summary, summary),
+                                    ("by_implant", seg.by_implant, by_implant),
+                                    ("per_patient", seg.per_patient, per_patient)):
+            if set(stored) != set(fresh):
+                problems.append(f"segmentation.{what} covers images {sorted(stored)} but the "
+                                f"per-slice counts give {sorted(fresh)}")
+                continue
+            for image, block in fresh.items():
+                flat_fresh = block if what == "summary" else {
+                    f"{g}.{k}": v for g, d in block.items() for k, v in d.items()}
+                st = stored[image]
+                flat_stored = st if what == "summary" else {
+                    f"{g}.{k}": v for g, d in st.items() for k, v in d.items()}  # type: ignore[union-attr]
+                for key, b in flat_fresh.items():
+                    a = flat_stored.get(key)
+                    if a is None or not _same(float(a), b, tol):
+                        problems.append(f"segmentation.{what}[{image!r}][{key!r}] is {a!r} "
+                                        f"but the per-slice counts give {b!r}")
+        n = sum(1 for s in results.per_slice if s.segmentation)
+        if n != seg.n_slices:
+            problems.append(f"segmentation.n_slices is {seg.n_slices} but {n} slices have "
+                            "counts")
+    checked = False
+    note = ""
+    pred = results.predictions
+    if pred is None:
+        note = "no predictions recorded"
+    elif run_dir is None:
+        note = "predictions not checked (no run folder given)"
+    else:
+        path = Path(run_dir) / pred.path
+        if not path.is_file():
+            note = f"predictions file {path} is not present"
+        else:
+            size = path.stat().st_size
+            digest = sha256_file(path)
+            if digest != pred.sha256:
+                problems.append(f"{path}: sha256 {digest} differs from the recorded "
+                                f"{pred.sha256}; the predictions are not the ones scored")
+            elif size != pred.bytes:
+                problems.append(f"{path}: {size} bytes, recorded {pred.bytes}")
+            else:
+                checked = True
+            if pred.rows != len(results.per_slice):
+                problems.append(f"predictions.rows is {pred.rows} but per_slice has "
+                                f"{len(results.per_slice)} rows")
+    return Verification(problems=problems, predictions_checked=checked, note=note)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -438,6 +705,11 @@ def format_value(cell: TableCell, with_std: bool = False) -> str:
     return text
 
 
+def _md_escape(text: str) -> str:
+    """Text safe inside a markdown table cell (``|`` would start a new column)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(table: ComparisonTable, with_std: bool = False) -> str:
     """The table as GitHub markdown; the best value of each column in bold."""
     arrows = ["↑" if h else "↓" for h in table.higher_is_better]
@@ -447,5 +719,5 @@ def markdown_table(table: ComparisonTable, with_std: bool = False) -> str:
     for name, cells in table.rows:
         texts = [(f"**{format_value(c, with_std)}**" if c.best else format_value(c, with_std))
                  for c in cells]
-        lines.append("| " + " | ".join([name, *texts]) + " |")
+        lines.append("| " + " | ".join([_md_escape(name), *texts]) + " |")
     return "\n".join(lines) + "\n"

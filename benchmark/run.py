@@ -1,4 +1,4 @@
-"""Run one MAR method over one split and score it under the marbench-v1 protocol (DESIGN 6).
+"""Run one MAR method over one split and score it under the marbench-v1 protocol.
 
 :func:`run_benchmark` is what ``marbench run`` calls::
 
@@ -40,6 +40,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -51,8 +52,10 @@ import numpy as np
 import torch
 
 from .data import PairsBatch, PairsSplit, open_split
-from .method import MARInput, MARMethod, PrepareContext, create_method, validate_output
+from .errors import MARBenchError
+from .method import MARInput, MARMethod, PrepareContext, validate_output
 from .metrics import MARBENCH_V1, METRICS, LPIPSMetric, LPIPSUnavailable, Protocol, Scorer
+from .registry import create_method
 from .results import (
     COMPARISONS,
     GSI_VS_IDEAL,
@@ -69,9 +72,11 @@ from .results import (
     PredictionsRecord,
     ProtocolRecord,
     Results,
+    SegmentationRecord,
     SliceRecord,
     TimingRecord,
     atomic_write_text,
+    segmentation_summaries,
     temporary_sibling,
 )
 
@@ -79,7 +84,7 @@ from .results import (
 FIGURE_SLICES = 3
 
 
-class MethodRunError(RuntimeError):
+class MethodRunError(MARBenchError, RuntimeError):
     """A method raised an exception in ``prepare`` or ``reduce`` (the message names it and
     the slices)."""
 
@@ -156,6 +161,9 @@ def _lpips_metric(lpips: str | Path | LPIPSMetric | None,
     if isinstance(lpips, LPIPSMetric):
         return lpips, None
     weights = None if lpips == "auto" else Path(lpips)
+    if weights is not None and not weights.is_file():
+        raise FileNotFoundError(f"--lpips-weights {weights}: no such file (fetch the backbone "
+                                "with `marbench weights lpips`, or leave the option out)")
     try:
         return LPIPSMetric(weights=weights, device=device), None
     except LPIPSUnavailable as e:
@@ -306,7 +314,7 @@ def _per_slice_csv(slices: list[SliceRecord], metric_order: list[str]) -> str:
 
 
 def _summaries(scorer: Scorer) -> dict[str, MetricSummary]:
-    return {k: MetricSummary(**v.to_dict()) for k, v in scorer.summary().items()}
+    return scorer.summary()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -320,7 +328,8 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                   train_split: str | None = None, seed: int = 0, clinical: bool = True,
                   protocol: Protocol = MARBENCH_V1, figure: bool = True,
                   data_cache_dir: Path | str | None = None, verbose: bool = True,
-                  console: Any = None) -> Results:
+                  console: Any = None, verify_manifest: bool = True,
+                  segmenter: str | Path | None = None) -> Results:
     """Run ``method`` over ``data``/``split``, score it, write ``out/``, return the results.
 
     Args:
@@ -336,8 +345,10 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
             :class:`LPIPSMetric`, or ``None`` to skip; when unavailable LPIPS is reported
             missing with the reason and the run continues.
         config: dataset config (``"pairs"``); revision: Hub branch / tag / commit.
-        options: method-specific settings, given to ``prepare`` as ``ctx.options`` and
-            recorded in the results.
+        options: method settings, passed to the method's constructor and checked against
+            its signature (an unknown key is a
+            :class:`benchmark.registry.UnknownOptionError`); results record the values the
+            instance actually uses (:meth:`MARMethod.effective_options`).
         train_split: if given, that split is opened and passed to ``prepare`` as
             ``ctx.train_data`` (a :class:`benchmark.data.PairsSplit`).
         seed: seeds torch before ``prepare`` (``ctx.seed``).
@@ -347,9 +358,16 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         data_cache_dir: ``datasets`` cache for the Arrow copies of the split.
         verbose: show a progress bar and print a summary table on ``console``.
         console: a ``rich.console.Console`` (default: a new one on stdout).
+        segmenter: a frozen segmenter (model folder or Hub repo id; default
+            ``$MARBENCH_SEGMENTER``) applied to the method's output, GSI and the ideal image
+            and scored against ``labels`` (IoU per class, mIoU); without one, or without
+            labels, segmentation is recorded as missing with the reason.
+        verify_manifest: refuse a dataset folder without ``manifest.json`` (``False`` =
+            ``--no-verify``: score it and record no manifest sha256, with a warning).
 
     Raises:
-        benchmark.method.UnknownMethodError: unknown name (with "did you mean").
+        benchmark.registry.UnknownMethodError: unknown name (with "did you mean").
+        benchmark.registry.UnknownOptionError: an option the method does not take.
         benchmark.data.DatasetError: no such dataset, config or split (lists what exists).
         benchmark.method.MethodOutputError: an output with the wrong shape / dtype or NaN,
             naming the method and the slices.
@@ -378,21 +396,24 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         raise ValueError(f"options must be JSON values (numbers, strings, lists, dicts): "
                          f"{e}") from None
 
-    mar: MARMethod = create_method(method)
+    mar: MARMethod = create_method(method, **(options or {}))
     name = mar.name or method
     pairs: PairsSplit = open_split(data, split, config=config, revision=revision,
-                                   cache_dir=data_cache_dir)
+                                   cache_dir=data_cache_dir, require_manifest=verify_manifest)
+    if pairs.source.manifest_sha256 is None:
+        console.print(f"[yellow]warning[/] {escape(str(data))}: no manifest.json; the "
+                      "results record no manifest sha256 and cannot be compared with "
+                      "confidence", highlight=False)
     train = (open_split(data, train_split, config=config, revision=revision,
                         cache_dir=data_cache_dir) if train_split else None)
 
     torch.manual_seed(seed)
     ctx = PrepareContext(device=dev, train_data=train,
-                         cache_dir=_method_cache_dir(name), seed=seed,
-                         options=dict(options or {}))
+                         cache_dir=_method_cache_dir(name), seed=seed)
     t0 = time.perf_counter()
     try:
         mar.prepare(ctx)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a method's exit() must not end the run silently
         raise MethodRunError(f"method {name!r}: prepare() raised {type(e).__name__}: {e}") \
             from e
     prepare_s = time.perf_counter() - t0
@@ -400,6 +421,7 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
 
     lpips_metric, lpips_reason = _lpips_metric(lpips, dev)
     has_ideal = pairs.has_ideal
+    seg_model, seg_record = _segmenter(segmenter, pairs, dev)
 
     def scorer() -> Scorer:
         return Scorer(protocol, lpips=lpips_metric, clinical=clinical, device=dev)
@@ -410,99 +432,111 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         scorers[GSI_VS_IDEAL] = scorer()
 
     n_total = len(pairs) if limit is None else min(limit, len(pairs))
-    # A results.json left from an earlier run would describe files this run replaces.
-    (out_dir / "results.json").unlink(missing_ok=True)
-    writer = _PredictionWriter(out_dir / "predictions"
-                               / f"{_safe_name(split)}-00000-of-00001.parquet")
-    picker = _FigurePicker(FIGURE_SLICES)
-    slices: list[SliceRecord] = []
-    reduce_s = score_s = 0.0
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, disable=not verbose, transient=False)
+    # Everything is written into a staging folder next to out/ and moved into place only
+    # when the run succeeded, so a failed run leaves the previous outputs as they were (or
+    # nothing), never a mix of old files beside no results.json.
+    stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{time.time_ns()}"
+    stage.mkdir(parents=True)
     try:
-        with progress:
-            task = progress.add_task(escape(f"{name} on {split}"), total=n_total)
-            for batch in pairs.iter_batches(batch_size, limit, neighbour_slices=k):
-                pred_hu, dt = _reduce(mar, name, batch.input, dev)
-                reduce_s += dt
-                pred_i16 = pred_hu.numpy()[:, 0].astype(np.int16)
-                if save_predictions:
-                    writer.write(batch.input.patient_id, batch.input.slice_index, pred_i16)
-                t0 = time.perf_counter()
-                slices.extend(_score_batch(batch, pred_hu, scorers))
-                score_s += time.perf_counter() - t0
-                if figure:
-                    _offer_figure(picker, batch, pred_i16, len(slices) - batch.input.batch_size)
-                progress.advance(task, batch.input.batch_size)
-        predictions = writer.close(out_dir) if save_predictions else None
-    except BaseException:
-        writer.abort()
-        raise
+        writer = _PredictionWriter(stage / "predictions"
+                                   / f"{_safe_name(split)}-00000-of-00001.parquet")
+        picker = _FigurePicker(FIGURE_SLICES)
+        slices: list[SliceRecord] = []
+        reduce_s = score_s = 0.0
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=console, disable=not verbose, transient=False)
+        try:
+            with progress:
+                task = progress.add_task(escape(f"{name} on {split}"), total=n_total)
+                for batch in pairs.iter_batches(batch_size, limit, neighbour_slices=k):
+                    pred_hu, dt = _reduce(mar, name, batch.input, dev)
+                    reduce_s += dt
+                    pred_i16 = pred_hu.numpy()[:, 0].astype(np.int16)
+                    if save_predictions:
+                        writer.write(batch.input.patient_id, batch.input.slice_index, pred_i16)
+                    t0 = time.perf_counter()
+                    records = _score_batch(batch, pred_hu, scorers)
+                    if seg_model is not None:
+                        _segment_batch(seg_model, batch, pred_hu, records, dev)
+                    slices.extend(records)
+                    score_s += time.perf_counter() - t0
+                    if figure:
+                        _offer_figure(picker, batch, pred_i16, len(slices) - batch.input.batch_size)
+                    progress.advance(task, batch.input.batch_size)
+            predictions = writer.close(stage) if save_predictions else None
+        except BaseException:
+            writer.abort()
+            raise
 
-    metric_defs = {k_: MetricDefinition(unit=s.unit, higher_is_better=s.higher_is_better,
-                                        description=s.description)
-                   for k_, s in METRICS.items()
-                   if any(k_ in sc.metrics for sc in scorers.values())}
-    missing: dict[str, str] = {}
-    if lpips_reason is not None:
-        missing["lpips"] = lpips_reason
-    if not clinical:
-        for k_ in METRICS:
-            if k_ not in ("psnr", "ssim", "lpips"):
-                missing[k_] = "clinical metrics disabled by the user (--no-clinical)"
-    no_ideal = ("the split has no ideal images (real data: only simulated data has the "
-                "artifact-free ground truth)")
-    comparisons: dict[str, ComparisonRecord] = {}
-    for key, (scored, reference) in COMPARISONS.items():
-        sc = scorers.get(key)
-        n = sum(1 for s in slices if key in s.scores)
-        if sc is None or n == 0:
-            reason = no_ideal if not has_ideal else \
-                "none of the scored slices has an ideal image"
-            comparisons[key] = ComparisonRecord(scored=scored, reference=reference,
-                                                available=False, reason=reason, n_slices=0)
-        else:
-            comparisons[key] = ComparisonRecord(scored=scored, reference=reference,
-                                                available=True, n_slices=n,
-                                                summary=_summaries(sc), missing=dict(missing))
+        metric_defs = {k_: MetricDefinition(unit=spec_.unit,
+                                            higher_is_better=spec_.higher_is_better,
+                                            description=spec_.description)
+                       for k_, spec_ in METRICS.items()
+                       if any(k_ in sc.metrics for sc in scorers.values())
+                       or (spec_.group == "segmentation" and seg_model is not None)}
+        missing: dict[str, str] = {}
+        if lpips_reason is not None:
+            missing["lpips"] = lpips_reason
+        if not clinical:
+            for k_, spec in METRICS.items():
+                if spec.group == "clinical":
+                    missing[k_] = "clinical metrics disabled by the user (--no-clinical)"
+        no_ideal = ("the split has no ideal images (real data: only simulated data has the "
+                    "artifact-free ground truth)")
+        comparisons: dict[str, ComparisonRecord] = {}
+        for key, (scored, reference) in COMPARISONS.items():
+            sc = scorers.get(key)
+            n = sum(1 for s in slices if key in s.scores)
+            if sc is None or n == 0:
+                reason = no_ideal if not has_ideal else \
+                    "none of the scored slices has an ideal image"
+                comparisons[key] = ComparisonRecord(scored=scored, reference=reference,
+                                                    available=False, reason=reason, n_slices=0)
+            else:
+                comparisons[key] = ComparisonRecord(scored=scored, reference=reference,
+                                                    available=True, n_slices=n,
+                                                    summary=_summaries(sc), missing=dict(missing))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metric_order = list(METRICS)
-    atomic_write_text(out_dir / "per_slice.csv", _per_slice_csv(slices, metric_order))
-    fig_path = (_write_figure(picker.chosen(), slices, name, out_dir / "figure.png")
-                if figure else None)
+        metric_order = list(METRICS)
+        atomic_write_text(stage / "per_slice.csv", _per_slice_csv(slices, metric_order))
+        fig_path = (_write_figure(picker.chosen(), slices, name, stage / "figure.png")
+                    if figure else None)
 
-    results = Results(
-        created_utc=datetime.now(timezone.utc),  # noqa: UP017 (py3.10 has no datetime.UTC)
-        protocol=ProtocolRecord(version=protocol.version, settings=protocol.to_dict(),
-                                lpips_weights_fingerprint=(lpips_metric.weights_fingerprint
-                                                           if lpips_metric else None)),
-        dataset=DatasetRecord(
-            source=pairs.source.source, repo_id=pairs.source.repo_id,
-            revision=pairs.source.revision, path=str(pairs.source.folder), config=config,
-            split=split, manifest_sha256=pairs.source.manifest_sha256,
-            files=[DataFileRecord(path=f.path, sha256=f.sha256, bytes=f.bytes, rows=f.rows)
-                   for f in pairs.files],
-            n_slices_split=len(pairs), n_slices_scored=len(slices), limit=limit,
-            has_ideal=has_ideal),
-        method=MethodRecord(name=name, requested=method,
-                            target=f"{type(mar).__module__}:{type(mar).__qualname__}",
-                            version=str(getattr(mar, "version", "0")),
-                            weights_sha256=getattr(mar, "weights_sha256", None),
-                            neighbour_slices=k, options=dict(options or {})),
-        code=code_record(),
-        hardware=hardware_record(dev),
-        timing=TimingRecord(prepare_s=prepare_s, reduce_s=reduce_s, score_s=score_s,
-                            total_s=time.perf_counter() - t_start,
-                            reduce_ms_per_slice=1000.0 * reduce_s / max(len(slices), 1)),
-        metrics=metric_defs,
-        comparisons=comparisons,
-        per_slice=slices,
-        predictions=predictions,
-        figure=None if fig_path is None else fig_path.relative_to(out_dir).as_posix(),
-    )
-    results.save(out_dir / "results.json")
+        results = Results(
+            created_utc=datetime.now(timezone.utc),  # noqa: UP017 (py3.10 has no datetime.UTC)
+            protocol=ProtocolRecord(version=protocol.version, settings=protocol.to_dict(),
+                                    lpips_weights_fingerprint=(lpips_metric.weights_fingerprint
+                                                               if lpips_metric else None)),
+            dataset=DatasetRecord(
+                source=pairs.source.source, repo_id=pairs.source.repo_id,
+                revision=pairs.source.revision, path=str(pairs.source.folder), config=config,
+                split=split, manifest_sha256=pairs.source.manifest_sha256,
+                files=[DataFileRecord(path=f.path, sha256=f.sha256, bytes=f.bytes, rows=f.rows)
+                       for f in pairs.files],
+                n_slices_split=len(pairs), n_slices_scored=len(slices), limit=limit,
+                has_ideal=has_ideal),
+            method=MethodRecord(name=name, requested=method,
+                                target=f"{type(mar).__module__}:{type(mar).__qualname__}",
+                                version=str(getattr(mar, "version", "0")),
+                                weights_sha256=getattr(mar, "weights_sha256", None),
+                                neighbour_slices=k, options=mar.effective_options()),
+            code=code_record(),
+            hardware=hardware_record(dev),
+            timing=TimingRecord(prepare_s=prepare_s, reduce_s=reduce_s, score_s=score_s,
+                                total_s=time.perf_counter() - t_start,
+                                reduce_ms_per_slice=1000.0 * reduce_s / max(len(slices), 1)),
+            metrics=metric_defs,
+            comparisons=comparisons,
+            per_slice=slices,
+            predictions=predictions,
+            segmentation=_segmentation_record(seg_record, slices),
+            figure=None if fig_path is None else fig_path.relative_to(stage).as_posix(),
+        )
+        results.save(stage / "results.json")
+        _publish(stage, out_dir)
+    finally:  # after _publish the staging folder is gone; else it is removed
+        shutil.rmtree(stage, ignore_errors=True)
     if verbose:
         console.print(summary_table(results))
         by_reason: dict[str, list[str]] = {}
@@ -513,6 +547,106 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                           highlight=False)
         console.print(f"results: {escape(str(out_dir / 'results.json'))}", highlight=False)
     return results
+
+
+#: Environment variable naming the default segmenter (model folder or Hub repo id).
+SEGMENTER_ENV = "MARBENCH_SEGMENTER"
+
+
+def _segmenter(source: str | Path | None, pairs: PairsSplit, dev: torch.device
+               ) -> tuple[Any, SegmentationRecord]:
+    """(segmenter or None, the record's skeleton: identity, or why it is missing)."""
+    source = source or os.environ.get(SEGMENTER_ENV) or None
+    if source is None:
+        return None, SegmentationRecord(
+            available=False, reason="no segmenter given (--segmenter DIR_OR_REPO or "
+            f"${SEGMENTER_ENV}; train one with `marbench train segmenter`)")
+    if not pairs.has_labels:
+        return None, SegmentationRecord(
+            available=False, reason="the split has no labels: the segmentation scores need "
+            "the dataset's `labels` column")
+    from .segmentation import load_segmenter, segmenter_identity
+
+    seg = load_segmenter(source)
+    seg = seg.to(dev).eval()
+    return seg, SegmentationRecord(available=True, segmenter=segmenter_identity(seg))
+
+
+def _segment_batch(seg: Any, batch: PairsBatch, pred_hu: torch.Tensor,
+                   records: list[SliceRecord], dev: torch.device) -> None:
+    """Per-class intersection / union counts of the segmenter on the method's output, GSI
+    and (where present) the ideal image, against the labels, into ``records``."""
+    from .metrics.segmentation import count_rows, slice_counts
+
+    if batch.labels is None or batch.has_labels is None:
+        return
+    sel = [i for i in range(len(records)) if bool(batch.has_labels[i])]
+    if not sel:
+        return
+    t = torch.tensor(sel)
+    labels = batch.labels[t]
+    images = {"method": (sel, pred_hu[t]), "gsi": (sel, batch.gsi_hu[t])}
+    if batch.ideal_hu is not None:
+        both = [i for i in sel if bool(batch.has_ideal[i])]
+        if both:
+            images["ideal"] = (both, batch.ideal_hu[torch.tensor(both)])
+    for image, (idx, hu) in images.items():
+        lab = labels if idx is sel else batch.labels[torch.tensor(idx)]
+        with torch.no_grad():
+            pred = seg.predict(hu.to(dev, torch.float32)).cpu()
+        inter, union = slice_counts(pred, lab)
+        for i, row in zip(idx, count_rows(inter, union), strict=True):
+            if records[i].segmentation is None:
+                records[i].segmentation = {}
+            records[i].segmentation[image] = row
+
+
+def _segmentation_record(skeleton: SegmentationRecord,
+                         slices: list[SliceRecord]) -> SegmentationRecord:
+    if not skeleton.available:
+        return skeleton
+    summary, by_implant, per_patient = segmentation_summaries(slices)
+    n = sum(1 for s in slices if s.segmentation)
+    if n == 0:
+        return SegmentationRecord(available=False, segmenter=skeleton.segmenter,
+                                  reason="none of the scored slices has labels")
+    return skeleton.model_copy(update={"summary": summary, "by_implant": by_implant,
+                                       "per_patient": per_patient, "n_slices": n})
+
+
+#: What a run writes into its output folder.
+RUN_OUTPUTS = ("results.json", "per_slice.csv", "figure.png", "predictions")
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move a finished run from ``stage`` into ``out_dir``.
+
+    A new or empty ``out_dir`` (or one holding only an earlier run's outputs) is swapped in
+    whole with two renames. A folder that also holds other files keeps them: the earlier
+    outputs are removed (results.json first, so no old results describe new files) and the
+    new ones renamed in, results.json last.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir}: exists and is not a folder")
+    others = ([p for p in out_dir.iterdir() if p.name not in RUN_OUTPUTS
+               and not p.name.startswith(".")] if out_dir.is_dir() else [])
+    if not others:
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(stage, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    (out_dir / "results.json").unlink(missing_ok=True)
+    for name in RUN_OUTPUTS:
+        old = out_dir / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
+    for name in RUN_OUTPUTS[::-1]:  # results.json last
+        if (stage / name).exists():
+            os.replace(stage / name, out_dir / name)
 
 
 def _method_cache_dir(name: str) -> Path:
@@ -534,7 +668,7 @@ def _reduce(mar: MARMethod, name: str, inp: MARInput,
     try:
         with torch.no_grad():
             out = mar.reduce(batch)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a method's exit() must not end the run silently
         slices = ", ".join(inp.describe_slice(i) for i in range(inp.batch_size))
         raise MethodRunError(f"method {name!r}: reduce() raised {type(e).__name__} on "
                              f"{slices}: {e}") from e

@@ -32,6 +32,15 @@ def write_tiny_pairs():
     return module.write_tiny_pairs
 
 
+@pytest.fixture(scope="session")
+def tiny_built(tmp_path_factory):
+    """A tiny dataset simulated and built by the library itself (32 px, 3 implant patients +
+    1 clean, 4 slices): ``TinyBuild(raw, built, secret)``, made once per test session."""
+    from artifactgsi.testing import tiny_built_dataset
+
+    return tiny_built_dataset(tmp_path_factory.mktemp("tiny_built"))
+
+
 @pytest.fixture(scope="module")
 def isolated_datasets_cache(tmp_path_factory):
     """A private ``datasets`` cache for one test module (it caches local folders by name)."""

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..schema import BODY_REGIONS, IMPLANT_TYPES
 from .frame import SIDE_NAME, SIDES, BodyFrame
 from .raster import Structure
 from .shapes import Shape, Sphere, Tube, plane_through, polyline, unit
 from .skeleton import acetabulum_axis
 from .tissues import METAL_TISSUE, Label, Tissue
 
-IMPLANT_TYPES = ("none", "hip_prosthesis", "fracture_fixation", "spinal_fixation")
-BODY_REGIONS = ("thoracic_spine", "lumbar_spine", "pelvis", "hip", "femur", "knee")
 IMPLANT_REGIONS: dict[str, tuple[str, ...]] = {
     "none": BODY_REGIONS,
     "hip_prosthesis": ("hip", "pelvis"),

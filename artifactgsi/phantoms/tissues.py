@@ -13,11 +13,13 @@ from enum import IntEnum
 
 import numpy as np
 
+from ..schema import LABEL_NAMES
+
 MATERIALS = ("adipose", "soft_tissue", "blood", "lung", "trabecular_bone", "cortical_bone",
              "ti6al4v", "cocrmo", "steel316l")
 METAL_MATERIALS = ("ti6al4v", "cocrmo", "steel316l")
-LABEL_CLASSES = ("background", "metal", "left_pelvis", "right_pelvis", "left_femur",
-                 "right_femur")
+#: Segmentation class names by value (the dataset's ``labels`` column).
+LABEL_CLASSES = LABEL_NAMES
 
 
 class Tissue(IntEnum):
@@ -39,7 +41,7 @@ class Tissue(IntEnum):
 
 
 class Label(IntEnum):
-    """Segmentation classes, values as in :data:`LABEL_CLASSES` (DESIGN.md 3.2)."""
+    """Segmentation classes, values as in :data:`artifactgsi.schema.LABEL_NAMES`."""
 
     BACKGROUND = 0
     METAL = 1

@@ -5,9 +5,13 @@ metal artifact reduction on top. This models that step on the *measured* VMI sin
 the image-domain baselines never see): metal is segmented in a first reconstruction and
 forward-projected to find its trace; the trace is inpainted by normalised interpolation
 (NMAR, Meyer et al. 2010: divide by the projection of a tissue-class prior, interpolate along
-the channels, multiply back); the corrected sinogram is reconstructed and the metal pixels of
-the first reconstruction are put back. Only the GSI series ever gets it; the ordinary series
-never does (DESIGN.md 4).
+the channels, multiply back; :func:`~artifactgsi.physics.sinogram_inpainting.
+normalized_interpolation`, the implementation the NMAR baseline uses too); the corrected
+sinogram is reconstructed and the metal pixels of the first reconstruction are put back. Only
+the GSI series ever gets it; the ordinary series never does (it is what methods correct).
+
+Its settings (:class:`MetalCorrection`) are recorded by the simulator in every patient's
+``truth.json`` and in the raw tree's ``simulation.json``, from which the dataset card quotes them.
 """
 
 from __future__ import annotations
@@ -17,19 +21,35 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..schema import METAL_THRESHOLD_HU
 from .geometry import ImageGrid
-from .inpaint import interpolate_trace
 from .projector import FanBeamProjector
+from .sinogram_inpainting import metal_trace, normalized_interpolation
 
 
 @dataclass(frozen=True)
 class MetalCorrection:
-    """Settings of the projection-based metal correction (HU at the VMI energy)."""
+    """Settings of the projection-based metal correction (HU at the VMI energy).
 
-    metal_hu: float = 2500.0  # segmentation threshold of the first reconstruction
-    bone_hu: float = 350.0  # prior: above this, keep the (smoothed) image
-    air_hu: float = -500.0  # prior: below this, air
-    trace_dilation: int = 1  # channels added on each side of the metal trace
+    Attributes:
+        metal_hu: metal segmentation threshold on the first reconstruction.
+        bone_hu: prior: above this (3x3 smoothed) value the smoothed image is kept (bone).
+        air_hu: prior: below this, air (0 attenuation); in between, water.
+        metal_dilation_px: pixels the metal segmentation is grown by before projecting it.
+        trace_threshold_px: a ray is in the trace when it crosses more than this many pixels
+            of metal.
+        trace_dilation: channels added on each side of the metal trace.
+        eps_water_mm: water path added to the prior's projection before dividing.
+        filter: FBP filter of both reconstructions.
+    """
+
+    metal_hu: float = METAL_THRESHOLD_HU
+    bone_hu: float = 350.0
+    air_hu: float = -500.0
+    metal_dilation_px: int = 1
+    trace_threshold_px: float = 1e-3
+    trace_dilation: int = 1
+    eps_water_mm: float = 1.0
     filter: str = "hann"
 
 
@@ -49,13 +69,14 @@ def correct(projector: FanBeamProjector, p: torch.Tensor, mu_water: float, grid:
         p: ``(B, 1, V, D)`` line integrals at one energy.
         mu_water: water attenuation at that energy in 1/mm (for the HU thresholds).
         grid: output grid.
+        setup: thresholds, trace and filter settings.
 
     Returns:
         ``(B, 1, H, W)`` attenuation in 1/mm on ``grid``.
     """
     first = projector.fbp(p, None, filter=setup.filter)  # object grid
     hu = 1000.0 * (first - mu_water) / mu_water
-    metal = _dilate(hu > setup.metal_hu, 1)
+    metal = _dilate(hu > setup.metal_hu, setup.metal_dilation_px)
     has_metal = metal.flatten(1).any(1)
     if not bool(has_metal.any()):
         return projector.fbp(p, grid, filter=setup.filter)
@@ -67,14 +88,9 @@ def correct(projector: FanBeamProjector, p: torch.Tensor, mu_water: float, grid:
                                                                                  mu_water)))
     prior = torch.where(metal, torch.full_like(prior, mu_water), prior)
     sinos = projector.forward(torch.cat([metal.float(), prior], dim=1))
-    trace = sinos[:, :1] > 1e-3 * projector.geom.object_grid.pixel_mm
-    if setup.trace_dilation:
-        k = 2 * setup.trace_dilation + 1
-        trace = F.max_pool2d(trace.float(), (1, k), stride=1,
-                             padding=(0, setup.trace_dilation)) > 0
-    # Normalise by the prior's projection (+ 1 mm water keeps grazing rays finite).
-    norm = sinos[:, 1:] + mu_water
-    p_corr = interpolate_trace(p / norm, trace) * norm
+    trace = metal_trace(sinos[:, :1], projector.geom.object_grid.pixel_mm,
+                        setup.trace_threshold_px, setup.trace_dilation)
+    p_corr = normalized_interpolation(p, trace, sinos[:, 1:], setup.eps_water_mm * mu_water)
     both = projector.fbp(torch.cat([p, p_corr], dim=1), grid, filter=setup.filter)
     orig, corr = both[:, :1], both[:, 1:]
     metal_out = 1000.0 * (orig - mu_water) / mu_water > setup.metal_hu

@@ -66,6 +66,13 @@ class GSIProtocol:
     metal_correction: str = "auto"
     starved_fraction: float = 0.002  # "auto": share of starved rays that switches it on
 
+    def metal_correction_setup(self):
+        """The :class:`~artifactgsi.physics.metal_correction.MetalCorrection` settings this
+        protocol applies (when ``metal_correction`` switches it on)."""
+        from .metal_correction import MetalCorrection
+
+        return MetalCorrection(filter=self.filter)
+
 
 @dataclass
 class GSIMeasurement:
@@ -193,10 +200,9 @@ class Scanner:
             use = (m.trust < 0.5).flatten(1).float().mean(1) > pr.starved_fraction
         mu = self.projector.fbp(p, grid, filter=pr.filter)
         if bool(use.any()):
-            from .metal_correction import MetalCorrection, correct
+            from .metal_correction import correct
 
-            corrected = correct(self.projector, p[use], mu_w, grid,
-                                MetalCorrection(filter=pr.filter))
+            corrected = correct(self.projector, p[use], mu_w, grid, pr.metal_correction_setup())
             mu[use] = corrected
         return 1000.0 * (mu - mu_w) / mu_w
 

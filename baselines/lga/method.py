@@ -28,7 +28,8 @@ def _flag(value: object, name: str) -> bool:
 class LGA(MARMethod):
     """Latent space alignment with GSI (CVPR 2025 reference implementation); needs weights.
 
-    Options: ``weights`` (folder or Hub repo id), ``revision``, ``reinsert_metal`` (default
+    Options: ``weights`` (folder or Hub repo id; default ``$MARBENCH_LGA_WEIGHTS``, then the
+    method cache), ``revision`` (Hub branch, tag or commit), ``reinsert_metal`` (default
     false: the output is D_g(F(E(V_n))) as in the paper; true copies the input's metal pixels
     into it, as LI / NMAR do).
     """
@@ -37,18 +38,21 @@ class LGA(MARMethod):
     version = "3"  # 3: metal no longer re-inserted by default
     neighbour_slices = 2  # set from the loaded model's config in prepare()
 
-    def __init__(self) -> None:
+    def __init__(self, weights: str | None = None, revision: str | None = None,
+                 reinsert_metal: bool = False) -> None:
+        self.weights = None if weights is None else str(weights)
+        self.revision = revision
+        self.reinsert_metal = _flag(reinsert_metal, "reinsert_metal")
         self.model = None
         self.device = torch.device("cpu")
-        self.reinsert_metal = False
 
-    @staticmethod
-    def default_weights(ctx: PrepareContext) -> list[Path | str]:
-        """Where :meth:`prepare` looks, in order: ``options["weights"]``, ``$MARBENCH_LGA_WEIGHTS``,
-        ``<method cache>/weights`` (``~/.cache/artifactgsi/methods/lga/weights``)."""
+    def default_weights(self, ctx: PrepareContext) -> list[Path | str]:
+        """Where :meth:`prepare` looks, in order: the ``weights`` option,
+        ``$MARBENCH_LGA_WEIGHTS``, ``<method cache>/weights``
+        (``~/.cache/artifactgsi/methods/lga/weights``)."""
         places: list[Path | str] = []
-        if ctx.options.get("weights"):
-            places.append(str(ctx.options["weights"]))
+        if self.weights:
+            places.append(self.weights)
         elif os.environ.get(WEIGHTS_ENV):
             places.append(os.environ[WEIGHTS_ENV])
         elif ctx.cache_dir is not None:
@@ -63,7 +67,7 @@ class LGA(MARMethod):
             raise WeightsError(self._untrained_message("no weights location given"))
         source = places[0]
         try:
-            folder = resolve_weights(source, ctx.options.get("revision"))
+            folder = resolve_weights(source, self.revision)
         except WeightsError as e:
             raise WeightsError(self._untrained_message(str(e))) from e
         model = LGAModel.from_pretrained(folder)
@@ -75,13 +79,12 @@ class LGA(MARMethod):
         self.model = model.to(self.device).eval()
         self.neighbour_slices = model.config.neighbour_slices  # the runner reads it after this
         self.weights_sha256 = weights_sha256(folder)
-        self.reinsert_metal = _flag(ctx.options.get("reinsert_metal", False), "reinsert_metal")
 
     @staticmethod
     def _untrained_message(why: str) -> str:
         return (f"LGA has no trained weights ({why}). LGA must be trained before it can run: "
                 "`marbench train lga --config lga-cpu --data DATA --out RUN` (or "
-                "baselines.lga.train.train_lga), then `marbench run --method lga --option "
+                "baselines.lga.train.train_lga), then `marbench run --method lga -O "
                 f"weights=RUN/model`, or set ${WEIGHTS_ENV}. It never runs with random weights.")
 
     def _volume(self, batch: MARInput) -> torch.Tensor:

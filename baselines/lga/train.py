@@ -433,6 +433,18 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
     return int(st["best_step"] or st["step"])
 
 
+def train(config: str, data: str, out: Path, *, resume: bool = False,
+          overrides: dict[str, Any] | None = None) -> Path:
+    """``marbench train lga``: :func:`train_lga` with ``overrides`` laid on ``config``
+    (unknown keys are an error, with a suggestion)."""
+    cfg = load_config(config, **(overrides or {}))
+    return train_lga(cfg, data, out, resume=resume)
+
+
+train.configs = ["lga-cpu", "lga-paper", "table1-baseline",  # type: ignore[attr-defined]
+                 "table1-arvae", "table1-arvae-loss", "table1-arvae-an", "table1-full"]
+
+
 def train_lga(config: str | Path | dict[str, Any] | LGAConfig, data: str | Path,
               out: str | Path, resume: bool = False) -> Path:
     """Train LGA on the ``pairs`` train split of ``data`` (plus its ``clean`` config if any).

@@ -1,4 +1,4 @@
-"""Scoring under the "marbench-v1" protocol (DESIGN 6).
+"""Scoring under the "marbench-v1" protocol.
 
 Pure functions live in :mod:`.image` (PSNR, SSIM, LPIPS) and :mod:`.clinical` (AAPM-style
 metrics); :class:`Scorer` is the thin accumulator a runner feeds batch by batch, one scorer
@@ -28,13 +28,12 @@ from .protocol import (
     resample_mask,
     summarize,
 )
-
-#: Every metric the protocol defines, by key.
-METRICS: dict[str, MetricSpec] = {**IMAGE_METRICS, **CLINICAL_METRICS}
+from . import segmentation as _segmentation  # noqa: E402,F401  (registers its declarations)
+from .registry import METRICS, register_metric  # noqa: E402  (the one metric registry)
 
 __all__ = [
     "CLINICAL_METRICS", "IMAGE_METRICS", "LPIPSMetric", "LPIPSUnavailable", "MARBENCH_V1",
-    "METRICS", "MetricSpec", "Protocol", "Scorer", "Summary", "clinical_metrics",
+    "METRICS", "MetricSpec", "Protocol", "register_metric", "Scorer", "Summary", "clinical_metrics",
     "fetch_lpips_weights", "find_lpips_weights", "hu_to_unit", "image_metrics", "resample_hu",
     "resample_mask", "summarize",
 ]

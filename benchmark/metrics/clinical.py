@@ -24,30 +24,10 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .protocol import MARBENCH_V1, MetricSpec, Protocol
+from .protocol import MARBENCH_V1, Protocol
+from .registry import MetricSpec, metrics_in_group
 
-CLINICAL_METRICS: dict[str, MetricSpec] = {
-    "ct_rmse_hu": MetricSpec("ct_rmse_hu", False, "HU", "CT-number RMSE in the body outside "
-                             "the dilated metal (AAPM metric 1)"),
-    "ct_mae_hu": MetricSpec("ct_mae_hu", False, "HU", "CT-number mean absolute error, same "
-                            "region as ct_rmse_hu"),
-    "noise_sd_hu": MetricSpec("noise_sd_hu", False, "HU", "standard deviation in a homogeneous "
-                              "soft-tissue disc far from metal and bone (AAPM metric 2)"),
-    "streak_amplitude_hu": MetricSpec("streak_amplitude_hu", False, "HU", "|mean of top 5 % - "
-                                      "mean of bottom 5 %| of (image - reference) in an "
-                                      "annulus around the metal (AAPM metric 4)"),
-    "masked_ssim": MetricSpec("masked_ssim", True, "", "SSIM (data range 5000 HU, metal set "
-                              "to 100 HU) averaged over the body outside the dilated metal "
-                              "(AAPM metric 5)"),
-    "bone_dice": MetricSpec("bone_dice", True, "", "Dice of bone (150-2500 HU) in the body "
-                            "outside the dilated metal (AAPM metric 6)"),
-    "bone_volume_change": MetricSpec("bone_volume_change", False, "", "|bone area / reference "
-                                     "bone area - 1|, same region as bone_dice"),
-    "metal_dice": MetricSpec("metal_dice", True, "", "Dice of metal (> 2500 HU) inside the "
-                             "dilated metal (AAPM metric 7)"),
-    "metal_volume_change": MetricSpec("metal_volume_change", False, "", "|metal area / "
-                                      "reference metal area - 1|, same region as metal_dice"),
-}
+CLINICAL_METRICS: dict[str, MetricSpec] = metrics_in_group("clinical")
 
 Spacing = tuple[float, float]
 

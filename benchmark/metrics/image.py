@@ -15,16 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from .lpips_weights import LPIPS_SLICE_OF_CONV, LPIPSWeightsError, load_lpips_backbone
-from .protocol import MARBENCH_V1, MetricSpec, Protocol, hu_to_unit, resample_hu
+from .protocol import MARBENCH_V1, Protocol, hu_to_unit, resample_hu
+from .registry import MetricSpec, metrics_in_group
 
-IMAGE_METRICS: dict[str, MetricSpec] = {
-    "psnr": MetricSpec("psnr", True, "dB", "peak signal-to-noise ratio, data range 1 "
-                       "(HU clipped to [-1024, 3071] and scaled to [0, 1])"),
-    "ssim": MetricSpec("ssim", True, "", "structural similarity, Gaussian 11x11 window, "
-                       "sigma 1.5, K1 0.01, K2 0.03, data range 1"),
-    "lpips": MetricSpec("lpips", False, "", "LPIPS v0.1, AlexNet backbone, the slice "
-                        "replicated to 3 channels in [-1, 1]"),
-}
+IMAGE_METRICS: dict[str, MetricSpec] = metrics_in_group("image")
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, fn: str) -> None:

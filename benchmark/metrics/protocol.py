@@ -1,18 +1,24 @@
-"""The scoring protocol ("marbench-v1", DESIGN 6) as one frozen dataclass, plus what every
-metric module shares: metric descriptions, resampling to the evaluation grid, HU scaling and
-aggregation of per-slice values.
+"""The scoring protocol ("marbench-v1") as one frozen dataclass, plus what every
+metric module shares: resampling to the evaluation grid and HU scaling. Metric declarations
+live in :mod:`.registry`; summaries of per-slice values in :func:`benchmark.results.summarize`
+(re-exported here).
 
 Changing any number here changes results: make a new protocol version instead.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..results import MetricSummary as Summary
+from ..results import summarize
+from .registry import MetricSpec
+
+__all__ = ["MARBENCH_V1", "MetricSpec", "Protocol", "Summary", "hu_to_unit", "resample_hu",
+           "resample_mask", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -60,16 +66,6 @@ class Protocol:
 MARBENCH_V1 = Protocol()
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """What a metric's number means: its key, unit and direction."""
-
-    name: str
-    higher_is_better: bool
-    unit: str
-    description: str
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -101,46 +97,3 @@ def hu_to_unit(image_hu: torch.Tensor, hu_min: float, hu_max: float) -> torch.Te
     if not hu_max > hu_min:
         raise ValueError(f"hu_max ({hu_max}) must exceed hu_min ({hu_min})")
     return (image_hu.clamp(hu_min, hu_max) - hu_min) / (hu_max - hu_min)
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Aggregate of one metric over slices.
-
-    ``mean`` / ``std`` / ``median`` are over finite values; infinities (PSNR of identical
-    images) and NaN (a metric undefined on a slice, e.g. no bone) are counted, not averaged.
-    When no value is finite but some are infinite, ``mean`` is that infinity.
-    """
-
-    mean: float
-    std: float
-    median: float
-    n: int
-    n_finite: int
-    n_inf: int
-    n_nan: int
-    higher_is_better: bool
-
-    def to_dict(self) -> dict[str, float | int | bool]:
-        return asdict(self)
-
-
-def summarize(values: Iterable[float], higher_is_better: bool) -> Summary:
-    """Aggregate per-slice values (see :class:`Summary` for inf and NaN handling)."""
-    vals = [float(v) for v in values]
-    finite = sorted(v for v in vals if math.isfinite(v))
-    infs = [v for v in vals if math.isinf(v)]
-    nan = float("nan")
-    if finite:
-        mean = math.fsum(finite) / len(finite)
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / len(finite))
-        k = len(finite)
-        median = finite[k // 2] if k % 2 else 0.5 * (finite[k // 2 - 1] + finite[k // 2])
-    elif infs and len(set(infs)) == 1:
-        mean = median = infs[0]
-        std = nan
-    else:
-        mean = median = std = nan
-    return Summary(mean=mean, std=std, median=median, n=len(vals), n_finite=len(finite),
-                   n_inf=len(infs), n_nan=len(vals) - len(finite) - len(infs),
-                   higher_is_better=higher_is_better)

@@ -15,6 +15,14 @@ stream and push a repository, with the headers and error codes those clients che
     POST /api/{type}s/{repo}/branch/{branch}            (409 if it exists)
     HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}     (X-Repo-Commit, ETag, Content-Length, Range)
 
+Pull requests (``create_commit(..., create_pr=True)``): ``/commit/main?create_pr=1`` commits to a
+new ref ``refs/pr/<n>`` (readable as a revision, like a branch) and answers ``pullRequestUrl``;
+
+    GET  /api/{type}s/{repo}/discussions                (get_repo_discussions: type, status, author)
+    GET  /api/{type}s/{repo}/discussions/{n}            (get_discussion_details)
+    POST /api/{type}s/{repo}/discussions/{n}/merge      (merge_pull_request: a commit on main)
+    POST /api/{type}s/{repo}/discussions/{n}/status     (change_discussion_status: open / closed)
+
 ``{repo}`` may be ``namespace/name`` or a single segment; ``{rev}`` a branch or a full commit sha.
 Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound) as on the real Hub.
 
@@ -59,7 +67,7 @@ LFS_SUFFIXES = (".parquet", ".arrow", ".safetensors", ".bin", ".npy", ".npz", ".
 DEFAULT_GITATTRIBUTES = "".join(
     f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
 ).encode()
-_API_ACTIONS = ("revision", "tree", "paths-info", "preupload", "commit", "branch")
+_API_ACTIONS = ("revision", "tree", "paths-info", "preupload", "commit", "branch", "discussions")
 _TYPE_PREFIX = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -107,6 +115,25 @@ class Commit:
 
 
 @dataclass
+class PullRequest:
+    """A pull request: its commits live on ``refs/pr/<num>``; ``base`` is the commit it started
+    from (its changes are what differs from ``base``)."""
+
+    num: int
+    title: str
+    description: str
+    author: str
+    created: str
+    base: str
+    status: str = "open"  # open | closed | merged (the real Hub also has "draft")
+    merge_commit: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"refs/pr/{self.num}"
+
+
+@dataclass
 class Repo:
     repo_type: str
     repo_id: str
@@ -114,6 +141,7 @@ class Repo:
     created: str
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    pulls: list[PullRequest] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -493,6 +521,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._info(repo_type, "/".join(rest), "main")
             return False
         repo_id, action, tail = split
+        if action == "discussions":
+            return self._discussions(repo_type, repo_id, tail, body)
         if not tail or not tail[0]:
             return False
         revision, path = tail[0], "/".join(tail[1:]).strip("/")
@@ -713,8 +743,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _commit_route(self, repo_type: str, repo_id: str, revision: str, body: bytes) -> None:
         self._require_write()
-        if self.query.get("create_pr", ["0"])[0] in ("1", "true"):
-            raise HubError(400, "fake hub: pull requests are not supported")
+        create_pr = self.query.get("create_pr", ["0"])[0] in ("1", "true")
         hub = self.hub
         with hub._lock:
             repo, parent = self._snapshot(repo_type, repo_id, revision)
@@ -753,14 +782,122 @@ class _Handler(BaseHTTPRequestHandler):
                     files = {p: b for p, b in files.items() if not p.startswith(folder)}
                 else:
                     raise HubError(400, f"fake hub: unsupported commit operation {key!r}")
+            if create_pr:
+                return self._open_pull(repo, parent, files, title, body)
             commit = hub._commit(repo, files, parent.sha, title, branch=revision)
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         self._json({"success": True, "commitOid": commit.sha, "hookOutput": "",
                     "commitUrl": f"{hub.endpoint}/{prefix}{repo_id}/commit/{commit.sha}"})
 
+    # -- pull requests ------------------------------------------------------------------------
+    def _pull_url(self, repo: Repo, num: int) -> str:
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        return f"{self.hub.endpoint}/{prefix}{repo.repo_id}/discussions/{num}"
+
+    def _open_pull(self, repo: Repo, parent: Commit, files: dict[str, Blob], title: str,
+                   body: bytes) -> None:
+        """The commit of ``create_pr=1`` goes to a new ``refs/pr/<n>``, not to the branch."""
+        description = ""
+        for line in body.splitlines():
+            item = json.loads(line) if line.strip() else {}
+            if item.get("key") == "header":
+                description = item.get("value", {}).get("description") or ""
+        with self.hub._lock:
+            pull = PullRequest(len(repo.pulls) + 1, title, description, self.hub.user,
+                               self.hub._now(), parent.sha)
+            repo.pulls.append(pull)
+            commit = self.hub._commit(repo, files, parent.sha, title, branch=pull.ref)
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        self._json({"success": True, "commitOid": commit.sha, "hookOutput": "",
+                    "commitUrl": f"{self.hub.endpoint}/{prefix}{repo.repo_id}/commit/{commit.sha}",
+                    "pullRequestUrl": self._pull_url(repo, pull.num)})
+
+    def _pull_json(self, repo: Repo, pull: PullRequest) -> dict[str, Any]:
+        return {"num": pull.num, "title": pull.title, "status": pull.status,
+                "author": {"name": pull.author}, "createdAt": pull.created,
+                "isPullRequest": True, "repo": {"name": repo.repo_id, "type": repo.repo_type},
+                "pinned": False, "numComments": 1, "topReactions": []}
+
+    def _discussions(self, repo_type: str, repo_id: str, tail: list[str], body: bytes) -> None:
+        with self.hub._lock:
+            repo = self.hub._repo(repo_type, repo_id)
+            self._readable(repo)
+        if not tail or not tail[0]:
+            if self.command != "GET":
+                return False  # type: ignore[return-value]
+            return self._list_pulls(repo)
+        if not tail[0].isdigit() or not 1 <= int(tail[0]) <= len(repo.pulls):
+            raise HubError(404, "Discussion not found")
+        pull = repo.pulls[int(tail[0]) - 1]
+        if len(tail) == 1 and self.command == "GET":
+            return self._pull_details(repo, pull)
+        if tail[1:] == ["merge"] and self.command == "POST":
+            return self._merge_pull(repo, pull)
+        if tail[1:] == ["status"] and self.command == "POST":
+            self._require_write()
+            wanted = json.loads(body or b"{}").get("status")
+            if wanted not in ("open", "closed") or pull.status == "merged":
+                raise HubError(400, f"fake hub: cannot set status {wanted!r} on a "
+                                    f"{pull.status} pull request")
+            pull.status = wanted
+            return self._json({"newStatus": {"id": f"status-{pull.num}", "type": "status-change",
+                                             "createdAt": self.hub._now(),
+                                             "author": {"name": self.hub.user},
+                                             "data": {"status": wanted}}})
+        return False  # type: ignore[return-value]
+
+    def _list_pulls(self, repo: Repo) -> None:
+        want_type = self.query.get("type", ["all"])[0]
+        want_status = self.query.get("status", ["all"])[0]
+        author = self.query.get("author", [None])[0]
+        items = [p for p in reversed(repo.pulls)  # newest first, as the Hub lists them
+                 if want_type in ("all", "pull_request")
+                 and want_status in ("all", p.status) and author in (None, p.author)]
+        page, per_page = int(self.query.get("p", ["0"])[0]), 50
+        start = page * per_page
+        self._json({"discussions": [self._pull_json(repo, p)
+                                    for p in items[start:start + per_page]],
+                    "count": len(items), "start": start, "numClosedDiscussions": 0})
+
+    def _pull_details(self, repo: Repo, pull: PullRequest) -> None:
+        head = repo.commits[repo.branches[pull.ref]]
+        base = repo.commits[pull.base]
+        changed = sorted(p for p in set(head.files) | set(base.files)
+                         if head.files.get(p) != base.files.get(p))
+        changes: dict[str, Any] = {"base": "refs/heads/main"}
+        if pull.merge_commit:
+            changes["mergeCommitId"] = pull.merge_commit
+        events = [{"id": f"comment-{pull.num}", "type": "comment", "createdAt": pull.created,
+                   "author": {"name": pull.author},
+                   "data": {"edited": False, "hidden": False, "latest": {
+                       "raw": pull.description, "html": pull.description,
+                       "updatedAt": pull.created}, "numEdits": 0}}]
+        self._json({**self._pull_json(repo, pull), "events": events, "changes": changes,
+                    "filesWithConflicts": [], "diff": "".join(f"diff --git a/{p} b/{p}\n"
+                                                              for p in changed)})
+
+    def _merge_pull(self, repo: Repo, pull: PullRequest) -> None:
+        """Apply the pull request's changes (head vs. its base) on top of main."""
+        self._require_write()
+        with self.hub._lock:
+            if pull.status != "open":
+                raise HubError(400, f"fake hub: pull request #{pull.num} is {pull.status}")
+            head = repo.commits[repo.branches[pull.ref]]
+            base = repo.commits[pull.base]
+            files = dict(repo.commits[repo.branches["main"]].files)
+            for path in set(head.files) | set(base.files):
+                if path not in head.files:
+                    files.pop(path, None)
+                elif head.files[path] != base.files.get(path):
+                    files[path] = head.files[path]
+            commit = self.hub._commit(repo, files, repo.branches["main"],
+                                      f"Merge pull request #{pull.num}: {pull.title}")
+            pull.status, pull.merge_commit = "merged", commit.sha
+        self._json({"success": True})
+
 
 # ---------------------------------------------------------------------------------------------
-# Test data: a tiny built dataset folder, as artifactgsi's builder writes it (DESIGN.md 3.2)
+# Test data: a tiny built dataset folder, as artifactgsi's builder writes it (docs/dataset.md)
 # ---------------------------------------------------------------------------------------------
 REPO_ID = "artifactgsi/ArtifactGSI-Sim"
 IMAGE_SHAPE = (8, 8)

@@ -409,7 +409,7 @@ def _interrupt_at(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(build_mod, "process_patient", flaky)
+    monkeypatch.setattr(build_mod.patient, "process_patient", flaky)
 
 
 def test_interrupted_build_resumes_to_identical_bytes(tmp_path, monkeypatch):

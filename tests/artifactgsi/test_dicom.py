@@ -3,7 +3,6 @@ SimpleITK (independent readers), dciodvfy, atomic writes, named errors for bad s
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from artifactgsi.dicom import (
     write_ct_series,
 )
 from artifactgsi.physics.geometry import ImageGrid
+from artifactgsi.testing import require_tool
 
 IDENTIFYING = ("DOE^JANE", "ID-123456", "19700101", "St Example Hospital", "HOUSE^GREGORY",
                "ACC-998877", "20240315")
@@ -143,9 +143,9 @@ def test_interrupted_write_leaves_nothing(tmp_path, volume, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("kev,body_part", [(70.0, "HIP"), (None, "LSPINE")])
 def test_dciodvfy_reports_no_errors(tmp_path, volume, kev, body_part):
+    require_tool("dciodvfy", apt_package="dicom3tools")
     files = write_ct_series(volume, Z, GRID, _meta(kev=kev, body_part=body_part), tmp_path / "s")
     r = subprocess.run(["dciodvfy", str(files[1])], capture_output=True, text=True)
     lines = (r.stdout + r.stderr).splitlines()

@@ -182,8 +182,9 @@ def test_fake_hub_answers_ranges_and_errors_like_the_hub(fake_hub, dataset_folde
         "RevisionNotFound")
     assert request("GET", "/api/datasets/a/b/revision/main")[1]["X-Error-Code"] == "RepoNotFound"
     assert fake_hub.unknown_routes == []
-    assert request("GET", f"/api/datasets/{REPO_ID}/discussions")[0] == 404
-    assert fake_hub.unknown_routes == [f"GET /api/datasets/{REPO_ID}/discussions"]
+    # A route the fake Hub does not serve is a 404 and is recorded for the test to see.
+    assert request("GET", f"/api/datasets/{REPO_ID}/no-such-route")[0] == 404
+    assert fake_hub.unknown_routes == [f"GET /api/datasets/{REPO_ID}/no-such-route"]
 
 
 # ---------------------------------------------------------------------------------------------

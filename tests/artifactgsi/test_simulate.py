@@ -3,7 +3,6 @@ bad arguments."""
 
 import csv
 import json
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 
 from artifactgsi.cli import app
 from artifactgsi.simulate import SimConfig, plan_patients, simulate_dataset, simulate_patient
+from artifactgsi.testing import require_tool
 
 CFG = SimConfig(patients=3, slices=3, size=48, seed=3, clean_patients=1, supersample=2)
 
@@ -72,8 +72,8 @@ def test_dicom_reads_back_exactly(raw):
     np.testing.assert_allclose(lab.GetOrigin(), gsi.GetOrigin(), atol=1e-3)
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 def test_dciodvfy_reports_no_errors(raw):
+    require_tool("dciodvfy", apt_package="dicom3tools")
     pid = plan_patients(CFG)[0].patient_id
     for name in ("ordinary", "gsi"):
         f = sorted((raw / pid / name).glob("*.dcm"))[0]

@@ -415,7 +415,7 @@ def test_lga_refuses_to_run_without_weights(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="no trained weights.*train_lga"):
         method.prepare(PrepareContext(cache_dir=tmp_path / "cache"))
     with pytest.raises(WeightsError, match="nowhere"):
-        method.prepare(PrepareContext(options={"weights": str(tmp_path / "nowhere")}))
+        LGA(weights=str(tmp_path / "nowhere")).prepare(PrepareContext())
     x = torch.zeros(1, 1, 32, 32)
     batch = MARInput(ordinary=x, metal_mask=x > 0, pixel_spacing_mm=torch.ones(1),
                      implant_type=["none"], patient_id=["p"], slice_index=[0])
@@ -426,7 +426,7 @@ def test_lga_refuses_to_run_without_weights(tmp_path, monkeypatch):
     half.trained = {"vae": 3}
     half.save_pretrained(tmp_path / "half")
     with pytest.raises(WeightsError, match="align not trained"):
-        method.prepare(PrepareContext(options={"weights": str(tmp_path / "half")}))
+        LGA(weights=str(tmp_path / "half")).prepare(PrepareContext())
 
 
 # ----------------------------------------------------------------------------- training
@@ -449,10 +449,12 @@ def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path)
     results = run_benchmark("baselines.lga:LGA", str(data), "test", tmp_path / "res", lpips=None,
                             clinical=False, figure=False, verbose=False,
                             options={"weights": str(trained)})
-    from benchmark.method import create_method
+    from benchmark.registry import create_method
 
-    method = create_method("baselines.lga:LGA")
-    method.prepare(PrepareContext(options={"weights": str(trained)}))
+    assert results.method.options == {"weights": str(trained), "revision": None,
+                                      "reinsert_metal": False}
+    method = create_method("baselines.lga:LGA", weights=str(trained))
+    method.prepare(PrepareContext())
     assert method.neighbour_slices == 2
     from benchmark.data import open_split
 
@@ -463,12 +465,18 @@ def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path)
     metal = batch.input.metal_mask
     # Default: the paper's D_g(F(E(V_n))) as is; -O reinsert_metal=true puts the metal back.
     assert bool(metal.any()) and not torch.equal(img[metal], batch.input.ordinary[metal])
-    method.prepare(PrepareContext(options={"weights": str(trained), "reinsert_metal": "true"}))
+    method = create_method("lga", weights=str(trained), reinsert_metal="true")
+    method.prepare(PrepareContext())
+    assert method.effective_options()["reinsert_metal"] is True
     kept = validate_output("lga", batch.input, method.reduce(batch.input))
     assert torch.equal(kept[metal], batch.input.ordinary[metal])
     assert torch.equal(kept[~metal], img[~metal])
     with pytest.raises(ValueError, match="reinsert_metal"):
-        method.prepare(PrepareContext(options={"weights": str(trained), "reinsert_metal": "x"}))
+        create_method("lga", weights=str(trained), reinsert_metal="x")
+    # The contract test a plug-in author runs passes on the trained LGA.
+    from benchmark.testing import check_method
+
+    check_method(LGA, size=32, weights=str(trained))
     # The quality benchmark's own path through the model scores what the runner scored.
     import importlib.util
 
@@ -495,8 +503,8 @@ def test_table1_baseline_trains_without_the_invariance_stage(data, tmp_path):
     model = LGAModel.from_pretrained(model_dir)
     assert set(model.trained) == {"vae", "align"}
     assert not hasattr(model.align, "implant_embed") and model.vae.decoder_g is None
-    method = LGA()
-    method.prepare(PrepareContext(options={"weights": str(model_dir)}))
+    method = LGA(weights=str(model_dir))
+    method.prepare(PrepareContext())
     assert method.neighbour_slices == 0
     x = torch.full((2, 1, 32, 32), 40.0)
     batch = MARInput(ordinary=x, metal_mask=x > 1000, pixel_spacing_mm=torch.ones(2),

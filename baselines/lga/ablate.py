@@ -20,8 +20,7 @@ top (:func:`row_switches`): the switch keys :data:`ABLATION_KEYS` taken from the
 plus any other key in which the row config differs from ``lga-paper``. With
 ``--config lga-paper`` the rows are exactly the shipped ``table1-*`` configs.
 
-Each row is trained with ``baselines.lga.train.train_lga`` (loaded by name with importlib:
-the harness never imports a method package directly, DESIGN 1) into ``OUT/<row>/run`` and
+Each row is trained with :func:`baselines.lga.train.train_lga` into ``OUT/<row>/run`` and
 scored with :func:`benchmark.run.run_benchmark` on the test split into ``OUT/<row>/results``.
 The summary goes to ``OUT/ablation.json`` and ``OUT/ablation.md``.
 """
@@ -36,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .results import METHOD_VS_GSI, METHOD_VS_IDEAL, Results, atomic_write_text
+from benchmark.metrics.registry import METRICS as METRIC_REGISTRY
+from benchmark.results import METHOD_VS_GSI, METHOD_VS_IDEAL, Results, atomic_write_text
 
 #: Config of the paper's full model; the ``table1-*`` rows are this plus their switches.
 PAPER_CONFIG = "lga-paper"
@@ -45,15 +45,16 @@ PAPER_CONFIG = "lga-paper"
 ABLATION_KEYS = ("neighbour_slices", "augment", "dual_decoder", "align_mask",
                  "align_transformer", "beta")
 
-#: Image metrics of Table 1, with the number of decimals the paper prints.
-METRICS: tuple[tuple[str, str, int], ...] = (("psnr", "PSNR", 2), ("ssim", "SSIM", 4),
-                                             ("lpips", "LPIPS", 4))
+#: Image metrics of Table 1 (titles from the metric registry), with the number of decimals
+#: the paper prints.
+METRICS: tuple[tuple[str, str, int], ...] = tuple(
+    (k, METRIC_REGISTRY[k].title, d) for k, d in (("psnr", 2), ("ssim", 4), ("lpips", 4)))
 
 
 @dataclass(frozen=True)
 class Table1Row:
     """One row of Table 1: key (folder name), label, shipped config, the paper's numbers
-    (PSNR dB / SSIM / LPIPS against GSI, REFERENCES.md)."""
+    (PSNR dB / SSIM / LPIPS against GSI, from the paper's Table 1)."""
 
     key: str
     label: str
@@ -128,7 +129,7 @@ def select_rows(names: str | list[str] | None) -> list[Table1Row]:
 
 
 def _lga(module: str) -> Any:
-    # Loaded by name: the harness never imports a method package directly (DESIGN 1).
+    # Imported when first needed: reading the rows must not import torch.
     return importlib.import_module(f"baselines.lga.{module}")
 
 
@@ -197,7 +198,7 @@ def run_ablation(config: str | Path | dict[str, Any], data: str | Path, out: Pat
     """
     from rich.console import Console
 
-    from .run import run_benchmark
+    from benchmark.run import run_benchmark
 
     console = console or Console()
     out = Path(out)

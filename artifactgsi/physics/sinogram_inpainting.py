@@ -1,20 +1,29 @@
-"""Shared machinery of the sinogram-inpainting MAR baselines (LI, NMAR).
+"""Sinogram inpainting across a metal trace: the one implementation behind the scanner's
+GSI metal correction (:mod:`artifactgsi.physics.metal_correction`) and the LI / NMAR
+baselines (``baselines.li``, ``baselines.nmar``). Every setting is an explicit parameter.
 
-Methods in MARBench see only reconstructed images, so a sinogram is made by forward projecting
-the ordinary image with the shared fan-beam projector on a geometry whose object grid is the
-image grid (``FanBeamGeometry.scaled(H, fov_mm=H * pixel_mm)``), as the paper does for real
-data. The steps shared by LI and NMAR:
+Shared steps:
+
+* Metal trace (:func:`metal_trace`): the forward projection of a metal mask (path length
+  through metal in mm) above ``threshold_px * pixel_mm``, dilated by ``dilation`` channels on
+  each side along the detector (a mask from a threshold misses the partial-volume rim of the
+  metal, whose rays are as corrupted).
+* Linear interpolation (:func:`interpolate_trace`): per view, across the trace between the
+  nearest unaffected channels on both sides, constant extrapolation where the trace reaches a
+  detector edge (vectorised with cumulative max / min over channels). This is LI (Kalender
+  1987).
+* Normalised interpolation (:func:`normalized_interpolation`): divide by the forward
+  projection of a tissue-class prior (plus ``eps`` of water), interpolate, multiply back. This
+  is NMAR (Meyer et al. 2010); the prior is the caller's.
+
+For image-domain methods, which see only reconstructed images, a sinogram is made by forward
+projecting the image with the shared fan-beam projector on a geometry whose object grid is
+the image grid (``FanBeamGeometry.scaled(H, fov_mm=H * pixel_mm)``, :func:`projector_for`):
 
 * HU -> linear attenuation at an effective energy (:func:`hu_to_mu`, default 70 keV water,
   0.0193 1/mm). Every step after it is linear in ``mu`` or scale invariant (the clamp at 0, the
   ratio of NMAR), and the way back divides by the same ``mu_water``, so the energy cancels: it
   only gives the sinogram physical units (line integrals).
-* Metal trace: the forward projection of the metal mask (path length through metal in mm)
-  above ``0.02 * pixel_mm``, dilated by one channel on each side along the detector (the mask
-  from a threshold misses the partial-volume rim of the metal, whose rays are as corrupted).
-* Per-view linear interpolation across the trace between the nearest unaffected channels on
-  both sides, constant extrapolation where the trace reaches a detector edge
-  (:func:`interpolate_trace`; vectorised with cumulative max / min over channels).
 * Reconstruction (:func:`inpaint_and_reconstruct`): ``base + FBP(inpainted - reprojected)``.
   The correction is non-zero on the trace only, so away from the metal ``base`` is the input
   image itself, kept at its own resolution; reconstructing the whole reprojected sinogram
@@ -39,13 +48,13 @@ import math
 import threading
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artifactgsi.physics.geometry import FanBeamGeometry, ImageGrid
-from artifactgsi.physics.inpaint import interpolate_trace  # noqa: F401 (re-export)
-from artifactgsi.physics.projector import FanBeamProjector, FilterName
-from artifactgsi.physics.scan import mu_water
+from .geometry import FanBeamGeometry, ImageGrid
+from .materials import mu_matrix
+from .projector import FanBeamProjector, FilterName
 
 #: Effective energy (keV) at which HU are turned into attenuation. It cancels on the way
 #: back (see the module docstring); 70 keV is close to the mean energy of a filtered
@@ -146,6 +155,62 @@ def metal_trace(metal_sino_mm: torch.Tensor, pixel_mm: float,
         t = F.max_pool1d(t, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
         trace = t.reshape(b, c, v, d) > 0
     return trace
+
+
+def interpolate_trace(sino: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
+    """Replace the trace samples of every view by linear interpolation along the channels.
+
+    Each trace sample gets the straight line between the nearest unaffected channels on its
+    left and right (in channel index); where the trace reaches a detector edge, the value of
+    the one unaffected neighbour is extended (constant extrapolation). A view whose channels
+    are all in the trace keeps its values (nothing to interpolate from). Samples outside the
+    trace are returned unchanged (bit for bit).
+
+    Args:
+        sino: ``(..., D)`` float sinogram (channels last).
+        trace: bool, same shape.
+
+    Returns:
+        Tensor like ``sino``.
+    """
+    if trace.shape != sino.shape:
+        raise ValueError(f"interpolate_trace: trace shape {tuple(trace.shape)} differs from "
+                         f"sinogram shape {tuple(sino.shape)}")
+    if trace.dtype != torch.bool:
+        raise ValueError(f"interpolate_trace: trace must be bool, got {trace.dtype}")
+    d = sino.shape[-1]
+    idx = torch.arange(d, device=sino.device).expand_as(sino)
+    valid = ~trace
+    # Nearest valid channel at or left of each channel (-1: none), and at or right (d: none).
+    left = torch.where(valid, idx, -1).cummax(dim=-1).values
+    right = torch.where(valid, idx, d).flip(-1).cummin(dim=-1).values.flip(-1)
+    has_l, has_r = left >= 0, right < d
+    vl = sino.gather(-1, left.clamp(0, d - 1))
+    vr = sino.gather(-1, right.clamp(0, d - 1))
+    span = (right - left).clamp_min(1).to(sino.dtype)
+    w = (idx - left).to(sino.dtype) / span  # 0 at the left neighbour, 1 at the right one
+    both = torch.lerp(vl, vr, w)
+    filled = torch.where(has_l & has_r, both, torch.where(has_l, vl, vr))
+    filled = torch.where(has_l | has_r, filled, sino)
+    return torch.where(trace, filled, sino)
+
+
+def normalized_interpolation(sino: torch.Tensor, trace: torch.Tensor,
+                             prior_sino: torch.Tensor, eps: float) -> torch.Tensor:
+    """NMAR's inpainting: ``interpolate_trace(sino / den, trace) * den``, ``den = prior_sino +
+    eps``.
+
+    Args:
+        sino: ``(..., D)`` line integrals.
+        trace: bool, same shape: the samples to replace.
+        prior_sino: forward projection of the tissue-class prior, same shape.
+        eps: added to ``prior_sino`` (line-integral units; e.g. 1 mm of water is
+            ``mu_water``): keeps the ratio finite for rays that graze or miss the body.
+    """
+    if not eps > 0:
+        raise ValueError(f"normalized_interpolation: eps must be > 0, got {eps}")
+    den = prior_sino + eps
+    return interpolate_trace(sino / den, trace) * den
 
 
 # --------------------------------------------------------------------------- image steps
@@ -313,4 +378,4 @@ def water_mu(kev: float) -> float:
     """Attenuation of water at ``kev`` in 1/mm (xraydb), checked for a sane energy."""
     if not 10.0 <= kev <= 200.0:
         raise ValueError(f"effective energy must be within 10-200 keV, got {kev}")
-    return mu_water(kev)
+    return float(mu_matrix(("water",), np.array([kev]))[0, 0])

@@ -1,0 +1,11 @@
+"""Expert reading study: blinded reading packs, an offline HTML rating form, and scoring.
+
+- :mod:`benchmark.expert.pack` builds a pack from benchmark runs (``marbench expert pack``);
+- :mod:`benchmark.expert.form` writes the self-contained rating form of a pack;
+- :mod:`benchmark.expert.score` validates readers' ratings, unblinds them and computes the
+  score table with reader agreement (``marbench expert score``);
+- :mod:`benchmark.expert.agreement` holds the agreement statistics (ICC, Krippendorff's
+  alpha, intra-reader agreement from repeated images).
+
+Importing this package is cheap: the heavy libraries load inside the functions that use them.
+"""

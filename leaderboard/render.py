@@ -1,0 +1,164 @@
+"""``leaderboard render``: the board as a static page (Jinja2) that needs no server.
+
+``OUT/index.html`` holds one sortable table per tab (all slices, then each implant type):
+mean with the bootstrap 95 % CI drawn as a whisker, rank and bootstrap rank range per metric,
+the verification badge, the track, and links to each entry's method card and figure (copied to
+``OUT/entries/<method>/<version>/``). Under each table: the Friedman test, the critical-
+difference diagrams (``OUT/cd-all-<metric>.svg``, all slices), the Wilcoxon + Holm tests between
+neighbours and the pairwise difference CIs of the primary metric. Excluded entries are listed
+with their reasons. The footer gives the dataset revision and manifest, the protocol, the
+board's revision and the build time.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import shutil
+from pathlib import Path
+
+from benchmark.results import atomic_write_text
+
+from .board import Board
+from .card import CARD_FILE
+from .significance import cd_diagram
+from .view import BoardView, build_view
+
+TEMPLATES = Path(__file__).parent / "templates"
+WHISKER_W = 110
+
+
+def _fmt(x: float, unit: str = "") -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    digits = 4 if abs(x) < 1 else 2
+    return f"{x:.{digits}f}"
+
+
+def _whisker(lo: float, mean: float, hi: float, vmin: float, vmax: float) -> str:
+    """An inline SVG: the CI as a line with end ticks, the mean as a dot (scaled per column)."""
+    span = (vmax - vmin) or 1.0
+
+    def x(v: float) -> float:
+        return 4 + (WHISKER_W - 8) * (v - vmin) / span
+
+    a, m, b = x(lo), x(mean), x(hi)
+    return (f'<svg class="whisker" width="{WHISKER_W}" height="12" role="img" '
+            f'aria-label="95% CI {lo:.4g} to {hi:.4g}">'
+            f'<line x1="{a:.1f}" x2="{b:.1f}" y1="6" y2="6"/>'
+            f'<line x1="{a:.1f}" x2="{a:.1f}" y1="2" y2="10"/>'
+            f'<line x1="{b:.1f}" x2="{b:.1f}" y1="2" y2="10"/>'
+            f'<circle cx="{m:.1f}" cy="6" r="3"/></svg>')
+
+
+def _tool_version() -> str:
+    try:
+        return importlib.metadata.version("artifactgsi")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def render_view(view: BoardView, out: Path, cd: bool = True) -> Path:
+    """Write ``out/index.html`` (+ diagrams and entry files) from a computed view."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    out.mkdir(parents=True, exist_ok=True)
+    board = view.board
+    links: dict[str, dict[str, str]] = {}
+    for tab in view.tabs:
+        for row in tab.rows:
+            if row.key in links:
+                continue
+            dest = out / "entries" / row.key
+            dest.mkdir(parents=True, exist_ok=True)
+            item = {}
+            card = row.entry.folder / CARD_FILE
+            if card.is_file():
+                shutil.copyfile(card, dest / CARD_FILE)
+                item["card"] = f"entries/{row.key}/{CARD_FILE}"
+            fig = row.entry.figure_path()
+            if fig is not None:
+                shutil.copyfile(fig, dest / fig.name)
+                item["figure"] = f"entries/{row.key}/{fig.name}"
+            links[row.key] = item
+    tables = []
+    for tab in view.tabs:
+        cols = []
+        for j, m in enumerate(view.metrics):
+            cells = [r.cells[j] for r in tab.rows if r.cells[j] is not None]
+            vmin = min((c.lo for c in cells), default=0.0)
+            vmax = max((c.hi for c in cells), default=1.0)
+            cols.append({"metric": m, "vmin": vmin, "vmax": vmax})
+        rows = []
+        for r in tab.rows:
+            rows.append({"row": r, "links": links.get(r.key, {}), "cells": [
+                None if c is None else
+                {"cell": c, "text": _fmt(c.mean), "lo": _fmt(c.lo), "hi": _fmt(c.hi),
+                 "svg": _whisker(c.lo, c.mean, c.hi, cols[j]["vmin"], cols[j]["vmax"])}
+                for j, c in enumerate(r.cells)]})
+        sig = []
+        # tab.stats is empty when no entry is ranked; None where a metric has no slice here.
+        for j, (m, s) in enumerate(zip(view.metrics, tab.stats, strict=False)):
+            if s is None:
+                continue
+            svg = None
+            # Diagrams for all slices only: per implant type they add little and cost time.
+            if cd and tab.id == "all" and s.avg_ranks is not None:
+                name = f"cd-{tab.id}-{m.comparison}-{m.metric}.svg"
+                label = {e.key: e.label for e in board.entries}
+                s_named = _relabel(s, label)
+                if cd_diagram(s_named, str(out / name), title=f"{m.label}: mean rank "
+                              f"over {tab.n_patients} patients (Nemenyi, "
+                              f"α={board.config.bootstrap.alpha})",
+                              alpha=board.config.bootstrap.alpha):
+                    svg = name
+            sig.append({"metric": m, "stats": s, "cd": svg, "primary": j == 0})
+        names = {e.key: e.label for e in board.entries}
+        tables.append({"tab": tab, "cols": cols, "rows": rows, "sig": sig, "names": names})
+    env = Environment(loader=FileSystemLoader(TEMPLATES),
+                      autoescape=select_autoescape(["html", "j2"]))
+    env.filters["num"] = _fmt
+    html = env.get_template("board.html.j2").render(
+        view=view, board=board, cfg=board.config, tables=tables,
+        built=view.built_utc.strftime("%Y-%m-%d %H:%M UTC"), version=_tool_version(),
+        excluded=view.excluded)
+    return atomic_write_text(out / "index.html", html)
+
+
+def _relabel(s, label: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A copy of ``s`` with display names (card names) instead of entry keys."""
+    import copy
+
+    c = copy.copy(s)
+    c.methods = [label.get(k, k) for k in s.methods]
+    return c
+
+
+def render_board(board: Board, out: Path | str, cd: bool = True) -> Path:
+    """Compute the view of ``board`` and write the static site to ``out``."""
+    return render_view(build_view(board), Path(out), cd=cd)
+
+
+def screenshot(page: Path | str, png: Path | str, browser: str = "/usr/bin/chromium",
+               width: int = 1400) -> Path:
+    """Save a full-page PNG of a rendered board (``page``: its index.html) with a headless
+    Chromium driven by playwright (the system browser; nothing is downloaded)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise ImportError("screenshots need playwright: pip install playwright") from None
+    if not Path(browser).is_file():
+        raise FileNotFoundError(f"{browser}: no Chromium here (apt-get install chromium), "
+                                "or pass --browser")
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=browser, headless=True,
+                              args=["--no-sandbox", "--disable-gpu"])
+        try:
+            tab = b.new_page(viewport={"width": width, "height": 900})
+            tab.goto(Path(page).resolve().as_uri())
+            tab.screenshot(path=str(out), full_page=True)
+        finally:
+            b.close()
+    return out

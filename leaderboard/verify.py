@@ -1,0 +1,236 @@
+"""The maintainer's check of an entry: re-score its predictions, optionally re-run the method.
+
+The board never imports the metric code (it reads results files only), so re-scoring runs the
+harness as a separate process::
+
+    marbench rescore ENTRY_DIR --data DATA [--revision REV] --out TMP
+
+which scores ``ENTRY_DIR``'s predictions against the reference data (GSI, ideal image,
+labels; they may be private) with the protocol recorded in ``ENTRY_DIR/results.json`` and
+writes ``TMP/results.json``. Every per-slice value is compared with the submitted one:
+
+- ``verified``: all agree (relative tolerance :data:`SCORE_TOLERANCE`);
+- ``reproduced``: verified, and the registered method re-run from its recorded name, version
+  and options (``marbench run``; ``--reproduce``) gives the same predictions (within
+  :data:`PREDICTION_TOLERANCE_HU`, the int16 rounding of another machine);
+- ``rejected``: a validation problem, or a re-scored value that differs; the reasons say
+  which slice and metric.
+
+The command is ``$MARBENCH`` when set (a command line), else ``python -m benchmark.cli``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.results import Results
+
+from .board import BoardConfig, Entry, Verification, write_json
+from .validate import validate_results
+
+#: Relative agreement asked of a re-scored value (same code, another machine / device).
+SCORE_TOLERANCE = 1e-5
+#: Largest prediction difference (HU) accepted when a method is re-run.
+PREDICTION_TOLERANCE_HU = 1.0
+
+
+class VerifyUnavailable(RuntimeError):
+    """The entry could not be checked here (the harness lacks a command, the reference data
+    lacks a ranked metric's inputs, ...): it stays ``submitted``, it is not rejected."""
+
+
+def _tool() -> str:
+    try:
+        return f"leaderboard (artifactgsi {importlib.metadata.version('artifactgsi')})"
+    except importlib.metadata.PackageNotFoundError:
+        return "leaderboard"
+
+
+def marbench_command() -> list[str]:
+    """The ``marbench`` command line used for re-scoring and re-running."""
+    env = os.environ.get("MARBENCH")
+    return shlex.split(env) if env else [sys.executable, "-m", "benchmark.cli"]
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    # The benchmark is single-machine CPU work; keep the child from oversubscribing cores.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _tail(text: str, n: int = 6) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-n:])
+
+
+def rescore(entry_dir: Path, data: str, out: Path, revision: str | None = None,
+            marbench: list[str] | None = None, timeout: float = 3600) -> Results:
+    """Run ``marbench rescore`` on an entry folder; the re-scored results."""
+    cmd = [*(marbench or marbench_command()), "rescore", str(entry_dir), "--data", data,
+           "--out", str(out)]
+    if revision:
+        cmd += ["--revision", revision]
+    r = _run(cmd, timeout)
+    if r.returncode != 0:
+        text = r.stderr + r.stdout
+        if "No such command" in text and "rescore" in text:
+            raise VerifyUnavailable("this marbench has no `rescore` command; install a "
+                                    "version of artifactgsi that has it")
+        raise VerifyUnavailable(f"`{shlex.join(cmd)}` failed (exit {r.returncode}): "
+                                f"{_tail(text)}")
+    return Results.load(out)
+
+
+def compare_scores(submitted: Results, rescored: Results, board: BoardConfig,
+                   tol: float = SCORE_TOLERANCE) -> tuple[list[str], list[str], float]:
+    """(mismatches, notes, largest absolute difference) between submitted and re-scored
+    per-slice values of every comparison and metric both files have."""
+    got = {(s.patient_id, s.slice_index): s.scores for s in rescored.per_slice}
+    mismatches: list[str] = []
+    notes: list[str] = []
+    worst = 0.0
+    diff_by_metric: dict[str, list[str]] = {}
+    not_rescored: set[str] = set()
+    for s in submitted.per_slice:
+        mine = got.get((s.patient_id, s.slice_index))
+        if mine is None:
+            mismatches.append(f"{s.patient_id} slice {s.slice_index} was not re-scored")
+            continue
+        for comp, values in s.scores.items():
+            for metric, v in values.items():
+                w = mine.get(comp, {}).get(metric)
+                if w is None:
+                    not_rescored.add(f"{comp}.{metric}")
+                    continue
+                if math.isnan(v) or math.isnan(w):
+                    same = math.isnan(v) and math.isnan(w)
+                elif math.isinf(v) or math.isinf(w):
+                    same = v == w
+                else:
+                    worst = max(worst, abs(v - w))
+                    same = abs(v - w) <= tol * max(1.0, abs(w))
+                if not same:
+                    diff_by_metric.setdefault(f"{comp}.{metric}", []).append(
+                        f"{s.patient_id} slice {s.slice_index}: submitted {v!r}, "
+                        f"re-scored {w!r}")
+    for key, items in diff_by_metric.items():
+        mismatches.append(f"{key} differs on {len(items)} slice(s), e.g. {items[0]}")
+    ranked = {m.key for m in board.metrics}
+    missing_ranked = sorted(not_rescored & ranked)
+    if missing_ranked:
+        raise VerifyUnavailable(f"ranked metric(s) {missing_ranked} could not be re-scored "
+                                "here (see the re-scored results.json for why)")
+    if not_rescored:
+        notes.append(f"not re-scored here: {', '.join(sorted(not_rescored))}")
+    return mismatches, notes, worst
+
+
+def _prediction_arrays(path: Path) -> dict[tuple[str, int], np.ndarray]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    ids = t.column("patient_id").to_pylist()
+    idx = t.column("slice_index").to_pylist()
+    preds = t.column("prediction").to_pylist()
+    return {(p, int(i)): np.asarray(a, dtype=np.int16)
+            for p, i, a in zip(ids, idx, preds, strict=True)}
+
+
+def compare_predictions(a: Path, b: Path) -> float:
+    """Largest absolute difference (HU) between two predictions files (inf if their slices
+    or shapes differ)."""
+    pa, pb = _prediction_arrays(a), _prediction_arrays(b)
+    if set(pa) != set(pb):
+        return math.inf
+    worst = 0.0
+    for k, x in pa.items():
+        y = pb[k]
+        if x.shape != y.shape:
+            return math.inf
+        worst = max(worst, float(np.abs(x.astype(np.int32) - y.astype(np.int32)).max()))
+    return worst
+
+
+def reproduce(results: Results, entry_dir: Path, data: str, out: Path,
+              revision: str | None = None, marbench: list[str] | None = None,
+              timeout: float = 3600) -> tuple[bool, str, float | None]:
+    """Re-run the registered method with the recorded options; (same predictions?, note,
+    largest prediction difference in HU or None)."""
+    m = results.method
+    cmd = [*(marbench or marbench_command()), "run", "--method", m.name, "--data", data,
+           "--split", results.dataset.split, "--config", results.dataset.config,
+           "--out", str(out), "--no-lpips", "--no-clinical"]
+    if revision:
+        cmd += ["--revision", revision]
+    for k, v in m.options.items():
+        cmd += ["-O", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+    r = _run(cmd, timeout)
+    if r.returncode != 0:
+        return False, f"re-running {m.name!r} failed (exit {r.returncode}): " \
+                      f"{_tail(r.stderr + r.stdout, 3)}", None
+    rerun = Results.load(out)
+    if rerun.method.version != m.version:
+        return False, f"the installed {m.name!r} is version {rerun.method.version}, the " \
+                      f"entry was made with version {m.version}", None
+    if m.weights_sha256 and rerun.method.weights_sha256 != m.weights_sha256:
+        return False, f"re-run used weights {rerun.method.weights_sha256}, the entry " \
+                      f"{m.weights_sha256}", None
+    if rerun.predictions is None or results.predictions is None:
+        return False, "no predictions to compare", None
+    d = compare_predictions(entry_dir / results.predictions.path, out / rerun.predictions.path)
+    if d <= PREDICTION_TOLERANCE_HU:
+        return True, f"re-run predictions agree (max |diff| {d:g} HU)", d
+    return False, f"re-run predictions differ (max |diff| {d:g} HU)", d
+
+
+def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str | None = None,
+                 reproduce_method: bool = False, marbench: list[str] | None = None,
+                 workdir: Path | None = None, write: bool = True,
+                 tol: float = SCORE_TOLERANCE) -> Verification:
+    """Check one entry (see the module docstring) and, with ``write``, save
+    ``verification.json`` in its folder.
+
+    Raises:
+        VerifyUnavailable: the entry could not be checked here (it is not rejected).
+    """
+    results = entry.results
+    now = datetime.now(timezone.utc)  # noqa: UP017 (py3.10 has no datetime.UTC)
+    sha = results.predictions.sha256 if results and results.predictions else ""
+    reasons: list[str] = list(entry.problems)
+    if results is not None:
+        reasons += [str(p) for p in validate_results(results, entry.folder, board)]
+    if reasons or results is None:
+        v = Verification(status="rejected", reasons=reasons, predictions_sha256=sha,
+                         checked_utc=now, tool=_tool())
+    else:
+        with tempfile.TemporaryDirectory(dir=workdir, prefix="verify-") as tmp:
+            rescored = rescore(entry.folder, data, Path(tmp) / "rescored", revision, marbench)
+            mismatches, notes, worst = compare_scores(results, rescored, board, tol)
+            status = "rejected" if mismatches else "verified"
+            pred_diff = None
+            if status == "verified" and reproduce_method:
+                ok, note, pred_diff = reproduce(results, entry.folder, data,
+                                                Path(tmp) / "rerun", revision, marbench)
+                notes.append(note)
+                if ok:
+                    status = "reproduced"
+            v = Verification(status=status, reasons=mismatches, notes=notes,
+                             predictions_sha256=sha, checked_utc=now,
+                             max_abs_score_diff=worst, max_abs_prediction_diff_hu=pred_diff,
+                             tool=_tool())
+    if write:
+        write_json(entry.folder / "verification.json", v.model_dump(mode="json"))
+        entry.verification = v
+    return v

@@ -1,0 +1,133 @@
+"""What the pages show, computed once from a :class:`~leaderboard.board.Board`.
+
+Ranked entries are those whose files are valid for the board (``submitted``, ``verified`` or
+``reproduced``); ``rejected`` and ``invalid`` entries are listed apart with their reasons, so
+an entry never silently disappears. Each tab (all slices, then one per implant type) ranks the
+entries by the board's first metric and carries, per metric, the bootstrap CIs, rank ranges
+and tests of :mod:`leaderboard.significance`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .board import Board, Entry, RankedMetric
+from .significance import MetricStats, compare_methods
+from .validate import validate_results
+
+RANKED = ("submitted", "verified", "reproduced")
+
+
+@dataclass
+class Cell:
+    mean: float
+    lo: float
+    hi: float
+    rank: int
+    rank_lo: int
+    rank_hi: int
+
+
+@dataclass
+class Row:
+    entry: Entry
+    name: str
+    key: str
+    track: str
+    status: str
+    cells: list[Cell | None]  # None: the metric has no slice in this tab (no ideal image)
+
+    @property
+    def rank(self) -> int:
+        first = next((c for c in self.cells if c is not None), None)
+        return first.rank if first is not None else 0
+
+
+@dataclass
+class Tab:
+    """One ranking over a subset of the test slices."""
+
+    id: str
+    title: str
+    n_slices: int
+    n_patients: int
+    rows: list[Row]
+    stats: list[MetricStats | None]
+
+
+@dataclass
+class BoardView:
+    board: Board
+    metrics: list[RankedMetric]
+    tabs: list[Tab]
+    excluded: list[tuple[Entry, str, list[str]]] = field(default_factory=list)
+    built_utc: datetime = field(
+        default_factory=lambda: datetime.now(timezone.utc))  # noqa: UP017 (py3.10)
+
+
+def _entry_reasons(entry: Entry, board: Board) -> list[str]:
+    if entry.problems or entry.results is None:
+        return list(entry.problems)
+    reasons = [str(p) for p in validate_results(entry.results, entry.folder, board.config)]
+    if entry.status == "rejected" and entry.verification is not None:
+        reasons += entry.verification.reasons
+    return reasons
+
+
+def build_view(board: Board) -> BoardView:
+    """Validate every entry, then rank the valid ones per tab and metric."""
+    cfg = board.config
+    ranked: list[Entry] = []
+    excluded: list[tuple[Entry, str, list[str]]] = []
+    for e in board.entries:
+        reasons = _entry_reasons(e, board)
+        if reasons:
+            status = e.status if e.status == "rejected" else "invalid"
+            excluded.append((e, status, reasons))
+        elif e.status in RANKED:
+            ranked.append(e)
+        else:
+            excluded.append((e, e.status, ["rejected by verification"]))
+    keys = [(s.patient_id, s.slice_index) for s in cfg.slices]
+    patients = np.array([s.patient_id for s in cfg.slices])
+    implants = np.array([s.implant_type for s in cfg.slices])
+    # (entries, metrics, slices) in the board's slice order; NaN where the slice lacks the
+    # comparison (validation guarantees every other value exists and is finite).
+    has = np.array([[m.comparison in s.comparisons for s in cfg.slices] for m in cfg.metrics])
+    values = np.full((len(ranked), len(cfg.metrics), len(keys)), np.nan)
+    for i, e in enumerate(ranked):
+        assert e.results is not None
+        by_key = {(s.patient_id, s.slice_index): s.scores for s in e.results.per_slice}
+        for j, m in enumerate(cfg.metrics):
+            values[i, j, has[j]] = [by_key[k][m.comparison][m.metric]
+                                    for k, h in zip(keys, has[j], strict=True) if h]
+    subsets = [("all", "All implants", np.ones(len(keys), bool))]
+    subsets += [(f"implant-{t}", t.replace("_", " "), implants == t)
+                for t in cfg.implant_types]
+    tabs = []
+    names = [e.key for e in ranked]
+    for tab_id, title, sel in subsets:
+        stats: list[MetricStats | None] = []
+        if ranked:
+            for j, m in enumerate(cfg.metrics):
+                use = sel & has[j]
+                stats.append(None if not use.any() else compare_methods(
+                    values[:, j, use], patients[use], names, m.higher_is_better,
+                    n_resamples=cfg.bootstrap.n_resamples, seed=cfg.bootstrap.seed,
+                    unit=cfg.bootstrap.unit, alpha=cfg.bootstrap.alpha))
+        rows = []
+        for i, e in enumerate(ranked):
+            assert e.card is not None
+            cells = [None if s is None else
+                     Cell(float(s.means[i]), float(s.ci[i, 0]), float(s.ci[i, 1]),
+                          int(s.rank[i]), int(s.rank_range[i, 0]), int(s.rank_range[i, 1]))
+                     for s in stats]
+            rows.append(Row(entry=e, name=e.card.name, key=e.key, track=e.card.track,
+                            status=e.status, cells=cells))
+        rows.sort(key=lambda r: (r.rank, r.name))
+        tabs.append(Tab(id=tab_id, title=title, n_slices=int(sel.sum()),
+                        n_patients=len(set(patients[sel])), rows=rows, stats=stats))
+    return BoardView(board=board, metrics=list(cfg.metrics), tabs=tabs, excluded=excluded)

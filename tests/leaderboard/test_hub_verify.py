@@ -1,0 +1,215 @@
+"""Submissions as Hub pull requests (fake Hub, real huggingface_hub client) and verification
+by re-scoring, on a real tiny dataset and a real `marbench run`.
+
+The clients run in subprocesses, since huggingface_hub reads HF_ENDPOINT at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import summary_np
+
+from benchmark.results import Results
+from leaderboard.board import Board, config_from_results
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "artifactgsi"))
+from fakehub import FakeHub  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CARD = """\
+name: Identity
+authors: [MARBench maintainers]
+code: https://example.org/marbench
+licence: Apache-2.0
+track: classic
+no_test_patients: true
+"""
+
+
+def marbench_env() -> str:
+    """The re-scoring command: this interpreter's ``marbench`` (``rescore`` subcommand)."""
+    return f"{sys.executable} -m benchmark.cli"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, write_tiny_pairs, isolated_datasets_cache):
+    """A tiny built dataset and the identity method's run on it (6 slices, 32 px)."""
+    import torch
+
+    from benchmark.run import run_benchmark
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("hubverify")
+    data = write_tiny_pairs(base / "data", size=32, slices=3)
+    run = base / "runs" / "identity"
+    run_benchmark("identity", data, split="test", out=run, lpips=None, clinical=False,
+                  figure=False, verbose=False)
+    (run / "card.yaml").write_text(CARD)
+    return data, run
+
+
+def cheat_copy(run: Path, dest: Path, version: str = "2") -> Path:
+    """The same predictions with PSNR raised by 0.5 dB on every slice and the summaries
+    recomputed: passes every static check, only re-scoring can catch it."""
+    shutil.copytree(run, dest)
+    r = Results.load(dest)
+    r.method.version = version
+    for s in r.per_slice:
+        s.scores["method_vs_gsi"]["psnr"] += 0.5
+    comp = r.comparisons["method_vs_gsi"]
+    comp.summary["psnr"] = summary_np([s.scores["method_vs_gsi"]["psnr"] for s in r.per_slice],
+                                      True)
+    r.save(dest / "results.json")
+    return dest
+
+
+@pytest.fixture
+def hub_env(tmp_path):
+    with FakeHub(page_size=3) as hub:
+        env = {k: v for k, v in os.environ.items()
+               if not k.upper().startswith(("HF_", "HUGGINGFACE_"))
+               and not k.lower().endswith("_proxy")}
+        env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf_home"),
+                    "HF_TOKEN": hub.token, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                    "NO_PROXY": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1",
+                    "MARBENCH": marbench_env(),
+                    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT),
+                                                   os.environ.get("PYTHONPATH", "")])})
+        yield hub, env
+
+
+def run_cli(env: dict[str, str], *args: object, ok: bool = True) -> str:
+    proc = subprocess.run([sys.executable, "-m", "leaderboard.cli", *map(str, args)], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    if (proc.returncode == 0) != ok:
+        raise AssertionError(f"leaderboard {args}: exit {proc.returncode}\n{proc.stdout}\n"
+                             f"{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def client(env: dict[str, str], code: str) -> dict:
+    prelude = "import json\nfrom huggingface_hub import HfApi\napi = HfApi()\n"
+    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def entries_in_repo(env: dict[str, str], revision: str) -> list[str]:
+    """Entry keys from the repo's file list at a revision (independent of the board code)."""
+    files = client(env, f"""
+        print(json.dumps(api.list_repo_files("org/board", repo_type="dataset",
+                                             revision={revision!r})))""")
+    return sorted({"/".join(f.split("/")[1:3]) for f in files
+                   if f.startswith("submissions/") and f.count("/") >= 3})
+
+
+def listed(env: dict[str, str], revision: str) -> list[str]:
+    return [e["key"] for e in json.loads(run_cli(env, "list", "org/board", "--revision",
+                                                 revision))["entries"]]
+
+
+@pytest.mark.slow
+def test_pull_requests_verify_and_pinned_listing(tiny_run, hub_env, tmp_path):
+    data, run = tiny_run
+    hub, env = hub_env
+    board_src = tmp_path / "board_src"
+    board_src.mkdir()
+    config_from_results(Results.load(run), "Tiny board").save(board_src / "board.json")
+    empty_sha = hub.add_folder("org/board", board_src, message="Create the board")
+
+    # 1. Submit through a pull request with the real client; the URL is printed.
+    out = run_cli(env, "submit", run, "--board", "org/board")
+    url = re.search(r"opened pull request: (\S+)", out).group(1)
+    assert url == f"{hub.endpoint}/datasets/org/board/discussions/1"
+    assert hub.head("org/board") == empty_sha  # main is untouched until a merge
+
+    # 2. The maintainer lists it and reads its files at refs/pr/1.
+    got = client(env, """
+        prs = [(d.num, d.is_pull_request, d.status, d.title) for d in
+               api.get_repo_discussions("org/board", repo_type="dataset")]
+        det = api.get_discussion_details("org/board", 1, repo_type="dataset")
+        files = api.list_repo_files("org/board", repo_type="dataset", revision="refs/pr/1")
+        print(json.dumps({"prs": prs, "target": det.target_branch, "files": files}))""")
+    assert got["prs"] == [[1, True, "open", "Submit identity v1"]]
+    assert got["target"] == "refs/heads/main"
+    assert {"submissions/identity/1/results.json", "submissions/identity/1/card.yaml",
+            "submissions/identity/1/predictions/test-00000-of-00001.parquet"} <= set(
+        got["files"])
+
+    # 3. Verified from the pull request's files, by re-scoring against the data.
+    out = run_cli(env, "verify", "org/board", "--revision", "refs/pr/1", "--data", data)
+    assert "identity/1: verified" in out, out
+
+    # 4. A cheater's PR passes the static checks (summaries consistent) ...
+    cheat = cheat_copy(run, tmp_path / "cheat")
+    out = run_cli(env, "submit", cheat, "--board", "org/board")
+    assert "discussions/2" in out
+    # ... but re-scoring rejects it, naming the metric and a slice.
+    out = run_cli(env, "verify", "org/board", "--revision", "refs/pr/2", "--data", data)
+    assert "identity/2: rejected" in out
+    assert re.search(r"method_vs_gsi\.psnr differs on 6 slice\(s\), e\.g\. P00\d slice \d: "
+                     r"submitted [\d.]+, re-scored [\d.]+", out), out
+
+    # 5. Each revision lists exactly the entries present there; merges lose none.
+    assert listed(env, empty_sha) == entries_in_repo(env, empty_sha) == []
+    assert listed(env, "refs/pr/1") == entries_in_repo(env, "refs/pr/1") == ["identity/1"]
+    assert listed(env, "refs/pr/2") == entries_in_repo(env, "refs/pr/2") == ["identity/2"]
+    client(env, """
+        api.merge_pull_request("org/board", 1, repo_type="dataset")
+        api.merge_pull_request("org/board", 2, repo_type="dataset")
+        print(json.dumps(0))""")
+    snapshot = json.loads((HERE / "snapshots" / "hub_board.json").read_text())
+    assert listed(env, "main") == entries_in_repo(env, "main") == snapshot["main_after_merges"]
+    # The board read at the old pinned commit still shows what was there then.
+    assert listed(env, empty_sha) == snapshot["pinned_before"]
+
+
+@pytest.mark.slow
+def test_local_verify_marks_verified_and_rejected(tiny_run, tmp_path):
+    """Maintainer side on a local board: verification.json is written; a stale verification
+    (predictions replaced after the check) no longer counts."""
+    from leaderboard.submit import add_to_folder, prepare
+    from leaderboard.verify import verify_entry
+
+    data, run = tiny_run
+    board = tmp_path / "board"
+    board.mkdir()
+    cfg = config_from_results(Results.load(run), "Tiny board")
+    cfg.save(board / "board.json")
+    add_to_folder(prepare(run, cfg), board)
+    add_to_folder(prepare(cheat_copy(run, tmp_path / "cheat"), cfg), board)
+    b = Board.open(board)
+    mb = marbench_env().split()
+    v1 = verify_entry(b.entry("identity/1"), cfg, str(data), marbench=mb)
+    v2 = verify_entry(b.entry("identity/2"), cfg, str(data), marbench=mb)
+    assert (v1.status, v2.status) == ("verified", "rejected")
+    assert v1.max_abs_score_diff is not None and v1.max_abs_score_diff <= 1e-9
+    assert v2.max_abs_score_diff == pytest.approx(0.5, abs=1e-9)
+    b = Board.open(board)
+    assert [(e.key, e.status) for e in b.entries] == [("identity/1", "verified"),
+                                                      ("identity/2", "rejected")]
+    # The page ranks the verified entry; vs-ideal columns are n/a where no slice has an
+    # ideal image (the tiny data's fracture-fixation patient is "real").
+    from leaderboard.render import render_board
+
+    html = render_board(b, tmp_path / "site").read_text()
+    panel = html.split('id="panel-implant-fracture_fixation"')[1].split("</table>")[0]
+    assert panel.count(">n/a</td>") == 2 and "badge verified" in panel
+    assert "identity/2" in html.split("Not ranked")[1]
+    # A verification applies to the predictions it checked, by sha256.
+    v = json.loads((board / "submissions/identity/1/verification.json").read_text())
+    v["predictions_sha256"] = "0" * 64
+    (board / "submissions/identity/1/verification.json").write_text(json.dumps(v))
+    assert Board.open(board).entry("identity/1").status == "submitted"

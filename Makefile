@@ -13,8 +13,16 @@ DEMO_SIZE ?= 128
 # 1: the demo also trains the toy LGA (lga-cpu, about 30 minutes on 2 cores) and scores it.
 DEMO_LGA ?= 1
 DEMO_LGA_CONFIG ?= lga-cpu
+# The frozen GSI-trained segmenter that scores downstream segmentation (a few minutes).
+DEMO_SEG_CONFIG ?= seg-cpu
+# Learned baselines the demo trains (each a few minutes at demo scale); `make table3` does all.
+DEMO_DEEP ?= unet
+SEG := $(DATA)/seg-run/model
+# Train a trainer NAME into RUN once: an interrupted run resumes, a finished one is reused.
+train_once = test -f $(2)/model/config.json || $(BIN)/marbench train $(1) --data $(DATA)/built \
+	--out $(2) $(3) $$(test -f $(2)/config.json && echo --resume)
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean table3 expert-demo board
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,16 +42,46 @@ demo: setup
 	$(BIN)/artifactgsi preview $(DATA)/raw/SIM0000000 --out $(DATA)/preview.png
 	$(BIN)/artifactgsi build $(DATA)/raw $(DATA)/built --overwrite
 	$(BIN)/artifactgsi info $(DATA)/built
-	for m in identity li nmar; do $(BIN)/marbench run --method $$m --data $(DATA)/built --out $(DATA)/results/$$m || exit 1; done
+	# The segmenter is trained on the GSI images of the train split (cached like LGA).
+	$(call train_once,segmenter,$(DATA)/seg-run,--config $(DEMO_SEG_CONFIG) --input gsi)
+	for m in identity li nmar; do $(BIN)/marbench run --method $$m --data $(DATA)/built --out $(DATA)/results/$$m --segmenter $(SEG) || exit 1; done
+	for m in $(DEMO_DEEP); do $(call train_once,$$m,$(DATA)/$$m-run,--config $$m-cpu) && \
+	  $(BIN)/marbench run --method $$m -O weights=$(DATA)/$$m-run/model --data $(DATA)/built \
+	    --out $(DATA)/results/$$m --segmenter $(SEG) || exit 1; done
 	# LGA: an interrupted training resumes; a finished one is reused.
 	if [ "$(DEMO_LGA)" = 1 ]; then \
 	  $(BIN)/marbench train lga --config $(DEMO_LGA_CONFIG) --data $(DATA)/built --out $(DATA)/lga-run \
 	    $$(test -f $(DATA)/lga-run/config.json && echo --resume) && \
 	  $(BIN)/marbench run --method lga --data $(DATA)/built --out $(DATA)/results/lga \
-	    --option weights=$(DATA)/lga-run/model || exit 1; fi
-	files=""; for m in identity li nmar lga; do \
+	    -O weights=$(DATA)/lga-run/model --segmenter $(SEG) || exit 1; fi
+	files=""; for m in identity li nmar $(DEMO_DEEP) lga; do \
 	  f=$(DATA)/results/$$m/results.json; if [ -f $$f ]; then files="$$files $$f"; fi; done; \
-	$(BIN)/marbench compare $$files
+	$(BIN)/marbench compare $$files && $(BIN)/marbench compare --table segmentation $$files
+	$(MAKE) board
+
+# The demo's runs on a local leaderboard: submitted, verified by re-scoring, rendered.
+board: setup
+	rm -rf $(DATA)/board $(DATA)/site
+	$(BIN)/leaderboard init $(DATA)/board --reference $(DATA)/results/identity --title "MARBench demo board"
+	for m in identity li nmar lga; do if [ -d $(DATA)/results/$$m ]; then \
+	  $(BIN)/marbench submit $(DATA)/results/$$m --board $(DATA)/board --card leaderboard/cards/$$m.yaml || exit 1; fi; done
+	$(BIN)/leaderboard verify $(DATA)/board --data $(DATA)/built
+	$(BIN)/leaderboard render $(DATA)/board --out $(DATA)/site
+	@echo "board page: $(DATA)/site/index.html"
+
+# Table 3 with every learned baseline, two training seeds each (hours on 2 cores).
+table3: setup
+	for m in unet dicdnet oscnet oscnet_plus; do for s in 0 1; do \
+	  $(call train_once,$$m,$(DATA)/table3/$$m-s$$s,--config $$(echo $$m | tr _ -)-cpu --seed $$s) && \
+	  $(BIN)/marbench run --method $$m -O weights=$(DATA)/table3/$$m-s$$s/model --data $(DATA)/built \
+	    --out $(DATA)/table3/results/$$m-s$$s --segmenter $(SEG) || exit 1; done; done
+	$(BIN)/marbench compare $(DATA)/results/identity $(DATA)/results/li $(DATA)/results/nmar $(DATA)/table3/results/*
+
+# A blinded reading pack from the demo's runs (see docs/study.md).
+expert-demo: setup
+	rm -rf $(DATA)/expert/demo-pack
+	$(BIN)/marbench expert pack --results $(wildcard $(DATA)/results/*) --data $(DATA)/built \
+	  --out $(DATA)/expert/demo-pack --cases 12 --readers 3
 
 test: setup
 	$(BIN)/pytest -q
@@ -53,6 +91,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

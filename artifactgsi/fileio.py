@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +22,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_sibling(Path(path))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -30,6 +30,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name beside ``path`` (same file system, so the final rename is atomic) for
+    a file written before it is renamed into place; unique per process and call."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -53,4 +59,5 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["atomic_path", "sha256_file", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "sha256_file", "temporary_sibling", "write_bytes_atomic",
+           "write_text_atomic"]

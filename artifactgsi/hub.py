@@ -131,13 +131,16 @@ def _is_hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def _manifest_problems(folder: Path, check_unlisted: bool) -> tuple[dict[str, str], set[str]]:
-    """Compare a folder with its manifest -> (problems by path, paths whose content is wrong)."""
-    manifest = read_manifest(folder)
+def manifest_entry_problems(folder: Path, entries: Iterable[dict[str, Any]]
+                            ) -> tuple[dict[str, str], set[str]]:
+    """Check listed files (manifest entries: ``path``, ``bytes``, ``sha256``, optional
+    ``rows``) in ``folder`` -> (problems by path, paths whose content is wrong). The one
+    implementation of "is this file the one the manifest lists", used by the builder's
+    checks, downloads and the benchmark's reader."""
     problems: dict[str, str] = {}
     wrong_content: set[str] = set()
-    listed = {entry["path"]: entry for entry in manifest["files"]}
-    for rel, entry in listed.items():
+    for entry in entries:
+        rel = entry["path"]
         path = folder / rel
         if not path.is_file():
             problems[rel] = "missing (listed in the manifest)"
@@ -147,8 +150,8 @@ def _manifest_problems(folder: Path, check_unlisted: bool) -> tuple[dict[str, st
             problems[rel] = f"{size} bytes, the manifest says {entry['bytes']}"
             wrong_content.add(rel)
             continue
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
+        digest = sha256_file(path) if entry.get("sha256") is not None else None
+        if digest is not None and digest != entry["sha256"]:
             problems[rel] = f"sha256 {digest[:12]}..., the manifest says {entry['sha256'][:12]}..."
             wrong_content.add(rel)
             continue
@@ -158,6 +161,14 @@ def _manifest_problems(folder: Path, check_unlisted: bool) -> tuple[dict[str, st
             rows = pq.read_metadata(path).num_rows
             if rows != entry["rows"]:
                 problems[rel] = f"{rows} rows, the manifest says {entry['rows']}"
+    return problems, wrong_content
+
+
+def _manifest_problems(folder: Path, check_unlisted: bool) -> tuple[dict[str, str], set[str]]:
+    """Compare a folder with its manifest -> (problems by path, paths whose content is wrong)."""
+    manifest = read_manifest(folder)
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    problems, wrong_content = manifest_entry_problems(folder, listed.values())
     if check_unlisted:
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()

@@ -149,6 +149,11 @@ def compare(
     files: list[Path] = typer.Argument(..., help="results.json files (or run folders)"),
     markdown: bool = typer.Option(False, "--markdown", help="print one markdown table"),
     std: bool = typer.Option(False, "--std", help="show mean ± std over slices"),
+    table: str = typer.Option("image", "--table",
+                              help="image (paper Table 3 layout) or segmentation (Table 2: "
+                                   "IoU per class and mIoU, per implant type too)"),
+    paper: bool = typer.Option(False, "--paper",
+                               help="with --table segmentation: the paper's rows beside"),
 ) -> None:
     """Compare runs in the layout of the paper's Table 3: one row per method, PSNR / SSIM /
     LPIPS against GSI (and the ideal image when present), then key clinical metrics."""
@@ -178,12 +183,28 @@ def compare(
             unverified.append(f"{f}: {check.note}")
             unverified_rows.add(len(runs))
         runs.append((label, r))
-    table = comparison_table(runs)
+    if table not in ("image", "segmentation"):
+        raise _error(f"--table {table!r}: choose image or segmentation")
+    if table == "segmentation":
+        from .seg_report import segmentation_rich, segmentation_table
+
+        labelled = [(lab if i not in unverified_rows else f"{lab} (unverified)", r)
+                    for i, (lab, r) in enumerate(runs)]
+        if markdown:
+            typer.echo(segmentation_table(labelled, paper=paper), nl=False)
+        else:
+            from rich.console import Console
+
+            Console().print(segmentation_rich(labelled, paper=paper))
+        for u in unverified:
+            typer.echo(f"unverified: {u}", err=True)
+        return
+    table_ = comparison_table(runs)
     # Rows whose predictions could not be checked carry a visible mark.
-    table.rows = [((name + " (unverified)") if i in unverified_rows else name, cells)
-                  for i, (name, cells) in enumerate(table.rows)]
+    table_.rows = [((name + " (unverified)") if i in unverified_rows else name, cells)
+                  for i, (name, cells) in enumerate(table_.rows)]
     if markdown:
-        typer.echo(markdown_table(table, with_std=std), nl=False)
+        typer.echo(markdown_table(table_, with_std=std), nl=False)
     else:
         from rich.console import Console
         from rich.markup import escape
@@ -191,26 +212,26 @@ def compare(
 
         console = Console()
         # Two tables (image, clinical), so each fits an 80-column terminal.
-        parts = [("image metrics", [j for j, g in enumerate(table.groups)
+        parts = [("image metrics", [j for j, g in enumerate(table_.groups)
                                     if not g.startswith("clinical")]),
-                 (f"clinical metrics (vs {table.clinical_reference})",
-                  [j for j, g in enumerate(table.groups) if g.startswith("clinical")])]
+                 (f"clinical metrics (vs {table_.clinical_reference})",
+                  [j for j, g in enumerate(table_.groups) if g.startswith("clinical")])]
         for title, cols in parts:
             if not cols:
                 continue
             t = Table(title=f"{title}; best in bold")
             t.add_column("method", no_wrap=True)
             for j in cols:
-                arrow = "↑" if table.higher_is_better[j] else "↓"
-                group = "" if table.groups[j].startswith("clinical") else \
-                    "\n" + table.groups[j]
-                t.add_column(f"{table.headers[j]} {arrow}{group}", justify="right")
-            for name, cells in table.rows:
+                arrow = "↑" if table_.higher_is_better[j] else "↓"
+                group = "" if table_.groups[j].startswith("clinical") else \
+                    "\n" + table_.groups[j]
+                t.add_column(f"{table_.headers[j]} {arrow}{group}", justify="right")
+            for name, cells in table_.rows:
                 texts = [format_value(cells[j], std) for j in cols]
                 t.add_row(escape(name), *[f"[bold]{x}[/]" if cells[j].best else x
                                   for x, j in zip(texts, cols, strict=True)])
             console.print(t)
-    for w in table.warnings:
+    for w in table_.warnings:
         typer.echo(f"warning: {w}", err=True)
     for u in unverified:
         typer.echo(f"unverified: {u}; per-slice values cannot be checked without the "

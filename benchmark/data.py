@@ -1,4 +1,4 @@
-"""Reading a built ArtifactGSI dataset (DESIGN 3.2) for the benchmark.
+"""Reading a built ArtifactGSI dataset (layout: docs/dataset.md) for the benchmark.
 
 :func:`open_split` takes a local folder or a Hugging Face Hub dataset repo id, finds the
 Parquet files of one ``config`` / ``split`` from the dataset card's ``configs:`` (YAML),
@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from artifactgsi import settings
+from artifactgsi.dataset import SliceIndex
 from artifactgsi.hub import (
     DatasetCardError,
     ManifestError,
     glob_to_regex,
+    manifest_entry_problems,
     read_card_metadata,
     read_manifest,
     sha256_file,
@@ -178,15 +180,8 @@ def _split_files(folder: Path, config: str, split: str, where: str, *,
 
 def verify_files(folder: Path, files: Sequence[DataFile]) -> None:
     """Check each file's size and sha256 against the manifest; :class:`ManifestError` if not."""
-    problems: dict[str, str] = {}
-    for f in files:
-        path = folder / f.path
-        if not path.is_file():
-            problems[f.path] = "missing (listed in the manifest)"
-        elif path.stat().st_size != f.bytes:
-            problems[f.path] = f"{path.stat().st_size} bytes, the manifest says {f.bytes}"
-        elif f.sha256 is not None and (digest := sha256_file(path)) != f.sha256:
-            problems[f.path] = f"sha256 {digest[:12]}..., the manifest says {f.sha256[:12]}..."
+    problems, _ = manifest_entry_problems(folder, [
+        {"path": f.path, "bytes": f.bytes, "sha256": f.sha256, "rows": f.rows} for f in files])
     if problems:
         raise ManifestError(folder, problems, "The files differ from the manifest the results "
                             "would record: rebuild or re-download the dataset.")
@@ -284,7 +279,7 @@ class PairsSplit:
     """The rows of one ``pairs`` split in benchmark order (patient, then slice index).
 
     Args:
-        dataset: a ``datasets.Dataset`` with the ``pairs`` columns (DESIGN 3.2).
+        dataset: a ``datasets.Dataset`` with the ``pairs`` columns (:mod:`artifactgsi.schema`).
         source: where it came from; ``files``: its Parquet files; ``config``, ``split``: names.
     """
 
@@ -334,11 +329,8 @@ class PairsSplit:
         self.order: list[int] = [seen[k] for k in sorted(seen)]
         self._patient_id = pids
         self._slice_index = sidx
-        # Per patient: rows sorted by slice index, and each row's position there.
-        self._stack: dict[str, list[int]] = {}
-        for r in self.order:
-            self._stack.setdefault(pids[r], []).append(r)
-        self._pos = {r: j for rows in self._stack.values() for j, r in enumerate(rows)}
+        # Neighbour slices: the dataset package's one definition (edges repeated).
+        self._slices = SliceIndex(pids, sidx)
         feat = dataset.features["implant_type"]
         self._implant_names = getattr(feat, "int2str", None)
 
@@ -360,9 +352,7 @@ class PairsSplit:
 
     def neighbour_rows(self, row: int, k: int) -> list[int]:
         """The 2k+1 rows around ``row`` in its patient (by slice index), edges repeated."""
-        rows = self._stack[self._patient_id[row]]
-        j = self._pos[row]
-        return [rows[min(max(j + d, 0), len(rows) - 1)] for d in range(-k, k + 1)]
+        return self._slices.neighbour_rows(row, k)
 
     def neighbour_stack(self, row: int, k: int) -> np.ndarray:
         """(2k+1, H, W) int16 ordinary HU around ``row`` (centre at index k)."""

@@ -25,17 +25,20 @@ are written as the JSON strings ``"Infinity"`` / ``"NaN"`` so the file stays sta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A stdlib-only leaf of the dataset package: one implementation of atomic writes and hashes.
+# (sha256_file and temporary_sibling are re-exported for the runner and the leaderboard.)
+from artifactgsi.fileio import sha256_file as sha256_file
+from artifactgsi.fileio import temporary_sibling as temporary_sibling
+from artifactgsi.fileio import write_text_atomic
 
 #: Format tag of results files written by this module.
 RESULTS_FORMAT = "marbench-results/1"
@@ -414,15 +417,6 @@ class Results(_Model):
 # ----------------------------------------------------------------------------- integrity
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _same(a: float, b: float, tol: float) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
@@ -552,23 +546,10 @@ def verify_results(results: Results, run_dir: Path | str | None = None, *,
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder + rename."""
+    """Write ``text`` to ``path`` atomically (temporary sibling, then rename); make parents."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     return path
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A hidden name next to ``path`` for writing before an atomic rename (same filesystem;
-    unlike ``mkstemp`` the file gets the usual permissions)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -7,9 +7,10 @@ recomputed from the per-slice intersection / union counts
 (:func:`benchmark.metrics.segmentation.seg_summary`), so a table never trusts a stored summary.
 
 Where the counts are found in a :class:`benchmark.results.Results`: in
-``per_slice[i].scores[<comparison>]``, any comparison whose key starts with ``method_``
-(the method's row), ``gsi_`` (the GSI reference row) or ``ideal_`` (the ideal-image row),
-holding the ``seg_inter.<class>`` / ``seg_union.<class>`` keys.
+``per_slice[i].segmentation[image]`` for ``image`` = ``method`` (the method's row), ``gsi``
+(the GSI reference row), ``ideal`` (the ideal-image row), holding the ``seg_inter.<class>`` /
+``seg_union.<class>`` keys (or, failing that, in a ``per_slice[i].scores`` comparison whose
+key starts with ``method_`` / ``gsi_`` / ``ideal_``).
 
 A dict may be a results file's JSON, or a summary: ``{"iou.metal": ..., ..., "miou": ...}``,
 optionally with ``"per_implant": {implant_type: {same keys}}``.
@@ -65,7 +66,12 @@ def _rows_of(results: Results, scored: str) -> tuple[list[dict[str, float]], lis
     """Per-slice count rows (and implant types) of ``scored`` (method / gsi / ideal)."""
     rows, implants = [], []
     for s in results.per_slice:
-        for key, vals in s.scores.items():
+        seg = getattr(s, "segmentation", None) or {}
+        if scored in seg:
+            rows.append(seg[scored])
+            implants.append(s.implant_type)
+            continue
+        for key, vals in s.scores.items():  # counts stored as a comparison's scores
             if key.split("_vs_", 1)[0] == scored and f"{INTER_PREFIX}metal" in vals:
                 rows.append(vals)
                 implants.append(s.implant_type)

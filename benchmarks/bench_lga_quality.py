@@ -31,7 +31,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from baselines.lga.config import unit_to_hu
+from baselines.lga.config import pm1_to_hu
 from baselines.lga.data import PairVolumes
 from baselines.lga.model import LGAModel
 from baselines.lga.train import train_lga
@@ -79,7 +79,7 @@ def latent_psnr(model: LGAModel, data: str | Path, split: str = "test",
             got.setdefault(f"{name}_metal", []).append(
                 psnr(torch.where(metal, target, x).float(), target, data_range=2.0))
             got.setdefault(f"{name}_v1", []).append(
-                image_metrics(unit_to_hu(x.float()), target_hu)["psnr"])
+                image_metrics(pm1_to_hu(x.float()), target_hu)["psnr"])
     return {n: float(torch.cat(v).mean()) for n, v in got.items()}
 
 

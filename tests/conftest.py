@@ -20,16 +20,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def write_tiny_pairs():
-    """``write_tiny_pairs`` of tests/benchmark/test_run.py (a tiny built ``pairs`` dataset),
-    for other test modules (tests/ is not a package, so it is loaded by path)."""
-    import importlib.util
-    from pathlib import Path
+    """:func:`artifactgsi.testing.write_tiny_pairs`: a hand-made ``pairs`` dataset with
+    known content in the schema's own columns and types."""
+    from artifactgsi.testing import write_tiny_pairs
 
-    path = Path(__file__).parent / "benchmark" / "test_run.py"
-    spec = importlib.util.spec_from_file_location("_shared_tiny_pairs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_pairs
+    return write_tiny_pairs
 
 
 @pytest.fixture(scope="session")

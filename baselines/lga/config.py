@@ -5,8 +5,8 @@ All defaults live in :class:`LGAConfig` (they are the paper's full model at 512 
 file may name another one with ``base: NAME`` (a file in that folder, or a path) and override
 it in turn. Unknown keys are errors, so a typo never silently trains the default.
 
-HU normalisation (used everywhere in LGA): clip to [-1024, 3071] HU (the benchmark window,
-DESIGN 6) and map linearly to [-1, 1], the range the diffusers VAE blocks are built for.
+HU normalisation (used everywhere in LGA): clip to the dataset's HU window [-1024, 3071]
+and map linearly to [-1, 1], the range the diffusers VAE blocks are built for.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ import torch
 #: Folder of the shipped YAML configs.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-#: HU window mapped to [-1, 1].
-HU_MIN = -1024.0
-HU_MAX = 3071.0
-
-#: Implant classes of the dataset (DESIGN 3.2); index 0 ("none") also stands for unknown.
-IMPLANT_TYPES = ("none", "hip_prosthesis", "fracture_fixation", "spinal_fixation")
+#: The dataset's HU window (mapped to [-1, 1] here) and implant classes: one definition, in
+#: the dataset schema.
+from artifactgsi.schema import HU_MAX, HU_MIN, IMPLANT_TYPES, hu_to_unit01, implant_index  # noqa: E402,F401
 
 STAGES = ("vae", "invariance", "align")
 
@@ -36,19 +33,15 @@ class ConfigError(ValueError):
     """A config file or value is invalid (the message names the file and the key)."""
 
 
-def hu_to_unit(hu: torch.Tensor) -> torch.Tensor:
-    """HU -> [-1, 1]: clip to [HU_MIN, HU_MAX] then scale linearly (any shape)."""
-    return (hu.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN) * 2.0 - 1.0
+def hu_to_pm1(hu: torch.Tensor) -> torch.Tensor:
+    """HU -> [-1, 1], the VAE's input range: the dataset window's [0, 1] scaling
+    (:func:`artifactgsi.schema.hu_to_unit01`) stretched to [-1, 1] (any shape)."""
+    return hu_to_unit01(hu) * 2.0 - 1.0
 
 
-def unit_to_hu(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> HU (inverse of :func:`hu_to_unit`; values outside [-1, 1] are clipped)."""
+def pm1_to_hu(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> HU (inverse of :func:`hu_to_pm1`; values outside [-1, 1] are clipped)."""
     return (x.clamp(-1.0, 1.0) + 1.0) / 2.0 * (HU_MAX - HU_MIN) + HU_MIN
-
-
-def implant_index(name: str) -> int:
-    """Index of an implant type in :data:`IMPLANT_TYPES`; unknown names map to 0 ("none")."""
-    return IMPLANT_TYPES.index(name) if name in IMPLANT_TYPES else 0
 
 
 @dataclass

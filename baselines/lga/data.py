@@ -1,4 +1,4 @@
-"""Training data for LGA: (2k+1)-slice volumes from a built ArtifactGSI dataset (DESIGN 3.2).
+"""Training data for LGA: (2k+1)-slice volumes from a built ArtifactGSI dataset (docs/dataset.md).
 
 * :class:`PairVolumes`: rows of the ``pairs`` config -> ordinary and GSI volumes around a
   slice (edge slices repeated, as ``PairsSplit.neighbour_rows``), the centre metal mask and
@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from baselines.lga.config import LGAConfig, hu_to_unit, implant_index
+from baselines.lga.config import LGAConfig, hu_to_pm1, implant_index
 from baselines.lga.model import resize
 from benchmark.data import DatasetError, PairsSplit
 
 
 def _to_unit(arr: np.ndarray, size: int) -> torch.Tensor:
     """(S, H, W) HU (any int/float dtype) -> (S, size, size) float32 in [-1, 1]."""
-    x = hu_to_unit(torch.from_numpy(np.asarray(arr, np.float32)))
+    x = hu_to_pm1(torch.from_numpy(np.asarray(arr, np.float32)))
     if x.shape[-2:] != (size, size):
         x = resize(x[None], size)[0]
     return x

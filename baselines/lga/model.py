@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.lga.align import AlignmentNet
-from baselines.lga.config import LGAConfig, hu_to_unit, unit_to_hu
+from baselines.lga.config import LGAConfig, hu_to_pm1, pm1_to_hu
 from baselines.lga.invariance import InvarianceEncoder
 from baselines.lga.vae import ARVAE
 
@@ -57,7 +57,7 @@ class LGAModel(nn.Module):
         """(B, 2k+1, H, W) HU -> [-1, 1] at ``image_size``; mask (B, 1, H, W) -> metal fraction
         at the same size."""
         s = self.config.image_size
-        x = hu_to_unit(volume_hu.float())
+        x = hu_to_pm1(volume_hu.float())
         if x.shape[-2:] != (s, s):
             x = resize(x, s)
         m = None
@@ -96,7 +96,7 @@ class LGAModel(nn.Module):
         out = self.vae.decode_g(self.align_latent(x, m, implant)).float()
         if out.shape[-2:] != (h, w):
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-        out = unit_to_hu(out)
+        out = pm1_to_hu(out)
         if reinsert_metal and mask is not None:
             k = self.config.neighbour_slices
             out = torch.where(mask > 0.5, volume_hu[:, k:k + 1].float(), out)

@@ -1,7 +1,7 @@
 """Artifact-reducing VAE (paper Sec. 3.2, Fig. 3a) and its volume aggregation augmentation.
 
 One encoder E maps a volume of 2k+1 adjacent slices (slices as input channels, values in
-[-1, 1], see :func:`baselines.lga.config.hu_to_unit`) to a diagonal Gaussian over the latent
+[-1, 1], see :func:`baselines.lga.config.hu_to_pm1`) to a diagonal Gaussian over the latent
 of the centre slice, (B, C, H/f, W/f). Two decoders share it: D_n reconstructs the ordinary
 centre slice, D_g decodes to clean images (trained on GSI and clean no-implant slices). The
 blocks are diffusers' ``Encoder`` / ``Decoder`` (the Stable Diffusion VAE's), with the 1x1

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import segmentation as _segmentation  # noqa: E402,F401  (registers its declarations)
 from .clinical import CLINICAL_METRICS, clinical_metrics
 from .image import IMAGE_METRICS, LPIPSMetric, LPIPSUnavailable, image_metrics
 from .lpips_weights import fetch_lpips_weights, find_lpips_weights
@@ -28,7 +29,6 @@ from .protocol import (
     resample_mask,
     summarize,
 )
-from . import segmentation as _segmentation  # noqa: E402,F401  (registers its declarations)
 from .registry import METRICS, register_metric  # noqa: E402  (the one metric registry)
 
 __all__ = [

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from artifactgsi.schema import HU_MAX, HU_MIN, METAL_THRESHOLD_HU, hu_to_unit01
+
 from ..results import MetricSummary as Summary
 from ..results import summarize
 from .registry import MetricSpec
@@ -32,8 +34,8 @@ class Protocol:
     resample_mode: str = "bilinear"
     # -- PSNR / SSIM / LPIPS: HU clipped to [hu_min, hu_max] (the 12-bit CT range) and scaled
     #    to [0, 1], so data_range is 1.
-    hu_min: float = -1024.0
-    hu_max: float = 3071.0
+    hu_min: float = HU_MIN      # the dataset schema's window
+    hu_max: float = HU_MAX
     data_range: float = 1.0
     ssim_window: int = 11       # Gaussian window side (skimage: 2 * int(3.5 * sigma + 0.5) + 1)
     ssim_sigma: float = 1.5
@@ -55,7 +57,8 @@ class Protocol:
     streak_outer_mm: float = 40.0          # ... to this far
     streak_tail_fraction: float = 0.05     # top / bottom 5 % of (MAR - reference)
     bone_hu: tuple[float, float] = (150.0, 2500.0)  # AAPM bone band, outside dilated metal
-    metal_hu: float = 2500.0                        # metal threshold, inside dilated metal
+    metal_hu: float = METAL_THRESHOLD_HU            # metal threshold (paper Eq. 8), inside
+                                                    # the dilated metal
 
     def to_dict(self) -> dict[str, object]:
         """Plain values for results files (tuples become lists)."""
@@ -93,7 +96,6 @@ def resample_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def hu_to_unit(image_hu: torch.Tensor, hu_min: float, hu_max: float) -> torch.Tensor:
-    """Clip HU to [hu_min, hu_max] and scale to [0, 1] (same shape)."""
-    if not hu_max > hu_min:
-        raise ValueError(f"hu_max ({hu_max}) must exceed hu_min ({hu_min})")
-    return (image_hu.clamp(hu_min, hu_max) - hu_min) / (hu_max - hu_min)
+    """Clip HU to [hu_min, hu_max] and scale to [0, 1] (same shape); the protocol's window is
+    passed explicitly (:func:`artifactgsi.schema.hu_to_unit01` does the maths)."""
+    return hu_to_unit01(image_hu, hu_min, hu_max)

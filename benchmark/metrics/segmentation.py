@@ -28,9 +28,10 @@ exactly from them with :func:`seg_summary`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
+from ..results import SEG_CLASSES, SEG_INTER, SEG_UNION
 from .registry import MetricSpec, register_metric
 
 if TYPE_CHECKING:  # torch is imported where counts are computed: declarations need none
@@ -39,14 +40,15 @@ if TYPE_CHECKING:  # torch is imported where counts are computed: declarations n
 #: The label values of the dataset's ``labels`` column, in order (value = index).
 CLASS_NAMES: tuple[str, ...] = ("background", "metal", "left_pelvis", "right_pelvis",
                                 "left_femur", "right_femur")
-#: Short keys of the five foreground classes (metric names ``iou.<key>``), paper Table 2 order.
-CLASS_KEYS: tuple[str, ...] = ("metal", "l_pelvis", "r_pelvis", "l_femur", "r_femur")
+#: Short keys of the five foreground classes (metric names ``iou.<key>``), paper Table 2 order
+#: (defined with the results schema, which stores the per-slice counts under these keys).
+CLASS_KEYS: tuple[str, ...] = SEG_CLASSES
 #: Human-readable column titles of the five foreground classes.
 CLASS_TITLES: tuple[str, ...] = ("metal", "L pelvis", "R pelvis", "L femur", "R femur")
 NUM_CLASSES = len(CLASS_NAMES)
 
-INTER_PREFIX = "seg_inter."
-UNION_PREFIX = "seg_union."
+INTER_PREFIX = SEG_INTER
+UNION_PREFIX = SEG_UNION
 #: Names of the summary metrics: ``iou.<class>`` for the five classes, then ``miou``.
 SUMMARY_KEYS: tuple[str, ...] = (*(f"iou.{k}" for k in CLASS_KEYS), "miou")
 #: Names of the per-slice count columns.
@@ -141,47 +143,13 @@ def mean_iou(ious: Iterable[float]) -> float:
     return math.fsum(vals) / len(vals) if vals else math.nan
 
 
-def seg_summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Dataset-level scores from per-slice count rows.
+# The dataset-level sums live with the results schema, so the leaderboard (which reads only
+# that module) recomputes them with the very same code.
+from ..results import seg_summary, seg_summary_by  # noqa: E402
 
-    Args:
-        rows: mappings holding ``seg_inter.<class>`` and ``seg_union.<class>`` for the five
-            foreground classes (other keys are ignored, e.g. a results file's other metrics).
-
-    Returns:
-        ``{"iou.metal": ..., "iou.l_pelvis": ..., "iou.r_pelvis": ..., "iou.l_femur": ...,
-        "iou.r_femur": ..., "miou": ...}``: per class, the sum of intersections over the sum of
-        unions across ``rows`` (NaN if the class never occurs, in prediction or reference);
-        ``miou`` the mean of the defined class IoUs (see the module docstring).
-
-    Raises:
-        KeyError: a row lacks a count (names the row and the key).
-    """
-    inter = dict.fromkeys(CLASS_KEYS, 0.0)
-    union = dict.fromkeys(CLASS_KEYS, 0.0)
-    for i, row in enumerate(rows):
-        for k in CLASS_KEYS:
-            try:
-                inter[k] += float(row[f"{INTER_PREFIX}{k}"])
-                union[k] += float(row[f"{UNION_PREFIX}{k}"])
-            except KeyError:
-                raise KeyError(f"seg_summary: row {i} has no {INTER_PREFIX}{k} / "
-                               f"{UNION_PREFIX}{k} count; per-slice rows must come from "
-                               "SegmentationScorer.update") from None
-    out = {f"iou.{k}": iou_from_sums(inter[k], union[k]) for k in CLASS_KEYS}
-    out["miou"] = mean_iou(out[f"iou.{k}"] for k in CLASS_KEYS)
-    return out
-
-
-def seg_summary_by(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]
-                   ) -> dict[str, dict[str, float]]:
-    """:func:`seg_summary` per group (e.g. patient id or implant type), groups sorted."""
-    if len(rows) != len(groups):
-        raise ValueError(f"seg_summary_by: {len(rows)} rows but {len(groups)} group labels")
-    by: dict[str, list[Mapping[str, Any]]] = {}
-    for r, g in zip(rows, groups, strict=True):
-        by.setdefault(str(g), []).append(r)
-    return {g: seg_summary(by[g]) for g in sorted(by)}
+__all__ = ["CLASS_KEYS", "CLASS_NAMES", "SEGMENTATION_METRICS", "SegmentationScorer",
+           "count_rows", "iou_from_sums", "mean_iou", "seg_summary", "seg_summary_by",
+           "slice_counts"]
 
 
 class Segmenter(Protocol):

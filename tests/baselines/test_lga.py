@@ -508,9 +508,13 @@ def test_table1_baseline_trains_without_the_invariance_stage(data, tmp_path):
     assert method.neighbour_slices == 0
     x = torch.full((2, 1, 32, 32), 40.0)
     batch = MARInput(ordinary=x, metal_mask=x > 1000, pixel_spacing_mm=torch.ones(2),
-                     implant_type=["none", "unknown_type"], patient_id=["p", "p"],
+                     implant_type=["none", "spinal_fixation"], patient_id=["p", "p"],
                      slice_index=[0, 1], neighbours=x.repeat(1, 5, 1, 1))
     assert validate_output("lga", batch, method.reduce(batch)).shape == (2, 1, 32, 32)
+    # An implant type the model does not know is an error, never silently "none".
+    batch.implant_type[1] = "unknown_type"
+    with pytest.raises(ValueError, match="unknown implant type 'unknown_type'"):
+        method.reduce(batch)
 
 
 def test_dihedral_gives_each_sample_one_symmetry_for_all_its_images():

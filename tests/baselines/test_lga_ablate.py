@@ -54,8 +54,8 @@ def ablation(data, tmp_path_factory):
 
 
 def test_rows_are_the_base_config_plus_the_table1_switches():
-    from baselines.lga.config import load_config
     from baselines.lga.ablate import TABLE1, row_config, select_rows
+    from baselines.lga.config import load_config
 
     rows = [row_config("lga-cpu", r, max_steps=7) for r in TABLE1]
     cpu = load_config("lga-cpu")

@@ -14,123 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from artifactgsi.testing import TINY_PAIRS_PATIENTS as PATIENTS  # noqa: F401
+from artifactgsi.testing import write_tiny_pairs
+
 SIZE = 64
-IMPLANTS = ["none", "hip_prosthesis", "fracture_fixation", "spinal_fixation"]
-REGIONS = ["thoracic_spine", "lumbar_spine", "pelvis", "hip", "femur", "knee"]
-PATIENTS = (("P000", "hip_prosthesis", True), ("P001", "fracture_fixation", False))
-
-
-def _slice_images(rng: np.random.Generator, metal_radius: float, bone_x: float,
-                  size: int = SIZE) -> dict[str, np.ndarray]:
-    """One synthetic slice: ideal (clean truth), GSI (mild residual), ordinary (streaks).
-    Lengths are in pixels of a 64-pixel image, scaled to ``size``."""
-    f = size / 64.0
-    yy, xx = np.mgrid[:size, :size].astype(np.float64) / f
-    c = (size - 1) / 2 / f
-    clean = np.full((size, size), -1000.0)
-    body = ((yy - c) / 26.0) ** 2 + ((xx - c) / 29.0) ** 2 <= 1.0
-    clean[body] = 40.0
-    clean[body & (((yy - c) / 26.0) ** 2 + ((xx - c) / 29.0) ** 2 > 0.8)] = -100.0  # fat
-    bone = (yy - c) ** 2 + (xx - bone_x) ** 2 <= 6.0**2
-    clean[bone] = 700.0
-    my, mx = c + 2.0, c + 9.0
-    metal = (yy - my) ** 2 + (xx - mx) ** 2 <= metal_radius**2
-    clean[metal] = 3000.0
-    r = np.hypot(yy - my, xx - mx)
-    theta = np.arctan2(yy - my, xx - mx)
-    streaks = (np.cos(12 * theta) - 0.6 * np.cos(2 * theta)) * np.exp(-r / 14.0) * body
-    gsi = clean + 40.0 * streaks + rng.normal(0.0, 8.0, clean.shape)
-    ordinary = clean + 450.0 * streaks + rng.normal(0.0, 15.0, clean.shape)
-    ordinary[metal] = 3071.0
-    labels = np.zeros((size, size), np.uint8)
-    labels[bone] = 2
-    labels[metal] = 1
-    as_i16 = {k: np.rint(v).astype(np.int16) for k, v in
-              {"ideal": clean, "gsi": gsi, "ordinary": ordinary}.items()}
-    return {**as_i16, "metal_mask": (as_i16["ordinary"] > 2500).astype(np.uint8),
-            "labels": labels}
-
-
-def write_tiny_pairs(folder: Path, seed: int = 0, ideal: bool | None = None, size: int = SIZE,
-                     slices: int = 3) -> Path:
-    """A built dataset folder like the builder's: card, pairs/{train,test} Parquet, manifest.
-
-    2 test patients x ``slices`` slices of ``size`` x ``size`` (1 train patient). ``ideal``:
-    ``None`` gives P000 (simulated) an ideal image and P001 none (null), ``True`` / ``False``
-    gives every / no row one.
-    """
-    from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
-
-    from artifactgsi.hub import sha256_file
-
-    shape = (size, size)
-    features = Features({
-        "patient_id": Value("string"), "slice_index": Value("int32"), "z_mm": Value("float32"),
-        "ordinary": Array2D(shape, "int16"), "gsi": Array2D(shape, "int16"),
-        "metal_mask": Array2D(shape, "uint8"), "ideal": Array2D(shape, "int16"),
-        "labels": Array2D(shape, "uint8"), "implant_type": ClassLabel(names=IMPLANTS),
-        "body_region": ClassLabel(names=REGIONS), "pixel_spacing_mm": Value("float32"),
-        "slice_thickness_mm": Value("float32"), "kvp": Value("float32"),
-        "gsi_kev": Value("float32"), "manufacturer": Value("string"), "model": Value("string"),
-        "match_score": Value("float32"), "affine": List(Value("float64"), length=6),
-        "registration_ncc": Value("float32")})
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pairs").mkdir(exist_ok=True)
-    for split, patients in (("test", PATIENTS), ("train", (("P900", "spinal_fixation", True),))):
-        rows: dict[str, list] = {k: [] for k in features}
-        for p, (pid, implant, simulated) in enumerate(patients):
-            for s in range(slices):
-                # Slices stored out of order: the runner must sort them.
-                si = (s + slices - 1) % slices
-                img = _slice_images(rng, metal_radius=2.0 + (si % 3) + 2 * p,
-                                    bone_x=14.0 + 2 * (si % 3), size=size)
-                has_ideal = simulated if ideal is None else ideal
-                rows["patient_id"].append(pid)
-                rows["slice_index"].append(si)
-                rows["z_mm"].append(2.5 * si)
-                for k in ("ordinary", "gsi", "metal_mask", "labels"):
-                    rows[k].append(img[k])
-                rows["ideal"].append(img["ideal"] if has_ideal else None)
-                rows["implant_type"].append(IMPLANTS.index(implant))
-                rows["body_region"].append(REGIONS.index("hip"))
-                rows["pixel_spacing_mm"].append(448.0 / size)   # a 448 mm FOV
-                rows["slice_thickness_mm"].append(2.5)
-                rows["kvp"].append(120.0)
-                rows["gsi_kev"].append(70.0)
-                rows["manufacturer"].append("GE")
-                rows["model"].append("Discovery CT750 HD")
-                rows["match_score"].append(0.99)
-                rows["affine"].append([1.0, 0.0, 0.5, 0.0, 1.0, -0.5])
-                rows["registration_ncc"].append(0.97)
-        Dataset.from_dict(rows, features=features).to_parquet(
-            folder / "pairs" / f"{split}-00000-of-00001.parquet")
-    (folder / "README.md").write_text(textwrap.dedent("""\
-        ---
-        license: cc-by-nc-4.0
-        configs:
-        - config_name: pairs
-          data_files:
-          - split: train
-            path: pairs/train-*.parquet
-          - split: test
-            path: pairs/test-*.parquet
-        ---
-        # Tiny ArtifactGSI (test fixture)
-        """), encoding="utf-8")
-    import pyarrow.parquet as pq
-
-    files = []
-    for rel in ("README.md", "pairs/test-00000-of-00001.parquet",
-                "pairs/train-00000-of-00001.parquet"):
-        p = folder / rel
-        entry = {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size}
-        if rel.endswith(".parquet"):
-            entry["rows"] = pq.read_metadata(p).num_rows
-        files.append(entry)
-    (folder / "manifest.json").write_text(json.dumps(
-        {"format": "artifactgsi-manifest/1", "files": files}, indent=1), encoding="utf-8")
-    return folder
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -195,7 +82,7 @@ def test_identity_results_validate_and_files_exist(identity_run):
     assert loaded.format == RESULTS_FORMAT
     assert loaded.model_dump() == Results.model_validate_json(
         (out / "results.json").read_text()).model_dump()
-    # Provenance DESIGN 6 asks for.
+    # The provenance every results file records.
     assert loaded.protocol.version == "marbench-v1"
     assert loaded.protocol.settings["eval_size"] == 512
     assert len(loaded.dataset.manifest_sha256 or "") == 64

@@ -348,8 +348,8 @@ def test_overlay_figure(tmp_path):
 
 
 def test_segmentation_table_recomputes_from_results_per_slice_counts():
-    """Rows come from the per-slice counts of a results file (method_*, gsi_*, ideal_*
-    comparisons), summed per class: not from any stored summary."""
+    """Rows come from the per-slice counts of a results file (``segmentation[image]``),
+    summed per class: not from any stored summary."""
     from benchmark.metrics.segmentation import count_rows, slice_counts
     from benchmark.results import MethodRecord, Results, SliceRecord
     from benchmark.seg_report import collect_rows, segmentation_table
@@ -363,8 +363,8 @@ def test_segmentation_table_recomputes_from_results_per_slice_counts():
     method_rows = count_rows(*slice_counts(pred, ref))
     gsi_rows = count_rows(*slice_counts(ref, ref))
     slices = [SliceRecord(patient_id="P1", slice_index=i, implant_type=t, metal_pixels=4,
-                          scores={"method_vs_labels": method_rows[i],
-                                  "gsi_vs_labels": gsi_rows[i]})
+                          scores={}, segmentation={"method": method_rows[i],
+                                                   "gsi": gsi_rows[i]})
               for i, t in enumerate(["hip_prosthesis", "spinal_fixation"])]
     res = Results.model_construct(method=MethodRecord.model_construct(name="li"),
                                   per_slice=slices)

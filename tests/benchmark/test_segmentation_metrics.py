@@ -171,3 +171,18 @@ def test_metric_declarations():
     assert names == ["miou", *(f"iou.{k}" for k in CLASS_KEYS)]
     assert all(m.higher_is_better and m.group == "segmentation" and m.unit == ""
                and set(m.needs) == {"labels", "segmenter"} for m in SEGMENTATION_METRICS)
+
+
+def test_results_module_summary_agrees():
+    """benchmark.results keeps a torch-free copy of seg_summary for the leaderboard: the two
+    must give the same numbers (NaN for an empty class included)."""
+    from benchmark import results
+
+    pred, target = _random_maps(9)
+    pred = torch.where(pred == 3, 0, pred)
+    target = torch.where(target == 3, 0, target)
+    rows = count_rows(*slice_counts(pred, target))
+    a, b = seg_summary(rows), results.seg_summary(rows)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k]

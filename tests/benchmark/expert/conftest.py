@@ -17,36 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-def _use_the_real_benchmark_expert() -> None:
-    """Make ``benchmark.expert`` the package, not this test folder.
-
-    pytest puts ``tests/`` on ``sys.path``, where ``tests/benchmark`` (no ``__init__.py``)
-    can become the namespace package ``benchmark`` when the project is installed in editable
-    mode; ``benchmark.expert`` would then resolve to ``tests/benchmark/expert``. Loading the
-    real package into ``sys.modules`` first avoids that (a no-op when ``benchmark`` is the
-    real package, e.g. with ``pythonpath = ["."]`` in the pytest settings).
-    """
-    import importlib
-    import importlib.util
-    import sys
-
-    mod = sys.modules.get("benchmark.expert")
-    if mod is not None and getattr(mod, "__file__", None):
-        return
-    sys.modules.pop("benchmark.expert", None)
-    method = importlib.import_module("benchmark.method")  # found through the installed path
-    real = Path(method.__file__).parent / "expert"
-    spec = importlib.util.spec_from_file_location(
-        "benchmark.expert", real / "__init__.py", submodule_search_locations=[str(real)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark.expert"] = mod
-    spec.loader.exec_module(mod)
-    sys.modules["benchmark"].expert = mod
-
-
-_use_the_real_benchmark_expert()
-
 #: Method names of the derived runs; distinctive, so the blinding test's grep cannot match
 #: ordinary words.
 FAKE_METHODS = ("smoothmar", "blendmar")

@@ -1,0 +1,770 @@
+"""Apply a MAR method to one's own CT series and write a derived DICOM series.
+
+:func:`apply_to_series` reads an axial CT series with the dataset builder's reader
+(:func:`artifactgsi.dicom.read_series`: the same checks and named errors), computes the metal
+mask with the protocol threshold (:data:`artifactgsi.schema.METAL_THRESHOLD_HU`), runs the
+method over the volume in batches (with neighbour slices, edges repeated, when the method asks
+for them) and writes a *derived* CT series beside the original:
+
+* each output file is a copy of its source file's header (pydicom) with new Series and SOP
+  Instance UIDs (the same Study and Frame of Reference), ImageType ``DERIVED\\SECONDARY``,
+  SeriesDescription and DerivationDescription naming the method, its version and weights
+  sha256, a new SeriesNumber, and a Source Image Sequence pointing at the source slice;
+* the geometry is the source's (position, orientation, spacing, matrix; mirrored source
+  axes are restored) and the pixels are in the source's stored representation (bits,
+  signedness, rescale slope and intercept), written uncompressed (Explicit VR Little Endian);
+  HU that do not fit the stored type are clipped and the result says how many;
+* the folder appears complete or not at all (a hidden temporary folder, then a rename).
+
+:func:`run_reference_free` is the path for data with no reference image (e.g. scans from a
+scanner never seen in training): Fig. 4b-style panels and reference-free measures.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import MARBenchError
+
+__all__ = [
+    "ApplyError", "ApplyResult", "MissingImplantTypeError", "OutputExistsError",
+    "apply_to_series", "method_needs_implant_type", "reference_free_measures",
+    "run_reference_free", "select_series",
+]
+
+#: Added to the source SeriesNumber to number the derived series.
+SERIES_NUMBER_OFFSET = 1000
+#: Methods known to need the implant type (besides any with ``needs_implant_type = True``).
+IMPLANT_TYPE_METHODS = frozenset({"lga"})
+#: Reference-free measures: the streak band is the metal trace's neighbourhood from
+#: ``STREAK_BAND_MM[0]`` to ``STREAK_BAND_MM[1]`` mm around the metal; soft tissue "far from
+#: metal" is at least ``FAR_FROM_METAL_MM`` away, within ``SOFT_TISSUE_HU``.
+STREAK_BAND_MM = (2.0, 40.0)
+FAR_FROM_METAL_MM = 60.0
+SOFT_TISSUE_HU = (-100.0, 150.0)
+#: Side of the windows in which the soft-tissue noise SD is measured (pixels).
+NOISE_WINDOW_PX = 5
+
+
+class ApplyError(MARBenchError, ValueError):
+    """The input or the output folder cannot be used; the message says what to do."""
+
+
+class MissingImplantTypeError(ApplyError):
+    """The method needs ``--implant-type`` and none was given."""
+
+
+class OutputExistsError(ApplyError, FileExistsError):
+    """The output folder exists and ``overwrite`` was not asked for."""
+
+
+@dataclass
+class ApplyResult:
+    """What :func:`apply_to_series` wrote.
+
+    Attributes:
+        out_dir: the derived series folder.
+        files: the files written, in slice order (ascending z).
+        series_uid: SeriesInstanceUID of the derived series.
+        method, version, weights_sha256, options: what made it.
+        n_slices: slices written; metal_pixels: pixels above the metal threshold.
+        clipped_pixels: output pixels clipped to the stored type's range.
+        resampled_to_mm: the method's pixel size if the images were resampled, else ``None``.
+        seconds: wall time of the whole call.
+    """
+
+    out_dir: Path
+    files: list[Path]
+    series_uid: str
+    method: str
+    version: str
+    weights_sha256: str | None
+    options: dict[str, Any]
+    n_slices: int
+    metal_pixels: int
+    clipped_pixels: int
+    resampled_to_mm: float | None
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- input
+def _dicom_files(folder: Path, recursive: bool) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and not p.name.startswith(".")
+                  and p.name.upper() != "DICOMDIR"
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _series_of(path: Path) -> tuple[str, str] | None:
+    """(SeriesInstanceUID, SeriesDescription) of a DICOM file, ``None`` if not DICOM."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True,
+                             specific_tags=["SeriesInstanceUID", "SeriesDescription"])
+    except Exception:  # noqa: BLE001 - not DICOM: the reader names it later
+        return None
+    return str(ds.get("SeriesInstanceUID", "")), str(ds.get("SeriesDescription", ""))
+
+
+def select_series(input_dir: Path, series_uid: str | None = None) -> list[Path]:
+    """The files of the one series to apply a method to.
+
+    ``input_dir`` is a series folder, or a folder (searched recursively when it holds no file
+    itself or when ``series_uid`` is given) with several series, one chosen by ``series_uid``.
+    Files that are not DICOM stay in the selection so that the reader names them.
+
+    Raises:
+        ApplyError: no folder, no files, several series without ``series_uid`` (the message
+            lists them), or no series with that UID.
+    """
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise ApplyError(f"{input_dir}: not a folder; INPUT must be a folder holding a DICOM "
+                         "series (or several, with --series UID)")
+    recursive = series_uid is not None or not _dicom_files(input_dir, False)
+    files = _dicom_files(input_dir, recursive)
+    if not files:
+        raise ApplyError(f"{input_dir}: no files found; INPUT must hold a DICOM series")
+    groups: dict[str, list[Path]] = {}
+    descriptions: dict[str, str] = {}
+    other: list[Path] = []
+    for f in files:
+        info = _series_of(f)
+        if info is None:
+            other.append(f)
+            continue
+        groups.setdefault(info[0], []).append(f)
+        descriptions.setdefault(info[0], info[1])
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise ApplyError(f"{input_dir}: no series with SeriesInstanceUID {series_uid}; "
+                             f"found: {_listing(groups, descriptions)}")
+        return sorted(groups[series_uid])
+    if len(groups) > 1:
+        raise ApplyError(f"{input_dir}: {len(groups)} series found "
+                         f"({_listing(groups, descriptions)}); choose one with --series UID")
+    return files
+
+
+def _listing(groups: dict[str, list[Path]], descriptions: dict[str, str]) -> str:
+    return "; ".join(f"{uid or '(no UID)'} {descriptions.get(uid, '')!r} ({len(fs)} files)"
+                     for uid, fs in groups.items())
+
+
+def _read_selected(files: list[Path], input_dir: Path) -> Any:
+    """Read ``files`` with the builder's reader; a subset is read through a folder of links,
+    and error messages are given back the original paths."""
+    from artifactgsi.dicom import DicomError, read_series
+
+    folder = files[0].parent
+    if all(f.parent == folder for f in files) and len(files) == len(_dicom_files(folder, False)):
+        series = read_series(folder)
+        return series, list(series.files)
+    stage = Path(tempfile.mkdtemp(prefix="marbench-apply-"))
+    try:
+        names: dict[str, Path] = {}
+        for i, f in enumerate(files):
+            name = f.name if f.name not in names else f"{i:05d}-{f.name}"
+            names[name] = f
+            (stage / name).symlink_to(f.resolve())
+        try:
+            series = read_series(stage)
+        except DicomError as e:
+            msg = str(e)
+            for name, f in names.items():
+                msg = msg.replace(str(stage / name), str(f))
+            raise DicomError(msg.replace(str(stage), str(input_dir))) from None
+        by_name = {str(stage / n): f for n, f in names.items()}
+        return series, [by_name[str(p)] for p in series.files]
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- method
+def method_needs_implant_type(method: Any) -> bool:
+    """Whether a method needs the implant type (``needs_implant_type = True`` or LGA)."""
+    return bool(getattr(method, "needs_implant_type", False)) or \
+        str(getattr(method, "name", "")).lower() in IMPLANT_TYPE_METHODS
+
+
+def _trained_spacing(method: Any) -> float | None:
+    value = getattr(method, "pixel_spacing_mm", None)
+    if value is None:
+        return None
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ApplyError(f"method {method.name!r}: pixel_spacing_mm {value} is not a positive "
+                         "size in mm")
+    return value
+
+
+def _resample(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, h, w), bilinear with antialiasing (area-like when shrinking)."""
+    if tuple(img.shape[-2:]) == size:
+        return img
+    return torch.nn.functional.interpolate(img, size=size, mode="bilinear",
+                                           align_corners=False, antialias=True)
+
+
+def _neighbours(vol: torch.Tensor, idx: Sequence[int], k: int) -> torch.Tensor:
+    """(S, H, W) -> (B, 2k+1, H, W) stacks around slices ``idx`` (edge slices repeated)."""
+    s = vol.shape[0]
+    rows = [[min(max(i + d, 0), s - 1) for d in range(-k, k + 1)] for i in idx]
+    return vol[torch.tensor(rows)]
+
+
+def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *,
+                  implant_type: str = "none", patient_id: str = "input",
+                  batch_size: int = 4, device: str | torch.device = "cpu",
+                  threshold_hu: float | None = None) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Run a prepared method over a volume.
+
+    Args:
+        method: a prepared :class:`benchmark.method.MARMethod`.
+        volume_hu: (S, H, W) HU (any numeric dtype).
+        pixel_spacing_mm: in-plane pixel size of ``volume_hu``.
+        implant_type: given to the method for every slice.
+        batch_size: slices per ``reduce`` call.
+        device: where the method runs.
+        threshold_hu: metal threshold (default: the protocol's).
+
+    Returns:
+        ((S, H, W) float32 corrected HU, (S, H, W) bool metal mask of the input, the pixel
+        size the method ran at if the slices were resampled, else ``None``).
+    """
+    from artifactgsi.schema import METAL_THRESHOLD_HU, metal_mask
+
+    from .method import MARInput, validate_output
+
+    thr = METAL_THRESHOLD_HU if threshold_hu is None else float(threshold_hu)
+    dev = torch.device(device)
+    vol = torch.from_numpy(np.ascontiguousarray(volume_hu, dtype=np.float32))
+    s, h, w = vol.shape
+    target = _trained_spacing(method)
+    resample = target is not None and not math.isclose(target, pixel_spacing_mm, rel_tol=1e-3)
+    spacing = pixel_spacing_mm
+    work = vol
+    if resample:
+        assert target is not None
+        size = (max(1, round(h * pixel_spacing_mm / target)),
+                max(1, round(w * pixel_spacing_mm / target)))
+        work = _resample(vol[:, None], size)[:, 0]
+        spacing = target
+    k = int(getattr(method, "neighbour_slices", 0) or 0)
+    name = str(getattr(method, "name", "") or type(method).__name__)
+    out = torch.empty_like(vol)
+    for start in range(0, s, batch_size):
+        idx = list(range(start, min(start + batch_size, s)))
+        ordinary = work[idx][:, None].contiguous()
+        inp = MARInput(ordinary=ordinary, metal_mask=metal_mask(ordinary, thr),
+                       pixel_spacing_mm=torch.full((len(idx),), float(spacing)),
+                       implant_type=[implant_type] * len(idx),
+                       patient_id=[patient_id] * len(idx), slice_index=idx,
+                       neighbours=_neighbours(work, idx, k).contiguous() if k > 0 else None)
+        batch = inp.to(dev)
+        try:
+            with torch.no_grad():
+                res = method.reduce(batch)
+        except Exception as e:
+            raise ApplyError(f"method {name!r}: reduce() raised {type(e).__name__} on slices "
+                             f"{idx[0]}..{idx[-1]}: {e}") from e
+        img = validate_output(name, batch, res).detach().float().cpu()
+        if resample:
+            img = _resample(img, (h, w))
+        out[idx] = img[:, 0]
+    return out.numpy(), metal_mask(vol.numpy(), thr), (target if resample else None)
+
+
+# ----------------------------------------------------------------------------- writing
+def _stored_range(ds: Any) -> tuple[int, int, np.dtype]:
+    bits_alloc, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
+    signed = int(ds.PixelRepresentation) == 1
+    lo, hi = ((-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed
+              else (0, (1 << bits_stored) - 1))
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_alloc // 8}")
+    return lo, hi, dtype
+
+
+def _to_stored(hu: np.ndarray, ds: Any, source_stored: np.ndarray) -> tuple[np.ndarray, int]:
+    """(H, W) HU -> stored values of ``ds``'s representation (inverse rescale, rounded,
+    clipped); pixels equal to the source's PixelPaddingValue keep it. Returns (values, number
+    clipped)."""
+    slope = float(ds.RescaleSlope)
+    intercept = float(ds.RescaleIntercept)
+    lo, hi, dtype = _stored_range(ds)
+    raw = np.rint((hu.astype(np.float64) - intercept) / slope)
+    clipped = int(((raw < lo) | (raw > hi)).sum())
+    stored = np.clip(raw, lo, hi).astype(dtype)
+    pad = ds.get("PixelPaddingValue")
+    if pad is not None:
+        keep = source_stored == int(pad)
+        stored[keep] = source_stored[keep]
+    return stored, clipped
+
+
+def _now() -> tuple[str, str]:
+    t = _dt.datetime.now()
+    return t.strftime("%Y%m%d"), t.strftime("%H%M%S")
+
+
+def _derivation(method: Any, options: dict[str, Any], source_series: str,
+                resampled_to: float | None) -> tuple[str, str]:
+    name = str(method.name)
+    version = str(getattr(method, "version", "0"))
+    sha = getattr(method, "weights_sha256", None)
+    series_desc = f"MAR {name} v{version}" + (f" w{sha[:12]}" if sha else "")
+    opts = json.dumps(options, sort_keys=True, default=str)
+    text = (f"Metal artifact reduction by marbench method {name} version {version}; weights "
+            f"sha256 {sha or 'none (no weights)'}; options {opts}; metal mask HU > threshold; "
+            f"source series {source_series}")
+    if resampled_to is not None:
+        text += f"; resampled in-plane to {resampled_to:g} mm and back"
+    return series_desc[:64], text[:1024]
+
+
+#: Attributes kept by --deidentify besides the builder's allow-list: the image geometry and
+#: pixel description a derived CT image needs (none identifies a person).
+_DEID_IMAGE_KEEP = (
+    "SOPClassUID", "ImageType", "ImagePositionPatient", "ImageOrientationPatient",
+    "SliceLocation", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+    "BitsStored", "HighBit", "PixelRepresentation", "RescaleIntercept", "RescaleSlope",
+    "WindowCenter", "WindowWidth", "InstanceNumber", "AcquisitionNumber", "PixelPaddingValue",
+    "SpecificCharacterSet",
+)
+#: Type 2 attributes of the CT Image IOD that --deidentify writes empty.
+_DEID_EMPTY = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber",
+               "PositionReferenceIndicator", "SeriesNumber")
+
+
+def _deidentified_copy(src: Any, key: bytes) -> Any:
+    """A new dataset holding only the builder's allow-listed attributes, the image geometry
+    and pixel description, and keyed pseudonyms (PatientID/Name, Study and Frame of
+    Reference UIDs) in place of the identifiers."""
+    from pydicom.dataset import Dataset
+
+    from artifactgsi.dicom import HEADER_ALLOWLIST, pseudonym, remap_uid
+
+    out = Dataset()
+    for kw in (*HEADER_ALLOWLIST, *_DEID_IMAGE_KEEP):
+        if kw in src and kw not in ("Rows", "Columns"):
+            out[kw] = src[kw]
+    out.Rows, out.Columns = src.Rows, src.Columns
+    if "PixelSpacing" in src:
+        out.PixelSpacing = src.PixelSpacing
+    for kw in _DEID_EMPTY:
+        setattr(out, kw, "")
+    pid = pseudonym(key, str(src.get("PatientID", "")))
+    out.PatientID = pid
+    out.PatientName = pid
+    out.StudyInstanceUID = remap_uid(key, str(src.StudyInstanceUID))
+    if src.get("FrameOfReferenceUID"):
+        out.FrameOfReferenceUID = remap_uid(key, str(src.FrameOfReferenceUID))
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = "marbench allow-list, keyed pseudonyms"
+    code = Dataset()  # PS3.16 CID 7050: what was applied
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    out.DeidentificationMethodCodeSequence = [code]
+    out.BurnedInAnnotation = "NO"
+    return out
+
+
+def _derived_dataset(src: Any, stored: np.ndarray, *, series_uid: str, series_number: int,
+                     series_desc: str, derivation: str, deid_key: bytes | None,
+                     date: str, time_: str) -> Any:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filewriter import correct_ambiguous_vr
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = _deidentified_copy(src, deid_key) if deid_key is not None else copy.deepcopy(src)
+    # The pixel values change: statistics and encodings of the source's pixels no longer hold.
+    for kw in ("PixelData", "SmallestImagePixelValue", "LargestImagePixelValue",
+               "LossyImageCompression", "LossyImageCompressionRatio",
+               "LossyImageCompressionMethod", "IconImageSequence"):
+        if kw in ds:
+            del ds[kw]
+    sop_uid = generate_uid()
+    image_type = [str(v) for v in (src.get("ImageType") or [])]
+    ds.ImageType = ["DERIVED", "SECONDARY", *(image_type[2:3] or ["AXIAL"]), *image_type[3:]]
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = series_desc
+    ds.DerivationDescription = derivation
+    if deid_key is None:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = src.SOPClassUID
+        ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        ds.SourceImageSequence = [ref]
+        ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
+        ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time_
+    ds.Rows, ds.Columns = stored.shape
+    ds.add_new(0x7FE00010, "OW" if stored.dtype.itemsize == 2 else "OB",
+               np.ascontiguousarray(stored).tobytes())
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = ds.SOPClassUID
+    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = fm
+    ds.preamble = b"\0" * 128
+    # A source read as implicit VR holds "US or SS" style elements; resolve them for
+    # explicit VR from the pixel representation.
+    correct_ambiguous_vr(ds, is_little_endian=True)
+    return ds
+
+
+def _prepare_out(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{out_dir} already exists; choose a new OUTPUT_DIR or pass "
+                                    "--overwrite to replace it")
+        if not out_dir.is_dir():
+            raise ApplyError(f"{out_dir} exists and is not a folder")
+
+
+def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
+                    options: dict[str, Any] | None = None, series_uid: str | None = None,
+                    implant_type: str | None = None, overwrite: bool = False,
+                    deidentify: bool = False, secret: bytes | None = None,
+                    device: str = "cpu", batch_size: int = 4,
+                    threshold_hu: float | None = None) -> ApplyResult:
+    """Apply ``method`` to the CT series in ``input_dir``; write a derived series to
+    ``out_dir``.
+
+    Args:
+        method: registered name (``marbench ls``) or ``"pkg.module:Class"``.
+        input_dir: a series folder, or a folder of several series with ``series_uid``.
+        out_dir: the derived series folder (``IM00001.dcm`` ..., ascending z); must not exist
+            unless ``overwrite``.
+        options: method settings (checked against the constructor).
+        implant_type: ``none``, ``hip_prosthesis``, ``fracture_fixation`` or
+            ``spinal_fixation``; required by methods that need it (LGA).
+        deidentify: write headers holding only the builder's allow-listed attributes and
+            keyed pseudonyms; ``secret`` keys them (default: a random key, so the
+            pseudonyms cannot be linked to anything).
+        device: where the method runs; batch_size: slices per ``reduce`` call.
+
+    Raises:
+        artifactgsi.dicom.DicomError: the reader's named errors (file and problem).
+        ApplyError: several series without ``series_uid``, an unknown implant type, a method
+            failure; :class:`MissingImplantTypeError`; :class:`OutputExistsError`.
+    """
+    from artifactgsi.schema import IMPLANT_TYPES
+
+    from .method import PrepareContext
+    from .registry import create_method
+
+    t0 = time.perf_counter()
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    _prepare_out(out_dir, overwrite)
+    mar = create_method(method, **(options or {}))
+    name = str(mar.name or method)
+    if implant_type is not None and implant_type not in IMPLANT_TYPES:
+        raise ApplyError(f"--implant-type {implant_type!r} is not one of "
+                         f"{', '.join(IMPLANT_TYPES)}")
+    if implant_type is None and method_needs_implant_type(mar):
+        raise MissingImplantTypeError(
+            f"method {name!r} needs the implant type: pass --implant-type with one of "
+            f"{', '.join(IMPLANT_TYPES)}")
+    files = select_series(input_dir, series_uid)
+    series, files = _read_selected(files, input_dir)
+
+    import pydicom
+
+    dev = torch.device(device)
+    from .run import _method_cache_dir
+
+    mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
+    corrected, mask, resampled = reduce_volume(
+        mar, series.volume_hu, series.pixel_spacing_mm,
+        implant_type=implant_type or "none", batch_size=batch_size, device=dev,
+        threshold_hu=threshold_hu)
+
+    sources = [pydicom.dcmread(f) for f in files]
+    first = sources[0]
+    # The reader flips mirrored axes to columns +x, rows +y; write in the source's layout.
+    iop = [float(v) for v in first.ImageOrientationPatient]
+    if iop[0] < 0:
+        corrected = corrected[:, :, ::-1]
+    if iop[4] < 0:
+        corrected = corrected[:, ::-1, :]
+    effective = mar.effective_options()
+    series_desc, derivation = _derivation(mar, effective, str(first.SeriesInstanceUID),
+                                          resampled)
+    key = (secret or secrets.token_bytes(32)) if deidentify else None
+    series_number = int(first.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
+    from pydicom.uid import generate_uid
+
+    new_series = generate_uid()
+    date, time_ = _now()
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir(parents=True)
+    clipped_total = 0
+    written: list[str] = []
+    try:
+        for i, src in enumerate(sources):
+            stored, clipped = _to_stored(corrected[i], src, src.pixel_array)
+            clipped_total += clipped
+            ds = _derived_dataset(src, stored, series_uid=new_series,
+                                  series_number=series_number, series_desc=series_desc,
+                                  derivation=derivation, deid_key=key, date=date, time_=time_)
+            fname = f"IM{i + 1:05d}.dcm"
+            ds.save_as(tmp / fname, enforce_file_format=True)
+            written.append(fname)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    warnings = []
+    if clipped_total:
+        lo, hi, _ = _stored_range(first)
+        warnings.append(f"{clipped_total} pixel(s) of the corrected images fell outside the "
+                        f"source's stored range ({lo}..{hi}, i.e. BitsStored "
+                        f"{int(first.BitsStored)}) and were clipped")
+    return ApplyResult(out_dir=out_dir, files=[out_dir / n for n in written],
+                       series_uid=new_series, method=name,
+                       version=str(getattr(mar, "version", "0")),
+                       weights_sha256=getattr(mar, "weights_sha256", None), options=effective,
+                       n_slices=len(written), metal_pixels=int(mask.sum()),
+                       clipped_pixels=clipped_total, resampled_to_mm=resampled,
+                       seconds=time.perf_counter() - t0, warnings=warnings)
+
+
+# ----------------------------------------------------------------------------- no reference
+def reference_free_measures(ordinary_hu: np.ndarray, method_hu: np.ndarray,
+                            pixel_spacing_mm: float,
+                            threshold_hu: float | None = None) -> dict[str, float]:
+    """Measures of one slice that need no reference image.
+
+    Args:
+        ordinary_hu, method_hu: (H, W) HU, the input and the corrected slice.
+        pixel_spacing_mm: pixel size in mm.
+
+    Returns:
+        ``streak_band_energy_hu2``: mean of (method - ordinary)^2 over the streak band, the
+        pixels between :data:`STREAK_BAND_MM` mm from the metal (how much the method changed
+        where streaks are; NaN without metal); ``far_soft_tissue_sd_hu`` and
+        ``far_soft_tissue_sd_ordinary_hu``: noise SD of the corrected / ordinary image in
+        soft tissue (ordinary HU in :data:`SOFT_TISSUE_HU`) at least
+        :data:`FAR_FROM_METAL_MM` mm from any metal, the median of the SD in
+        :data:`NOISE_WINDOW_PX`-pixel square windows wholly inside that region (NaN when
+        fewer than 10 windows fit);
+        ``metal_pixels``, ``band_pixels``, ``far_pixels``: the region sizes.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    from artifactgsi.schema import METAL_THRESHOLD_HU, metal_mask
+
+    thr = METAL_THRESHOLD_HU if threshold_hu is None else threshold_hu
+    o = np.asarray(ordinary_hu, np.float64)
+    m = np.asarray(method_hu, np.float64)
+    metal = metal_mask(o, thr)
+    if metal.any():
+        dist = distance_transform_edt(~metal) * pixel_spacing_mm
+    else:
+        dist = np.full(o.shape, np.inf)
+    band = (dist > STREAK_BAND_MM[0]) & (dist <= STREAK_BAND_MM[1])
+    soft = (o >= SOFT_TISSUE_HU[0]) & (o <= SOFT_TISSUE_HU[1])
+    far = soft & (dist >= FAR_FROM_METAL_MM)
+    nan = float("nan")
+    return {
+        "streak_band_energy_hu2": float(((m - o)[band] ** 2).mean()) if band.any() else nan,
+        "far_soft_tissue_sd_hu": _local_noise(m, far),
+        "far_soft_tissue_sd_ordinary_hu": _local_noise(o, far),
+        "metal_pixels": float(metal.sum()), "band_pixels": float(band.sum()),
+        "far_pixels": float(far.sum()),
+    }
+
+
+def _local_noise(img: np.ndarray, region: np.ndarray, size: int = NOISE_WINDOW_PX) -> float:
+    """Median over ``size`` x ``size`` windows lying wholly inside ``region`` of the pixel
+    standard deviation (ddof 1) in the window: noise with little of the anatomy's contrast
+    (fat next to muscle) in it. NaN when fewer than 10 such windows."""
+    from scipy.ndimage import uniform_filter
+
+    n = size * size
+    inside = uniform_filter(region.astype(np.float64), size, mode="constant") > 1 - 0.5 / n
+    if int(inside.sum()) < 10:
+        return float("nan")
+    mean = uniform_filter(img, size, mode="constant")
+    mean_sq = uniform_filter(img * img, size, mode="constant")
+    var = np.maximum(mean_sq - mean * mean, 0.0) * n / (n - 1)
+    return float(np.median(np.sqrt(var[inside])))
+
+
+@dataclass
+class _Volume:
+    patient_id: str
+    volume_hu: np.ndarray  # (S, H, W)
+    pixel_spacing_mm: float
+    implant_type: str
+
+
+def _volumes(data: Path, split: str) -> list[_Volume]:
+    """Patients of a series folder, a folder of series folders, or a built dataset (only its
+    ordinary images are used)."""
+    from artifactgsi.dicom import read_series
+
+    data = Path(data)
+    if (data / "pairs").is_dir() or (data / "manifest.json").is_file() \
+            or (data / "generalization").is_dir():
+        from .data import open_split
+
+        config = "generalization" if (data / "generalization").is_dir() else "pairs"
+        pairs = open_split(data, split, config=config)
+        vols: dict[str, list[np.ndarray]] = {}
+        meta: dict[str, tuple[float, str]] = {}
+        for b in pairs.iter_batches(16):
+            inp = b.input
+            for i, pid in enumerate(inp.patient_id):
+                vols.setdefault(pid, []).append(inp.ordinary[i, 0].numpy())
+                meta[pid] = (float(inp.pixel_spacing_mm[i]), inp.implant_type[i])
+        return [_Volume(p, np.stack(v), *meta[p]) for p, v in vols.items()]
+    if _dicom_files(data, False):
+        s = read_series(data)
+        return [_Volume(data.name, s.volume_hu, s.pixel_spacing_mm, "none")]
+    out = []
+    for sub in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        s = read_series(sub)
+        out.append(_Volume(sub.name, s.volume_hu, s.pixel_spacing_mm, "none"))
+    if not out:
+        raise ApplyError(f"{data}: neither a built dataset, a DICOM series nor a folder of "
+                         "series folders")
+    return out
+
+
+def run_reference_free(method: str, data_or_series: Path | str, out: Path | str, *,
+                       options: dict[str, Any] | None = None, split: str = "test",
+                       implant_type: str | None = None, device: str = "cpu",
+                       batch_size: int = 4, overwrite: bool = False) -> dict[str, Any]:
+    """Run ``method`` on data without reference images; write panels and measures.
+
+    ``data_or_series`` is a DICOM series folder, a folder of series folders (one per
+    patient) or a built dataset (its ordinary images only; GSI and ideal are not used). Writes
+    ``out/reference_free.json`` (states that no reference exists; per patient and per slice
+    measures of :func:`reference_free_measures`, and their means) and
+    ``out/panels/<patient>.png`` (ordinary | method, the slice with most metal and its
+    neighbours, paper window L 500 / W 2000 HU). Returns the JSON document.
+    """
+    from .figures import PanelImage, PanelRow, save_panel
+    from .method import PrepareContext
+    from .registry import create_method
+    from .run import _method_cache_dir, _safe_name
+
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    mar = create_method(method, **(options or {}))
+    name = str(mar.name or method)
+    needs = method_needs_implant_type(mar)
+    vols = _volumes(Path(data_or_series), split)
+    if needs and implant_type is None and any(v.implant_type == "none" for v in vols):
+        raise MissingImplantTypeError(f"method {name!r} needs the implant type: pass "
+                                      "--implant-type")
+    dev = torch.device(device)
+    mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    (tmp / "panels").mkdir(parents=True)
+    patients = []
+    try:
+        for v in vols:
+            itype = implant_type or v.implant_type
+            pred, mask, _ = reduce_volume(mar, v.volume_hu, v.pixel_spacing_mm,
+                                          implant_type=itype, patient_id=v.patient_id,
+                                          batch_size=batch_size, device=dev)
+            pred = np.clip(np.rint(pred), -32768, 32767)
+            per_slice = []
+            for i in range(v.volume_hu.shape[0]):
+                r = reference_free_measures(v.volume_hu[i], pred[i], v.pixel_spacing_mm)
+                per_slice.append({"slice_index": i, **r})
+            metal_per_slice = mask.reshape(mask.shape[0], -1).sum(1)
+            centre = int(np.argmax(metal_per_slice))
+            shown = sorted({max(centre - 1, 0), centre, min(centre + 1, len(pred) - 1)})
+            rows = [PanelRow(f"{v.patient_id} slice {i}",
+                             [PanelImage("ordinary", v.volume_hu[i]),
+                              PanelImage(name, pred[i])]) for i in shown]
+            panel = Path("panels") / f"{_safe_name(v.patient_id)}.png"
+            save_panel(rows, tmp / panel, title=f"{name}: no reference image")
+            means = {k: _nanmean([s[k] for s in per_slice])
+                     for k in ("streak_band_energy_hu2", "far_soft_tissue_sd_hu",
+                               "far_soft_tissue_sd_ordinary_hu")}
+            patients.append({"patient_id": v.patient_id, "implant_type": itype,
+                             "pixel_spacing_mm": v.pixel_spacing_mm,
+                             "n_slices": int(v.volume_hu.shape[0]), "panel": str(panel),
+                             "mean": means, "per_slice": per_slice})
+        doc = {
+            "reference": None,
+            "reference_note": ("No reference image exists for these data (no GSI, no ideal "
+                               "image): nothing here is an accuracy score. The measures only "
+                               "describe what the method changed near metal and how noisy "
+                               "soft tissue far from metal is; judge the panels by eye."),
+            "method": {"name": name, "version": str(getattr(mar, "version", "0")),
+                       "options": mar.effective_options(),
+                       "weights_sha256": getattr(mar, "weights_sha256", None)},
+            "data": str(data_or_series),
+            "definitions": {
+                "streak_band_energy_hu2": f"mean (method - ordinary)^2 in HU^2 over pixels "
+                f"{STREAK_BAND_MM[0]:g}-{STREAK_BAND_MM[1]:g} mm from metal (ordinary HU > "
+                "metal threshold)",
+                "far_soft_tissue_sd_hu": f"median SD (HU) of the method's image in "
+                f"{NOISE_WINDOW_PX}x{NOISE_WINDOW_PX}-pixel windows wholly inside soft tissue "
+                f"(ordinary {SOFT_TISSUE_HU[0]:g}..{SOFT_TISSUE_HU[1]:g} HU) >= "
+                f"{FAR_FROM_METAL_MM:g} mm from metal",
+            },
+            "window": {"level_hu": 500.0, "width_hu": 2000.0},
+            "mean": {k: _nanmean([p["mean"][k] for p in patients])
+                     for k in ("streak_band_energy_hu2", "far_soft_tissue_sd_hu",
+                               "far_soft_tissue_sd_ordinary_hu")},
+            "patients": patients,
+        }
+        (tmp / "reference_free.json").write_text(json.dumps(_finite(doc), indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return doc
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, np.float64)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN -> None, for strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def result_summary(result: ApplyResult) -> dict[str, Any]:
+    """A JSON-able dict of an :class:`ApplyResult`."""
+    d = asdict(result)
+    d["out_dir"] = str(result.out_dir)
+    d["files"] = [str(f) for f in result.files]
+    return d

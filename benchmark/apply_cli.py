@@ -1,0 +1,88 @@
+"""``marbench apply``: run a method on one's own CT series, write a derived DICOM series.
+
+Registered in the ``marbench.commands`` entry-point group; light at import time (typer only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def apply(
+    input_dir: Path = typer.Argument(..., metavar="INPUT",
+                                     help="a DICOM series folder, or a folder of several "
+                                          "series with --series UID"),
+    out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR",
+                                   help="folder of the derived series (must not exist "
+                                        "unless --overwrite)"),
+    method: str = typer.Option(..., "--method", "-m",
+                               help="registered name (see `marbench ls`) or pkg.module:Class"),
+    option: list[str] = typer.Option([], "--option", "-O",
+                                     help="method setting KEY=VALUE (repeatable)"),
+    series: str = typer.Option(None, "--series", help="SeriesInstanceUID to use when INPUT "
+                                                      "holds several series"),
+    implant_type: str = typer.Option(None, "--implant-type",
+                                     help="none, hip_prosthesis, fracture_fixation or "
+                                          "spinal_fixation (required by methods that use it, "
+                                          "e.g. lga)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT_DIR"),
+    deidentify: bool = typer.Option(False, "--deidentify",
+                                    help="write only allow-listed technical attributes and "
+                                         "keyed pseudonyms into the headers"),
+    secret_file: Path = typer.Option(None, "--secret-file",
+                                     help="with --deidentify: file whose bytes key the "
+                                          "pseudonyms (default: a random key)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(4, min=1, help="slices per reduce() call"),
+    report: Path = typer.Option(None, "--report",
+                                help="also write reference-free panels and measures "
+                                     "(no reference image needed) into this folder"),
+) -> None:
+    """Apply a MAR method to a CT series and write the corrected images as a derived DICOM
+    series (same study, frame of reference and geometry; new series)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from artifactgsi.dicom import DicomError
+
+    from .apply import apply_to_series, run_reference_free
+    from .cli import _error, _parse_options
+    from .errors import MARBenchError
+
+    options = _parse_options(option)
+    try:
+        secret = secret_file.read_bytes() if secret_file else None
+        res = apply_to_series(method, input_dir, out_dir, options=options, series_uid=series,
+                              implant_type=implant_type, overwrite=overwrite,
+                              deidentify=deidentify, secret=secret, device=device,
+                              batch_size=batch_size)
+        if report is not None:
+            run_reference_free(method, out_dir_source(input_dir, series), report,
+                               options=options, implant_type=implant_type, device=device,
+                               batch_size=batch_size, overwrite=overwrite)
+    except (MARBenchError, DicomError, ImportError, TypeError, ValueError, OSError) as e:
+        raise _error(str(e)) from None
+    c = Console()
+    for w in res.warnings:
+        c.print(f"[yellow]warning[/] {escape(w)}", highlight=False)
+    sha = f", weights {res.weights_sha256[:12]}" if res.weights_sha256 else ""
+    c.print(f"[green]wrote[/] {escape(str(res.out_dir))}: {res.n_slices} slices by "
+            f"{escape(res.method)} v{escape(res.version)}{sha} in {res.seconds:.1f} s "
+            f"(series {res.series_uid})", highlight=False)
+    if report is not None:
+        c.print(f"[green]wrote[/] {escape(str(report))}/reference_free.json and panels/",
+                highlight=False)
+
+
+def out_dir_source(input_dir: Path, series: str | None) -> Path:
+    """The folder :func:`benchmark.apply.run_reference_free` reads for ``--report``."""
+    if series is None:
+        return input_dir
+    from .apply import select_series
+
+    folders = {f.parent for f in select_series(input_dir, series)}
+    if len(folders) != 1:
+        raise ValueError(f"--report needs series {series} in a folder of its own")
+    return folders.pop()

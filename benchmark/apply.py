@@ -292,6 +292,19 @@ def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *
     return out.numpy(), metal_mask(vol.numpy(), thr), (target if resample else None)
 
 
+def _prepare(mar: Any, name: str, dev: torch.device) -> None:
+    """``mar.prepare`` with no training data; a failure (e.g. no weights) names the method."""
+    from .method import PrepareContext
+    from .run import _method_cache_dir
+
+    try:
+        mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
+    except MARBenchError:
+        raise
+    except Exception as e:
+        raise ApplyError(f"method {name!r}: prepare() failed ({type(e).__name__}: {e})") from e
+
+
 # ----------------------------------------------------------------------------- writing
 def _stored_range(ds: Any) -> tuple[int, int, np.dtype]:
     bits_alloc, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
@@ -325,14 +338,15 @@ def _now() -> tuple[str, str]:
 
 
 def _derivation(method: Any, options: dict[str, Any], source_series: str,
-                resampled_to: float | None) -> tuple[str, str]:
+                resampled_to: float | None, threshold_hu: float) -> tuple[str, str]:
     name = str(method.name)
     version = str(getattr(method, "version", "0"))
     sha = getattr(method, "weights_sha256", None)
     series_desc = f"MAR {name} v{version}" + (f" w{sha[:12]}" if sha else "")
     opts = json.dumps(options, sort_keys=True, default=str)
     text = (f"Metal artifact reduction by marbench method {name} version {version}; weights "
-            f"sha256 {sha or 'none (no weights)'}; options {opts}; metal mask HU > threshold; "
+            f"sha256 {sha or 'none (no weights)'}; options {opts}; metal mask HU > "
+            f"{threshold_hu:g}; "
             f"source series {source_series}")
     if resampled_to is not None:
         text += f"; resampled in-plane to {resampled_to:g} mm and back"
@@ -467,9 +481,8 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
         ApplyError: several series without ``series_uid``, an unknown implant type, a method
             failure; :class:`MissingImplantTypeError`; :class:`OutputExistsError`.
     """
-    from artifactgsi.schema import IMPLANT_TYPES
+    from artifactgsi.schema import IMPLANT_TYPES, METAL_THRESHOLD_HU
 
-    from .method import PrepareContext
     from .registry import create_method
 
     t0 = time.perf_counter()
@@ -490,9 +503,7 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
     import pydicom
 
     dev = torch.device(device)
-    from .run import _method_cache_dir
-
-    mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
+    _prepare(mar, name, dev)
     corrected, mask, resampled = reduce_volume(
         mar, series.volume_hu, series.pixel_spacing_mm,
         implant_type=implant_type or "none", batch_size=batch_size, device=dev,
@@ -507,8 +518,9 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
     if iop[4] < 0:
         corrected = corrected[:, ::-1, :]
     effective = mar.effective_options()
-    series_desc, derivation = _derivation(mar, effective, str(first.SeriesInstanceUID),
-                                          resampled)
+    series_desc, derivation = _derivation(
+        mar, effective, str(first.SeriesInstanceUID), resampled,
+        METAL_THRESHOLD_HU if threshold_hu is None else float(threshold_hu))
     key = (secret or secrets.token_bytes(32)) if deidentify else None
     series_number = int(first.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
     from pydicom.uid import generate_uid
@@ -667,9 +679,8 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
     neighbours, paper window L 500 / W 2000 HU). Returns the JSON document.
     """
     from .figures import PanelImage, PanelRow, save_panel
-    from .method import PrepareContext
     from .registry import create_method
-    from .run import _method_cache_dir, _safe_name
+    from .run import _safe_name
 
     out = Path(out)
     _prepare_out(out, overwrite)
@@ -681,7 +692,7 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
         raise MissingImplantTypeError(f"method {name!r} needs the implant type: pass "
                                       "--implant-type")
     dev = torch.device(device)
-    mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
+    _prepare(mar, name, dev)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     (tmp / "panels").mkdir(parents=True)
     patients = []

@@ -86,3 +86,47 @@ def out_dir_source(input_dir: Path, series: str | None) -> Path:
     if len(folders) != 1:
         raise ValueError(f"--report needs series {series} in a folder of its own")
     return folders.pop()
+
+
+def generalization(
+    data: Path = typer.Argument(..., help="a DICOM series folder, a folder of series folders "
+                                          "(one per patient) or a built dataset folder"),
+    out: Path = typer.Argument(..., help="output folder (reference_free.json, panels/)"),
+    method: str = typer.Option(..., "--method", "-m",
+                               help="registered name (see `marbench ls`) or pkg.module:Class"),
+    option: list[str] = typer.Option([], "--option", "-O",
+                                     help="method setting KEY=VALUE (repeatable)"),
+    split: str = typer.Option("test", help="split of a built dataset"),
+    implant_type: str = typer.Option(None, "--implant-type",
+                                     help="implant type for DICOM input (LGA needs it)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(4, min=1, help="slices per reduce() call"),
+) -> None:
+    """Run a method on data without reference images (e.g. another scanner): Fig. 4b-style
+    panels (ordinary | method, window L 500 / W 2000 HU) and reference-free measures."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from artifactgsi.dicom import DicomError
+
+    from .apply import run_reference_free
+    from .cli import _error, _parse_options
+    from .errors import MARBenchError
+
+    try:
+        doc = run_reference_free(method, data, out, options=_parse_options(option),
+                                 split=split, implant_type=implant_type, device=device,
+                                 batch_size=batch_size, overwrite=overwrite)
+    except (MARBenchError, DicomError, ImportError, TypeError, ValueError, OSError) as e:
+        raise _error(str(e)) from None
+    mean = doc["mean"]
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None or v != v else f"{v:.1f}"
+
+    Console().print(
+        f"[green]wrote[/] {escape(str(out))}: {len(doc['patients'])} patient(s); no reference "
+        f"image: streak-band change {fmt(mean['streak_band_energy_hu2'])} HU^2, far soft-"
+        f"tissue noise {fmt(mean['far_soft_tissue_sd_hu'])} HU (ordinary "
+        f"{fmt(mean['far_soft_tissue_sd_ordinary_hu'])} HU)", highlight=False)

@@ -10,12 +10,13 @@ can be made from any thread and never open a window.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from artifactgsi.fileio import atomic_path
 
 #: The paper's display window for Fig. 4, HU.
 WINDOW_LEVEL_HU = 500.0
@@ -91,11 +92,6 @@ def save_panel(rows: Sequence[PanelRow], path: Path | str, *, title: str = "",
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -8,7 +8,6 @@ one colour (legend at the bottom); a caption gives the slice's IoU per present c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from artifactgsi.fileio import atomic_path
 
 from .figures import WINDOW_LEVEL_HU, WINDOW_WIDTH_HU, window_hu
 from .metrics.segmentation import CLASS_KEYS, CLASS_TITLES, slice_counts
@@ -112,7 +113,6 @@ def overlay_figure(segmenter: Any, slices: Sequence[OverlaySlice], path: Path | 
     fig.subplots_adjust(left=0.04, right=0.99, top=0.92 if title else 0.96, bottom=0.1,
                         hspace=0.35, wspace=0.05)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path

@@ -59,6 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from artifactgsi.fileio import sha256_file, write_text_atomic
+from artifactgsi.schema import HU_MAX, HU_MIN
+
 from .metrics.segmentation import CLASS_NAMES, NUM_CLASSES, SegmentationScorer, seg_summary
 
 #: Folder of the shipped YAML configs.
@@ -67,7 +70,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIGS = ("seg-tiny", "seg-cpu", "seg-paper")
 #: The fixed HU window of the segmenter's input: clipped to it and scaled to [0, 1]. The
 #: 12-bit CT range of the scoring protocol, so metal (> 2500 HU) and bone stay apart.
-HU_WINDOW: tuple[float, float] = (-1024.0, 3071.0)
+HU_WINDOW: tuple[float, float] = (HU_MIN, HU_MAX)
 #: Images a segmenter can be trained on (dataset columns).
 INPUTS = ("gsi", "ordinary")
 
@@ -400,12 +403,12 @@ class Segmenter(nn.Module):
         tmp = folder / f".{WEIGHTS_NAME}.{os.getpid()}.tmp"
         save_file(state, str(tmp), metadata={"format": FORMAT})
         os.replace(tmp, folder / WEIGHTS_NAME)
-        self.weights_sha256 = _sha256(folder / WEIGHTS_NAME)
+        self.weights_sha256 = sha256_file(folder / WEIGHTS_NAME)
         meta = {"format": FORMAT, "classes": list(self.classes),
                 "hu_window": list(self.hu_window), "input": self.input,
                 **{k: v for k, v in self.meta.items() if k not in ("format", "config")},
                 "config": self.config.to_dict()}
-        _atomic_text(folder / CONFIG_NAME, json.dumps(meta, indent=1))
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(meta, indent=1))
         return folder
 
     @classmethod
@@ -439,24 +442,10 @@ class Segmenter(nn.Module):
             raise SegmenterNotFoundError(f"{folder / WEIGHTS_NAME}: does not match its "
                                          f"config.json: missing {missing[:5]}, unexpected "
                                          f"{unexpected[:5]}")
-        model.weights_sha256 = _sha256(folder / WEIGHTS_NAME)
+        model.weights_sha256 = sha256_file(folder / WEIGHTS_NAME)
         model.source = str(source)
         model.eval()
         return model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def resolve_segmenter(source: str | Path, revision: str | None = None) -> Path:
@@ -837,7 +826,7 @@ def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out
         warnings.warn(f"{split.where}: one labelled training patient; validation uses the "
                       "training slices (no held-out patient)", stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(run_cfg, json.dumps(cfg.to_dict(), indent=1))
+    write_text_atomic(run_cfg, json.dumps(cfg.to_dict(), indent=1))
 
     torch.manual_seed(cfg.seed)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

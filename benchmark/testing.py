@@ -34,15 +34,18 @@ from typing import Any
 
 import torch
 
+from artifactgsi.schema import HU_MAX, HU_MIN
+
 from .errors import MARBenchError
 from .method import MARInput, MARMethod, PrepareContext, validate_output
 from .registry import check_options
 
 __all__ = ["MethodContractError", "check_method", "synthetic_batch"]
 
-#: HU outside which no CT image value is plausible (air to dense metal).
-HU_FLOOR = -1024.0 - 200.0
-HU_CEIL = 3071.0 + 30000.0
+#: HU outside which no CT image value is plausible: a little below the dataset window's floor
+#: (noise around air), and far above its top (dense metal is stored well above 3071 HU).
+HU_FLOOR = HU_MIN - 200.0
+HU_CEIL = HU_MAX + 30000.0
 
 
 class MethodContractError(MARBenchError, AssertionError):

@@ -22,6 +22,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from leaderboard.errors import LeaderboardError
+
 #: Tracks a method competes in.
 TRACKS: tuple[str, ...] = ("paired-supervised", "unsupervised", "classic")
 
@@ -43,7 +45,7 @@ description: One paragraph on what the method does.
 """
 
 
-class CardError(ValueError):
+class CardError(LeaderboardError, ValueError):
     """The card is missing or invalid (the message names the file and the field)."""
 
 

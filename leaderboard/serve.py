@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from leaderboard.errors import LeaderboardError
+
 from .board import Board
 from .view import BoardView, build_view
 
 
-class BoardExtraMissing(ImportError):
+class BoardExtraMissing(LeaderboardError, ImportError):
     """gradio / gradio_leaderboard are not installed."""
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.results import Results, verify_results
+from leaderboard.errors import LeaderboardError
 
 from .board import BoardConfig
 from .card import CARD_FILE, CardError, MethodCard
@@ -52,7 +53,7 @@ class Problem:
         return f"[{self.code}] {self.message}"
 
 
-class SubmissionInvalid(ValueError):
+class SubmissionInvalid(LeaderboardError, ValueError):
     """Raised by callers that want an exception; ``problems`` lists every reason."""
 
     def __init__(self, where: str, problems: list[Problem]) -> None:

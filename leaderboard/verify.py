@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.results import Results
+from leaderboard.errors import LeaderboardError
 
 from .board import BoardConfig, Entry, Verification, write_json
 from .validate import validate_results
@@ -45,7 +46,7 @@ SCORE_TOLERANCE = 1e-5
 PREDICTION_TOLERANCE_HU = 1.0
 
 
-class VerifyUnavailable(RuntimeError):
+class VerifyUnavailable(LeaderboardError, RuntimeError):
     """The entry could not be checked here (the harness lacks a command, the reference data
     lacks a ranked metric's inputs, ...): it stays ``submitted``, it is not rejected."""
 

@@ -173,7 +173,7 @@ def train(config: str | Path | dict[str, Any] | DuDoDpConfig, data: str | Path,
     if resume and (ckpt / "state.json").is_file():
         net.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(acc.device)))
         ema.load_state_dict(torch.load(ckpt / "ema.pt", map_location=acc.device,
-                                       weights_only=False))
+                                       weights_only=True))
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=acc.device,
                                        weights_only=True))
         st = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))

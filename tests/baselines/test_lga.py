@@ -24,9 +24,9 @@ from baselines.lga.config import (  # noqa: E402
     HU_MIN,
     ConfigError,
     LGAConfig,
-    hu_to_unit,
+    hu_to_pm1,
     load_config,
-    unit_to_hu,
+    pm1_to_hu,
 )
 from benchmark.method import MARInput, PrepareContext, validate_output  # noqa: E402
 
@@ -69,10 +69,10 @@ def _tiny(**kw) -> LGAConfig:
 
 def test_hu_normalisation_matches_the_benchmark_window():
     hu = torch.tensor([-3000.0, HU_MIN, 1023.5, HU_MAX, 9000.0])
-    unit = hu_to_unit(hu)
+    unit = hu_to_pm1(hu)
     # [-1024, 3071] -> [-1, 1] linearly; outside is clipped (hand-computed).
     assert torch.allclose(unit, torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
-    assert torch.allclose(unit_to_hu(unit)[1:4], hu[1:4])
+    assert torch.allclose(pm1_to_hu(unit)[1:4], hu[1:4])
 
 
 def test_shipped_configs_load_and_differ_as_table1():
@@ -381,7 +381,7 @@ def test_clean_config_is_read_as_volumes_in_slice_order(tmp_path, write_tiny_pai
     assert len(clean) == 3
     # Item i is the volume around slice i (edges repeated), HU -> [-1, 1].
     for i, want in enumerate(([0, 0, 1], [0, 1, 2], [1, 2, 2])):
-        np.testing.assert_allclose(clean[i].numpy(), hu_to_unit(
+        np.testing.assert_allclose(clean[i].numpy(), hu_to_pm1(
             torch.from_numpy(hu[want].astype(np.float32))).numpy(), atol=1e-6)
 
 

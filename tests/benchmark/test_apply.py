@@ -172,6 +172,7 @@ def test_identity_on_ct_small_is_exact_with_source_geometry(tmp_path: Path) -> N
         assert o.SeriesNumber == int(s.SeriesNumber) + 1000
         assert "identity" in o.SeriesDescription
         assert "identity version 1" in o.DerivationDescription
+        assert "metal mask HU > 2500" in o.DerivationDescription
         assert "sha256" in o.DerivationDescription
         assert o.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
         series_uids.add(o.SeriesInstanceUID)
@@ -216,8 +217,13 @@ def test_rle_compressed_input_is_read_and_written_uncompressed(tmp_path: Path) -
 
 def test_method_output_is_stored_in_source_representation_and_clipped(tmp_path: Path
                                                                        ) -> None:
+    def pad_rows(ds, i):  # outside the field of view: PixelPaddingValue (-2000 in CT_small)
+        arr = ds.pixel_array.copy()
+        arr[:4] = int(ds.PixelPaddingValue)
+        ds.PixelData = arr.tobytes()
+
     src = tmp_path / "src"
-    series_from_testdata(src, 3)
+    series_from_testdata(src, 3, edit=pad_rows)
     res = apply_to_series("apply-test-add", src, tmp_path / "out", options={"hu": 100.0})
     assert res.version == "7" and res.options == {"hu": 100.0}
     outs = _by_position(tmp_path / "out")
@@ -225,6 +231,7 @@ def test_method_output_is_stored_in_source_representation_and_clipped(tmp_path: 
         o = outs[z]
         pad = int(s.PixelPaddingValue)
         keep = s.pixel_array == pad
+        assert keep[:4].all() and keep.sum() == 4 * keep.shape[1]
         expected = s.pixel_array.astype(np.int64) + 100  # slope 1: +100 HU = +100 stored
         expected[keep] = pad  # padding pixels keep the padding value
         np.testing.assert_array_equal(o.pixel_array, expected)
@@ -459,8 +466,8 @@ def test_reference_free_measures_hand_case() -> None:
 
 def test_run_reference_free_writes_panels_and_says_no_reference(tmp_path: Path) -> None:
     root = tmp_path / "patients"
-    _phantom_series(root / "A", n=3, seed=1)
-    _phantom_series(root / "B", n=3, seed=2)
+    _phantom_series(root / "A", n=3, size=96, px=1.5, seed=1)
+    _phantom_series(root / "B", n=3, size=96, px=1.5, seed=2)
     doc = run_reference_free("identity", root, tmp_path / "gen")
     saved = json.loads((tmp_path / "gen" / "reference_free.json").read_text())
     assert saved["reference"] is None and "No reference image exists" in saved["reference_note"]
@@ -468,4 +475,35 @@ def test_run_reference_free_writes_panels_and_says_no_reference(tmp_path: Path) 
     assert (tmp_path / "gen" / "panels" / "A.png").stat().st_size > 1000
     assert doc["mean"]["streak_band_energy_hu2"] == 0.0  # identity changes nothing
     sd = saved["patients"][0]["mean"]["far_soft_tissue_sd_hu"]
-    assert sd is None or 7 < sd < 13  # phantom noise SD 10 HU where far tissue exists
+    assert 8 < sd < 12  # the phantom's noise SD is 10 HU
+
+
+def test_cli_report_and_generalization_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+
+    sim = _phantom_series(tmp_path / "pats" / "P1", n=3)
+    runner = CliRunner()
+    r = runner.invoke(app, ["apply", "-m", "apply-test-add", "-O", "hu=5", str(sim),
+                            str(tmp_path / "o"), "--report", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "rep" / "reference_free.json").read_text())
+    assert doc["reference"] is None and doc["method"]["options"] == {"hu": 5}
+    # +5 HU everywhere: the band energy is exactly 25 HU^2 (HU are integers)
+    assert doc["mean"]["streak_band_energy_hu2"] == pytest.approx(25.0)
+    r = runner.invoke(app, ["generalization", "-m", "identity", str(tmp_path / "pats"),
+                            str(tmp_path / "gen")])
+    assert r.exit_code == 0, r.output
+    assert "no reference" in r.output
+    assert (tmp_path / "gen" / "panels" / "P1.png").is_file()
+
+
+@pytest.mark.slow
+def test_reference_free_on_built_dataset_uses_only_ordinary(tiny_built, tmp_path: Path) -> None:
+    doc = run_reference_free("identity", tiny_built.built, tmp_path / "gen", split="test")
+    assert doc["reference"] is None and doc["patients"]
+    assert doc["mean"]["streak_band_energy_hu2"] == 0.0
+    for p in doc["patients"]:
+        assert p["implant_type"] in ("hip_prosthesis", "fracture_fixation", "spinal_fixation")
+        assert (tmp_path / "gen" / p["panel"]).is_file()

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from artifactgsi.schema import HU_MAX, HU_MIN
 from benchmark.method import MARInput, MARMethod, MAROutput, PrepareContext
 
 WEIGHTS_NAME = "model.safetensors"
@@ -95,8 +96,8 @@ class TrainConfig:
     # ---- data
     target: str = "gsi"               # "gsi" or "clean" (the ``ideal`` column, see module doc)
     image_size: int | None = None     # px; None = the training data's size (recorded)
-    hu_min: float = -1024.0           # HU window mapped to [0, scale] (benchmark window)
-    hu_max: float = 3071.0
+    hu_min: float = HU_MIN            # HU window mapped to [0, scale] (the dataset window)
+    hu_max: float = HU_MAX
     scale: float = 1.0
     patch_size: int = 64              # random square training patches (0 = whole slices)
     flips: bool = True                # random up-down / left-right flips of training patches

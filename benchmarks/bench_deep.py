@@ -109,7 +109,7 @@ TABLE = (("method_vs_gsi", "psnr", "PSNR/GSI"), ("method_vs_gsi", "ssim", "SSIM/
          ("method_vs_ideal", "streak_amplitude_hu", "streak HU"))
 
 
-def seed_table(paths: list[str]) -> None:
+def seed_table(paths: list[str], markdown: bool = False) -> None:
     """Print mean +- SD over runs (seeds) of each method / target's per-run means."""
     import json
     import statistics
@@ -123,7 +123,11 @@ def seed_table(paths: list[str]) -> None:
         target = (m.get("options") or {}).get("target")
         key = m["name"] + (f" ({target})" if target else "")
         groups.setdefault(key, []).append(r)
-    print(f"{'method':<22}{'n':>3}" + "".join(f"{h:>17}" for *_, h in TABLE))
+    if markdown:
+        print("| method | runs | " + " | ".join(h for *_, h in TABLE) + " |")
+        print("|---|---|" + "---|" * len(TABLE))
+    else:
+        print(f"{'method':<22}{'n':>3}" + "".join(f"{h:>17}" for *_, h in TABLE))
     for key, runs in groups.items():
         cells = []
         for comp, metric, _ in TABLE:
@@ -137,7 +141,10 @@ def seed_table(paths: list[str]) -> None:
             digits = 4 if metric in ("ssim", "lpips") else 2
             spread = f" ± {sd:.{min(digits, 3)}f}" if len(vals) > 1 else ""
             cells.append(f"{mean:.{digits}f}{spread}".rjust(17))
-        print(f"{key:<22}{len(runs):>3}" + "".join(cells))
+        if markdown:
+            print(f"| {key} | {len(runs)} | " + " | ".join(c.strip() for c in cells) + " |")
+        else:
+            print(f"{key:<22}{len(runs):>3}" + "".join(cells))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table", nargs="+", default=None,
                    help="results folders: print Table 3 rows with the spread over seeds")
+    p.add_argument("--markdown", action="store_true", help="--table as a markdown table")
     a = p.parse_args(argv)
     if a.table:
-        seed_table(a.table)
+        seed_table(a.table, a.markdown)
         return
     torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -59,7 +59,7 @@ def bench_sampler(size: int, steps: list[int], weights: str | None, device: torc
     def once(n: int) -> float:
         t0 = time.perf_counter()
         dudodp(img, mask, px, prior.predict_x0, prior.scheduler, steps=n, seed=0,
-               hu_to_unit=cfg.hu_to_unit, unit_to_hu=cfg.unit_to_hu)
+               hu_to_pm1=cfg.hu_to_pm1, pm1_to_hu=cfg.pm1_to_hu)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from artifactgsi.schema import HU_MAX, HU_MIN
 from baselines.deep_common import ConfigError, TrainConfig, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -39,8 +40,8 @@ class DuDoDpConfig(TrainConfig):
     # ---- data: GSI + clean slices of the training split, whole slices (the sampler
     # denoises whole slices), random flips
     clean_fraction: float = 0.5       # share of batch draws from the ``clean`` config
-    hu_min: float = -1024.0
-    hu_max: float = 3071.0
+    hu_min: float = HU_MIN
+    hu_max: float = HU_MAX
     scale: float = 2.0                # [hu_min, hu_max] -> [0, 2]; minus 1 gives [-1, 1]
     patch_size: int = 0
     image_size: int | None = 512
@@ -105,11 +106,11 @@ class DuDoDpConfig(TrainConfig):
         return self
 
     # ---- units ---------------------------------------------------------------------------
-    def hu_to_unit(self, hu: torch.Tensor) -> torch.Tensor:
+    def hu_to_pm1(self, hu: torch.Tensor) -> torch.Tensor:
         """HU -> model units in [-1, 1] (clipped to the window), any shape."""
         return self.hu_to_model(hu) * (2.0 / self.scale) - 1.0
 
-    def unit_to_hu(self, x: torch.Tensor) -> torch.Tensor:
+    def pm1_to_hu(self, x: torch.Tensor) -> torch.Tensor:
         """Model units -> HU (no clipping), any shape."""
         return self.model_to_hu((x + 1.0) * (self.scale / 2.0))
 

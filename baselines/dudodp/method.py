@@ -101,7 +101,7 @@ class DuDoDp(MARMethod):
             out = dudodp(batch.ordinary[sl].to(dev), batch.metal_mask[sl].to(dev),
                          batch.pixel_spacing_mm[sl], prior.predict_x0, prior.scheduler,
                          steps=self.steps, seed=self.seed, slice_keys=keys,
-                         hu_to_unit=cfg.hu_to_unit, unit_to_hu=cfg.unit_to_hu,
+                         hu_to_pm1=cfg.hu_to_pm1, pm1_to_hu=cfg.pm1_to_hu,
                          reinsert=self.reinsert_metal)
             outs.append(out.float().cpu())
         return MAROutput(image=torch.cat(outs).to(batch.ordinary.device))

@@ -111,8 +111,8 @@ class StepRecord:
 def dudodp_correct(proj: FanBeamProjector, ordinary_hu: torch.Tensor,
                    metal_mask: torch.Tensor, pixel_mm: float, predict_x0: X0Predictor,
                    scheduler, steps: int, seeds: Sequence[int], *,
-                   hu_to_unit: Callable[[torch.Tensor], torch.Tensor],
-                   unit_to_hu: Callable[[torch.Tensor], torch.Tensor],
+                   hu_to_pm1: Callable[[torch.Tensor], torch.Tensor],
+                   pm1_to_hu: Callable[[torch.Tensor], torch.Tensor],
                    setup=None, fusion: Fusion | None = None,
                    inspect: Callable[[StepRecord], None] | None = None) -> torch.Tensor:
     """DuDoDp on one batch of equal pixel spacing (every slice holds metal).
@@ -126,7 +126,7 @@ def dudodp_correct(proj: FanBeamProjector, ordinary_hu: torch.Tensor,
             ``add_noise``); it is reset to ``steps`` timesteps.
         steps: respaced reverse steps.
         seeds: one noise seed per slice.
-        hu_to_unit / unit_to_hu: the prior's HU <-> model-unit maps.
+        hu_to_pm1 / pm1_to_hu: the prior's HU <-> model-unit maps.
         setup: :class:`baselines.li.SinogramSetup` (filter, energy, trace); default LI's.
         fusion: :class:`Fusion` (default: the published constants).
         inspect: called with a :class:`StepRecord` after each step's sinogram stage.
@@ -164,7 +164,7 @@ def dudodp_correct(proj: FanBeamProjector, ordinary_hu: torch.Tensor,
     for i, t in enumerate(timesteps):
         k = len(timesteps) - 1 - i
         tt = torch.full((b,), t, dtype=torch.long, device=dev)
-        x0_hu = unit_to_hu(predict_x0(x_t, tt).to(torch.float32))
+        x0_hu = pm1_to_hu(predict_x0(x_t, tt).to(torch.float32))
         # Sinogram domain: the prior's projection inside the trace, measured outside.
         proj_x0 = proj.forward(hu_to_mu(x0_hu, mu_w))
         sino = torch.where(rp.trace, proj_x0, rp.sino)
@@ -180,17 +180,17 @@ def dudodp_correct(proj: FanBeamProjector, ordinary_hu: torch.Tensor,
         x = s * r + (1.0 - s) * m
         if i + 1 < len(timesteps):
             t_next = torch.full((b,), timesteps[i + 1], dtype=torch.long, device=dev)
-            x_t = scheduler.add_noise(hu_to_unit(x), noise_like(), t_next)
+            x_t = scheduler.add_noise(hu_to_pm1(x), noise_like(), t_next)
     # The prior's window bounds the result, as the published sampler's output range does.
-    return unit_to_hu(hu_to_unit(x)).to(torch.float32)
+    return pm1_to_hu(hu_to_pm1(x)).to(torch.float32)
 
 
 def dudodp(ordinary_hu: torch.Tensor, metal_mask: torch.Tensor,
            pixel_spacing_mm: torch.Tensor | float, predict_x0: X0Predictor, scheduler,
            *, steps: int = DEFAULT_STEPS, seed: int = 0,
            slice_keys: Sequence[str] | None = None,
-           hu_to_unit: Callable[[torch.Tensor], torch.Tensor],
-           unit_to_hu: Callable[[torch.Tensor], torch.Tensor],
+           hu_to_pm1: Callable[[torch.Tensor], torch.Tensor],
+           pm1_to_hu: Callable[[torch.Tensor], torch.Tensor],
            setup=None, fusion: Fusion | None = None, reinsert: bool = True,
            inspect: Callable[[StepRecord], None] | None = None) -> torch.Tensor:
     """DuDoDp MAR of a batch of slices.
@@ -198,7 +198,7 @@ def dudodp(ordinary_hu: torch.Tensor, metal_mask: torch.Tensor,
     Args:
         ordinary_hu: ``(B, 1, N, N)`` float HU (square); metal_mask: ``(B, 1, N, N)`` bool.
         pixel_spacing_mm: ``(B,)`` or scalar, mm.
-        predict_x0, scheduler, hu_to_unit, unit_to_hu, setup, fusion, inspect: see
+        predict_x0, scheduler, hu_to_pm1, pm1_to_hu, setup, fusion, inspect: see
             :func:`dudodp_correct`.
         steps: respaced reverse steps (1 .. the scheduler's training timesteps).
         seed: noise seed; with ``slice_keys`` (e.g. ``"patient/slice"``) each slice's noise
@@ -225,7 +225,7 @@ def dudodp(ordinary_hu: torch.Tensor, metal_mask: torch.Tensor,
         with torch.no_grad():
             res = dudodp_correct(proj, out[idx], metal_mask[idx], float(key), predict_x0,
                                  scheduler, steps, [slice_seed(seed, keys[i]) for i in sel],
-                                 hu_to_unit=hu_to_unit, unit_to_hu=unit_to_hu, setup=setup,
+                                 hu_to_pm1=hu_to_pm1, pm1_to_hu=pm1_to_hu, setup=setup,
                                  fusion=fusion, inspect=inspect)
             if reinsert:
                 res = reinsert_metal(res, out[idx], metal_mask[idx])

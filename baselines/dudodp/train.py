@@ -88,7 +88,7 @@ def draw_batch(gsi: np.ndarray, clean: np.ndarray, config: DuDoDpConfig,
         if config.flips and fl:
             a = a[:, ::-1]
         imgs.append(np.ascontiguousarray(a))
-    x0 = config.hu_to_unit(torch.from_numpy(np.stack(imgs)[:, None]))
+    x0 = config.hu_to_pm1(torch.from_numpy(np.stack(imgs)[:, None]))
     t = torch.randint(0, config.train_timesteps, (b,), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     return {"x0": x0, "t": t, "noise": noise}

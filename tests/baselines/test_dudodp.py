@@ -58,7 +58,7 @@ def corrupted(gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def run(ordinary, mask, predict, steps=4, seed=0, keys=None, inspect=None, reinsert=False):
     return dudodp(ordinary, mask, PX, predict, make_scheduler(CFG), steps=steps, seed=seed,
-                  slice_keys=keys, hu_to_unit=CFG.hu_to_unit, unit_to_hu=CFG.unit_to_hu,
+                  slice_keys=keys, hu_to_pm1=CFG.hu_to_pm1, pm1_to_hu=CFG.pm1_to_hu,
                   reinsert=reinsert, inspect=inspect)
 
 
@@ -86,8 +86,8 @@ def test_configs_and_published_scheduler():
                                rtol=1e-5)
     # model units: the HU window onto [-1, 1]
     hu = torch.tensor([-2000.0, -1024.0, 1023.5, 3071.0, 9000.0])
-    torch.testing.assert_close(paper.hu_to_unit(hu), torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
-    torch.testing.assert_close(paper.unit_to_hu(paper.hu_to_unit(hu[1:4])), hu[1:4])
+    torch.testing.assert_close(paper.hu_to_pm1(hu), torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
+    torch.testing.assert_close(paper.pm1_to_hu(paper.hu_to_pm1(hu[1:4])), hu[1:4])
 
 
 def test_patchified_prior_shapes():
@@ -150,7 +150,7 @@ def test_oracle_prior_returns_the_ground_truth_within_fbp_error():
     # the trace), so a prior that knows the truth must give it back, metal pixels included.
     gt, mask = phantom()
     ordinary = torch.where(mask, torch.tensor(8000.0), gt)
-    gt_unit = CFG.hu_to_unit(gt)
+    gt_unit = CFG.hu_to_pm1(gt)
     out = run(ordinary, mask, lambda x, t: gt_unit.expand(x.shape[0], -1, -1, -1), steps=5)
     c = torch.arange(N) - N / 2 + 0.5
     body = (torch.hypot(*torch.meshgrid(c, c, indexing="ij")) < 0.45 * N)[None, None]

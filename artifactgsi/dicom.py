@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactGSIError
+from .fileio import replace_dir
 from .physics.geometry import ImageGrid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -276,12 +277,10 @@ def write_ct_series(volume_hu: np.ndarray, z_mm: Sequence[float], grid: ImageGri
             ds.PixelData = stored[i].tobytes()
             ds.save_as(tmp / name, enforce_file_format=True)
             names.append(name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, out_dir)
     return [out_dir / n for n in names]
 
 

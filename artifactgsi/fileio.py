@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,28 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """Move the finished folder ``tmp`` to ``final`` (both on one file system).
+
+    An existing ``final`` is first renamed aside and removed only after ``tmp`` took its
+    place, so ``final`` always holds either the old or the new complete content.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -59,5 +82,5 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["atomic_path", "sha256_file", "temporary_sibling", "write_bytes_atomic",
+__all__ = ["atomic_path", "replace_dir", "sha256_file", "temporary_sibling", "write_bytes_atomic",
            "write_text_atomic"]

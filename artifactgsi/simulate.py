@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fileio import replace_dir
 from .physics.geometry import FanBeamGeometry, ImageGrid
 from .physics.scan import GSIProtocol, OrdinaryProtocol, Scanner
 from .schema import IMPLANT_TYPES, MANIFEST_COLUMNS
@@ -310,12 +311,10 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
                      body_region=res.body_region, phantom=res.description,
                      config_fingerprint=config_fingerprint(cfg))
         (tmp / "truth.json").write_text(json.dumps(truth, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, final)
     return final
 
 

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from artifactgsi.fileio import replace_dir
+
 from .errors import MARBenchError
 
 __all__ = [
@@ -541,12 +543,10 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
             fname = f"IM{i + 1:05d}.dcm"
             ds.save_as(tmp / fname, enforce_file_format=True)
             written.append(fname)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, out_dir)
     warnings = []
     if clipped_total:
         lo, hi, _ = _stored_range(first)
@@ -748,12 +748,10 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
             "patients": patients,
         }
         (tmp / "reference_free.json").write_text(json.dumps(_finite(doc), indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, out)
     return doc
 
 

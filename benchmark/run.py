@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from artifactgsi.fileio import replace_dir
+
 from .data import PairsBatch, PairsSplit, open_split
 from .errors import MARBenchError
 from .method import MARInput, MARMethod, PrepareContext, validate_output
@@ -631,11 +633,7 @@ def _publish(stage: Path, out_dir: Path) -> None:
     others = ([p for p in out_dir.iterdir() if p.name not in RUN_OUTPUTS
                and not p.name.startswith(".")] if out_dir.is_dir() else [])
     if not others:
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(stage, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(stage, out_dir)
         return
     (out_dir / "results.json").unlink(missing_ok=True)
     for name in RUN_OUTPUTS:

@@ -547,6 +547,14 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         for why, keys in by_reason.items():
             console.print(f"[yellow]missing[/] {', '.join(keys)}: {escape(why)}",
                           highlight=False)
+        seg = results.segmentation
+        if seg is not None and seg.available:
+            parts = [f"{image} {_fmt(v.get('miou'), 3)}" for image, v in seg.summary.items()]
+            console.print("segmentation mIoU (frozen segmenter, dataset level): "
+                          + ", ".join(parts), highlight=False)
+        elif seg is not None:
+            console.print(f"[yellow]missing[/] segmentation: {escape(seg.reason or '')}",
+                          highlight=False)
         console.print(f"results: {escape(str(out_dir / 'results.json'))}", highlight=False)
     return results
 
@@ -743,6 +751,8 @@ def summary_table(results: Results) -> Any:
     for k in comps:
         t.add_column(short[k], justify="right", no_wrap=True)
     for m, d in results.metrics.items():
+        if all(results.comparisons[k].summary.get(m) is None for k in comps):
+            continue  # e.g. segmentation metrics: shown below the table, not per comparison
         cells = []
         for k in comps:
             s = results.comparisons[k].summary.get(m)

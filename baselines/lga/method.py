@@ -7,22 +7,11 @@ from pathlib import Path
 
 import torch
 
+from baselines.deep_common import _flag  # the one bool-option parser of the baselines
 from benchmark.method import MARInput, MARMethod, MAROutput, PrepareContext
 
 #: Environment variable naming a weights folder or Hub repo (used when no option is given).
 WEIGHTS_ENV = "MARBENCH_LGA_WEIGHTS"
-
-
-def _flag(value: object, name: str) -> bool:
-    """A bool option given as a bool or as CLI text (true/false, 1/0, yes/no)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"lga: option {name}={value!r} is not a boolean (true / false)")
 
 
 class LGA(MARMethod):
@@ -42,7 +31,7 @@ class LGA(MARMethod):
                  reinsert_metal: bool = False) -> None:
         self.weights = None if weights is None else str(weights)
         self.revision = revision
-        self.reinsert_metal = _flag(reinsert_metal, "reinsert_metal")
+        self.reinsert_metal = _flag(reinsert_metal, "reinsert_metal", "lga")
         self.model = None
         self.device = torch.device("cpu")
 

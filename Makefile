@@ -26,7 +26,7 @@ SEG := $(DATA)/seg-run/model
 train_once = test -f $(2)/model/config.json || $(BIN)/marbench train $(1) --data $(DATA)/built \
 	--out $(2) $(3) $$(test -f $(2)/config.json && echo --resume)
 
-.PHONY: setup demo test test-fast lint bench clean table3 expert-demo board dudodp-demo
+.PHONY: setup demo test test-fast lint bench clean table3 expert-demo board dudodp-demo scanners
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -93,6 +93,33 @@ dudodp-demo: setup
 	$(call train_once,dudodp,$(DATA)/dudodp-run,--config dudodp-cpu --time_limit_s 3000)
 	$(BIN)/marbench run --method dudodp -O weights=$(DATA)/dudodp-run/model -O steps=100 \
 	  --data $(DATA)/built --out $(DATA)/results/dudodp --segmenter $(SEG)
+
+# The same new patients (seed 1) scanned on each scanner profile (docs/apply.md, "Other
+# scanners"). With pairs: held out as test sets and scored against GSI and the ideal image by
+# the classic methods and, where `make demo` trained them, LGA and the DEMO_DEEP baselines;
+# then the cross-scanner tables. Without: the other profiles' ordinary series alone, as a
+# hospital without GSI has them, run through `marbench generalization` (panels, no reference).
+SCANNERS ?= gsi-hd long-geometry low-dose-100kv
+SCANNER_PATIENTS ?= 6
+SCANNER_SIM = --seed 1 --patients $(SCANNER_PATIENTS) --slices $(DEMO_SLICES) --size $(DEMO_SIZE) --clean-patients 0
+scanners: setup
+	for s in $(SCANNERS); do d=$(DATA)/scanners/$$s; \
+	  $(BIN)/artifactgsi simulate --out $$d/raw --scanner $$s $(SCANNER_SIM) --split-hint test || exit 1; \
+	  test -f $$d/built/manifest.json || $(BIN)/artifactgsi build $$d/raw $$d/built || exit 1; \
+	  for m in identity li nmar $(DEMO_DEEP) lga; do w=$(DATA)/$$m-run/model; opt=""; \
+	    case $$m in identity|li|nmar) ;; *) test -f $$w/config.json || continue; opt="-O weights=$$w";; esac; \
+	    test -f $$d/results/$$m/results.json || \
+	      $(BIN)/marbench run --method $$m $$opt --data $$d/built --out $$d/results/$$m || exit 1; \
+	  done; \
+	  test $$s = gsi-hd && continue; \
+	  $(BIN)/artifactgsi simulate --out $$d/raw-gen --scanner $$s $(SCANNER_SIM) --split-hint generalization || exit 1; \
+	  test -f $$d/built-gen/manifest.json || $(BIN)/artifactgsi build $$d/raw-gen $$d/built-gen || exit 1; \
+	  for m in li nmar $(DEMO_DEEP) lga; do w=$(DATA)/$$m-run/model; opt=""; \
+	    case $$m in li|nmar) ;; *) test -f $$w/config.json || continue; opt="-O weights=$$w";; esac; \
+	    $(BIN)/marbench generalization $$d/built-gen $$d/panels/$$m --method $$m $$opt --overwrite || exit 1; \
+	  done; done
+	$(BIN)/marbench scanners $(DATA)/scanners --markdown $(DATA)/scanners/table-ideal.md
+	$(BIN)/marbench scanners $(DATA)/scanners --against gsi --markdown $(DATA)/scanners/table-gsi.md
 
 # A blinded reading pack from the demo's runs (see docs/study.md).
 expert-demo: setup

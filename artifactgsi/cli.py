@@ -59,6 +59,13 @@ def simulate(
     kev: float = typer.Option(None, help="GSI virtual monochromatic energy in keV"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     workers: int = typer.Option(1, help="worker processes"),
+    scanner: str = typer.Option("gsi-hd", help="scanner profile of the ordinary series: "
+                                "gsi-hd (the GSI scanner, training domain), long-geometry, "
+                                "low-dose-100kv (see docs/simulator.md)"),
+    split_hint: str = typer.Option("", "--split-hint",
+                                   help="implant patients' split_hint: '' (the builder "
+                                        "splits), train, test (a held-out set), or "
+                                        "generalization (ordinary series only, no GSI)"),
 ) -> None:
     """Simulate ArtifactGSI-Sim: paired ordinary / GSI DICOM series, labels, ideal images."""
     from dataclasses import replace
@@ -71,7 +78,7 @@ def simulate(
     gsi = GSIProtocol() if kev is None else replace(GSIProtocol(), kev=kev)
     cfg = SimConfig(patients=patients, slices=slices, size=size, seed=seed,
                     clean_patients=clean_patients, thickness_mm=thickness, device=device,
-                    gsi=gsi)
+                    gsi=gsi, scanner=scanner, split_hint=split_hint)
     try:
         if kev is not None and not 40 <= kev <= 140:
             raise ValueError(f"--kev must be within 40..140 keV, got {kev}")

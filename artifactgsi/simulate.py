@@ -33,12 +33,16 @@ import torch
 from .fileio import replace_dir
 from .physics.geometry import FanBeamGeometry, ImageGrid
 from .physics.scan import GSIProtocol, OrdinaryProtocol, Scanner
+from .scanners import DEFAULT_SCANNER, SCANNER_PROFILES, ScannerProfile, scanner_profile
 from .schema import IMPLANT_TYPES, MANIFEST_COLUMNS
 
 #: Implant types of simulated patients, in turn (every type but "none").
 IMPLANT_CYCLE = tuple(t for t in IMPLANT_TYPES if t != "none")
-SCANNER_MANUFACTURER = "GE MEDICAL SYSTEMS"
-SCANNER_MODEL = "Discovery CT750 HD (ArtifactGSI-Sim)"
+#: The GSI scanner's DICOM identity (every GSI series, and the default ordinary series).
+SCANNER_MANUFACTURER = SCANNER_PROFILES[DEFAULT_SCANNER].manufacturer
+SCANNER_MODEL = SCANNER_PROFILES[DEFAULT_SCANNER].model
+#: ``split_hint`` values a simulation may give its implant patients (see docs/simulator.md).
+SIM_SPLIT_HINTS = ("", "train", "test", "generalization")
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,23 @@ class SimConfig:
     device: str = "cpu"
     supersample: int = 3  # anti-aliasing sub-samples per pixel side
     batch: int = 4  # slices simulated together (projector columns)
-    ordinary: OrdinaryProtocol = field(default_factory=OrdinaryProtocol)
+    # The scanner of the ordinary series (artifactgsi.scanners): geometry, protocol, kernel.
+    scanner: str = DEFAULT_SCANNER
+    # None: the scanner profile's routine protocol; set to override it.
+    ordinary: OrdinaryProtocol | None = None
     gsi: GSIProtocol = field(default_factory=GSIProtocol)
+    # The implant patients' manifest split_hint: "" (the builder splits 80/20), "train",
+    # "test" (a held-out set, e.g. from another scanner), or "generalization" (ordinary
+    # series only, no GSI or ground truth: the paper's generalization set).
+    split_hint: str = ""
+
+    def profile(self) -> ScannerProfile:
+        """The scanner profile of the ordinary series."""
+        return scanner_profile(self.scanner)
+
+    def ordinary_protocol(self) -> OrdinaryProtocol:
+        """The ordinary series' protocol: ``ordinary`` if set, else the profile's."""
+        return self.ordinary if self.ordinary is not None else self.profile().ordinary
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad setting."""
@@ -68,10 +87,13 @@ class SimConfig:
             (self.thickness_mm > 0, f"slice thickness must be > 0 mm, got {self.thickness_mm}"),
             (self.supersample >= 1, f"supersample must be >= 1, got {self.supersample}"),
             (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
+            (self.split_hint in SIM_SPLIT_HINTS, f"--split-hint must be one of "
+             f"{', '.join(repr(h) for h in SIM_SPLIT_HINTS)}, got {self.split_hint!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        self.profile()  # an unknown scanner is a ValueError naming the profiles
         check_device(self.device)
 
 
@@ -174,17 +196,35 @@ def _slice_positions(patient, cfg: SimConfig) -> np.ndarray:
     return np.round(z, 3)
 
 
-def simulate_patient(cfg: SimConfig, plan: PatientPlan, scanner: Scanner | None = None,
+def make_scanners(cfg: SimConfig) -> tuple[Scanner, Scanner]:
+    """``(ordinary scanner, GSI scanner)``: one object when the ordinary series comes from the
+    GSI scanner itself (the default profile)."""
+    gsi = Scanner(FanBeamGeometry.scaled(cfg.size), OrdinaryProtocol(), cfg.gsi, cfg.device)
+    profile = cfg.profile()
+    geom = profile.geometry(cfg.size)
+    if geom == gsi.geom:
+        gsi.ordinary_protocol = cfg.ordinary_protocol()
+        return gsi, gsi
+    return Scanner(geom, cfg.ordinary_protocol(), cfg.gsi, cfg.device), gsi
+
+
+def simulate_patient(cfg: SimConfig, plan: PatientPlan,
+                     scanners: tuple[Scanner, Scanner] | None = None,
                      progress: Callable[[int], None] | None = None) -> PatientResult:
-    """Simulate one patient: ordinary (and, with an implant, GSI, clean, ideal and labels)."""
+    """Simulate one patient: ordinary (and, with an implant, GSI, clean, ideal and labels).
+
+    ``scanners`` is ``(ordinary, GSI)`` as :func:`make_scanners` returns (built when not
+    given; pass them to reuse the projectors over patients). The clean image (no implant)
+    comes from the ordinary scanner, GSI and ideal from the GSI scanner.
+    """
     from .phantoms import MATERIALS, Pose2D, make_patient
 
-    scanner = scanner or Scanner(FanBeamGeometry.scaled(cfg.size), cfg.ordinary, cfg.gsi,
-                                 cfg.device)
-    geom = scanner.geom
-    obj = geom.object_grid
+    ord_scanner, scanner = scanners or make_scanners(cfg)
+    obj = scanner.geom.object_grid
+    if ord_scanner.geom.object_grid != obj:
+        raise ValueError("the ordinary and GSI scanners must share the object grid")
     patient = make_patient(plan.seed, plan.implant_type)
-    has_gsi = plan.implant_type != "none"
+    has_gsi = plan.implant_type != "none" and cfg.split_hint != "generalization"
     t = cfg.thickness_mm
     z_gsi = _slice_positions(patient, cfg)
     z_ord_table = z_gsi + plan.z_shift_slices * t
@@ -209,14 +249,20 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan, scanner: Scanner | None 
         stack = torch.stack(fr)  # (k * b, M_all, N, N)
         used = [m for m in range(len(MATERIALS)) if stack[:, m].any()]
         mats = tuple(MATERIALS[m] for m in used)
-        lines = scanner.project(stack[:, used])
         b = len(idx)
-        out["ordinary"].append(scanner.ordinary(lines[:b], mats, grid_o, gen)[:, 0].cpu().numpy())
+        if ord_scanner is scanner:  # one projection of the whole batch
+            lines = scanner.project(stack[:, used])
+            lo, lg, lc = lines[:b], lines[b:2 * b], lines[2 * b:]
+        else:  # ordinary and clean on the profile's geometry, GSI on the GSI scanner's
+            lines = ord_scanner.project(stack[:, used][[*range(b), *range(2 * b, len(fr))]])
+            lo, lc = lines[:b], lines[b:]
+            lg = scanner.project(stack[b:2 * b, used]) if has_gsi else None
+        # Noise is drawn in a fixed order (ordinary, GSI, clean) from one generator.
+        out["ordinary"].append(ord_scanner.ordinary(lo, mats, grid_o, gen)[:, 0].cpu().numpy())
         if has_gsi:
-            lg, lc = lines[b:2 * b], lines[2 * b:]
             out["gsi"].append(scanner.gsi(lg, mats, grid_g, gen)[:, 0].cpu().numpy())
             out["ideal"].append(scanner.monochromatic(lg, mats, grid_g)[:, 0].cpu().numpy())
-            out["clean"].append(scanner.ordinary(lc, mats, grid_g, gen)[:, 0].cpu().numpy())
+            out["clean"].append(ord_scanner.ordinary(lc, mats, grid_g, gen)[:, 0].cpu().numpy())
             out["labels"].append(np.stack([
                 patient.rasterize(float(z_gsi[i]), grid_g, supersample=ss)[1].numpy()
                 for i in idx]))
@@ -238,8 +284,10 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan, scanner: Scanner | None 
         "gsi_slice_for_ordinary": [_nearest(z_gsi, z, t) for z in z_ord_anat] if has_gsi else [],
         "gsi_grid": _grid_json(grid_g),
         "ordinary_grid": _grid_json(grid_o),
-        "geometry": asdict(geom),
-        "ordinary_protocol": asdict(cfg.ordinary),
+        "scanner": cfg.scanner,
+        "geometry": asdict(scanner.geom),
+        "ordinary_geometry": asdict(ord_scanner.geom),
+        "ordinary_protocol": asdict(cfg.ordinary_protocol()),
         "gsi_protocol": asdict(cfg.gsi),
         "gsi_metal_correction": asdict(cfg.gsi.metal_correction_setup()),
         "seed": plan.seed,
@@ -283,17 +331,21 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
         study_uid = _uid(cfg.seed, plan.index, "study")
         frame_uid = _uid(cfg.seed, plan.index, "frame")
         common = dict(plan.identity, study_uid=study_uid, frame_of_reference_uid=frame_uid,
-                      manufacturer=SCANNER_MANUFACTURER, model=SCANNER_MODEL,
                       slice_thickness_mm=cfg.thickness_mm, body_part=_body_part(res.body_region))
+        profile, protocol = cfg.profile(), cfg.ordinary_protocol()
         write_ct_series(to_hu_int16(res.ordinary), res.ordinary_z_mm, res.ordinary_grid,
-                        SeriesMeta(**common, series_number=2, series_description="Routine 120kVp",
-                                   kvp=cfg.ordinary.kvp, kev=None, convolution_kernel="STANDARD",
+                        SeriesMeta(**common, manufacturer=profile.manufacturer,
+                                   model=profile.model, series_number=2,
+                                   series_description=f"Routine {protocol.kvp:g}kVp",
+                                   kvp=protocol.kvp, kev=None,
+                                   convolution_kernel=profile.convolution_kernel,
                                    series_uid=_uid(cfg.seed, plan.index, "ordinary")),
                         tmp / "ordinary")
         if res.gsi is not None:
             kev = cfg.gsi.kev
             write_ct_series(to_hu_int16(res.gsi), res.gsi_z_mm, res.gsi_grid,
-                            SeriesMeta(**common, series_number=3,
+                            SeriesMeta(**common, manufacturer=SCANNER_MANUFACTURER,
+                                       model=SCANNER_MODEL, series_number=3,
                                        series_description=f"GSI MonoE {kev:g}keV",
                                        kvp=cfg.gsi.kvp_high, kev=kev,
                                        convolution_kernel="STANDARD",
@@ -318,11 +370,24 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
     return final
 
 
+#: Settings added after the first release, left out of the fingerprint at their default
+#: values, so that folders simulated before they existed still resume.
+_LATER_DEFAULTS = {"scanner": DEFAULT_SCANNER, "split_hint": ""}
+_LATER_ORDINARY_DEFAULTS = {"filter_al_mm": 3.0, "filter_cu_mm": 0.1}
+
+
 def config_fingerprint(cfg: SimConfig) -> str:
     """sha256 of the settings that shape a patient's data (not the patient count)."""
     d = asdict(cfg)
+    d["ordinary"] = asdict(cfg.ordinary_protocol())
     for k in ("patients", "clean_patients", "device", "batch"):
         d.pop(k)
+    for k, v in _LATER_DEFAULTS.items():
+        if d[k] == v:
+            d.pop(k)
+    for k, v in _LATER_ORDINARY_DEFAULTS.items():
+        if d["ordinary"][k] == v:
+            d["ordinary"].pop(k)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -349,8 +414,11 @@ def simulation_record(cfg: SimConfig) -> dict:
         "simulator": "ArtifactGSI-Sim",
         "config_fingerprint": config_fingerprint(cfg),
         "size_px": cfg.size, "slices": cfg.slices, "thickness_mm": cfg.thickness_mm,
+        "scanner": cfg.scanner, "scanner_description": cfg.profile().description,
+        "split_hint": cfg.split_hint,
         "geometry": asdict(FanBeamGeometry.scaled(cfg.size)),
-        "ordinary_protocol": asdict(cfg.ordinary),
+        "ordinary_geometry": asdict(cfg.profile().geometry(cfg.size)),
+        "ordinary_protocol": asdict(cfg.ordinary_protocol()),
         "gsi_protocol": asdict(cfg.gsi),
         "gsi_metal_correction": asdict(cfg.gsi.metal_correction_setup()),
     }
@@ -373,11 +441,12 @@ def _write_manifest(raw: Path, rows: list[dict]) -> None:
     os.replace(tmp, raw / "manifest.csv")
 
 
-def _manifest_row(plan: PatientPlan, body_region: str) -> dict:
+def _manifest_row(cfg: SimConfig, plan: PatientPlan, body_region: str) -> dict:
+    implant = plan.implant_type != "none"
     return {"patient_id": plan.patient_id, "implant_type": plan.implant_type,
-            "body_region": body_region, "scanner": f"{SCANNER_MANUFACTURER} {SCANNER_MODEL}",
-            "has_labels": int(plan.implant_type != "none"),
-            "split_hint": "clean" if plan.implant_type == "none" else ""}
+            "body_region": body_region, "scanner": cfg.profile().scanner_label,
+            "has_labels": int(implant and cfg.split_hint != "generalization"),
+            "split_hint": cfg.split_hint if implant else "clean"}
 
 
 def _run_one(args: tuple[SimConfig, PatientPlan, str]) -> dict:
@@ -385,7 +454,7 @@ def _run_one(args: tuple[SimConfig, PatientPlan, str]) -> dict:
     torch.set_num_threads(1)  # one thread per worker process: no oversubscription
     res = simulate_patient(cfg, plan)
     write_patient(res, cfg, Path(raw))
-    return _manifest_row(plan, res.body_region)
+    return _manifest_row(cfg, plan, res.body_region)
 
 
 def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool = True,
@@ -420,7 +489,7 @@ def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool =
             if t.get("config_fingerprint") != fingerprint:
                 raise ValueError(f"{truth}: this patient was simulated with other settings; "
                                  f"simulate into a new folder (or delete {raw})")
-            rows.append(_manifest_row(p, t["body_region"]))
+            rows.append(_manifest_row(cfg, p, t["body_region"]))
         else:
             todo.append(p)
     t0 = time.perf_counter()

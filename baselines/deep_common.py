@@ -25,8 +25,6 @@ benchmark method.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -42,6 +40,7 @@ import torch
 from torch import nn
 
 from artifactgsi.schema import HU_MAX, HU_MIN
+from benchmark.config_files import dataclass_kwargs, find_config_file, load_values, plain_dict
 from benchmark.method import MARInput, MARMethod, MAROutput, PrepareContext
 
 WEIGHTS_NAME = "model.safetensors"
@@ -151,24 +150,12 @@ class TrainConfig:
 
     # -------------------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrainConfig:
         """Defaults overridden by ``values``; unknown keys and wrong types are errors."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, list(fields), n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; known keys: "
-                              f"{', '.join(sorted(fields))}")
-        defaults = cls()
-        kw = {k: _coerce(k, v, getattr(defaults, k), fields[k].type, where)
-              for k, v in values.items()}
+        kw = dataclass_kwargs(cls, values, where, ConfigError, sort_known=True)
         return cls(**kw).validate(where)
 
     def normalisation(self) -> dict[str, Any]:
@@ -186,66 +173,9 @@ class TrainConfig:
         return x * ((self.hu_max - self.hu_min) / self.scale) + self.hu_min
 
 
-def _coerce(key: str, value: Any, default: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against the field's type (tuples from lists, ints accepted as floats)."""
-    ann = str(annotation)
-    if value is None:
-        if "None" in ann:
-            return None
-        raise ConfigError(f"{where}: {key}: may not be null")
-    if "tuple" in ann:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key}: expected a list, got {value!r}")
-        return tuple(value)
-    if "bool" in ann:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key}: expected true/false, got {value!r}")
-        return value
-    if ann.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
-        return value
-    if ann.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
-        return float(value)
-    if ann.startswith("str") and not isinstance(value, str):
-        raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
-    return value
-
-
-def _read_yaml(path: Path, config_dir: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    import yaml
-
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(map(str, seen))}")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: must be a mapping of config keys, got "
-                          f"{type(values).__name__}")
-    base = values.pop("base", None)
-    if base is None:
-        return values
-    merged = _read_yaml(config_path(str(base), config_dir, path.parent), config_dir,
-                        (*seen, path))
-    merged.update(values)
-    return merged
-
-
 def config_path(name: str, config_dir: Path, relative_to: Path | None = None) -> Path:
-    """The YAML file of a shipped config name or a path."""
-    p = Path(name).expanduser()
-    candidates = [p] if p.suffix in (".yaml", ".yml") else []
-    for folder in ([relative_to] if relative_to is not None else []) + [config_dir]:
-        candidates.append(folder / (name if p.suffix else f"{name}.yaml"))
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    shipped = ", ".join(sorted(q.stem for q in config_dir.glob("*.yaml")))
-    raise ConfigError(f"config {name!r}: no such file; give a YAML path or one of: {shipped}")
+    """The YAML file of a shipped config name or a path (a ``base:`` relative to its file)."""
+    return find_config_file(name, config_dir, ConfigError, relative_to=relative_to)
 
 
 def load_config(cls: type[TrainConfig], config_dir: Path,
@@ -253,15 +183,9 @@ def load_config(cls: type[TrainConfig], config_dir: Path,
                 overrides: dict[str, Any] | None = None) -> Any:
     """A ``cls`` from a shipped name, a YAML path, a dict, an instance or ``None`` (the
     defaults), with ``overrides`` (e.g. from the command line) applied last."""
-    if isinstance(config, TrainConfig):
-        values, where = config.to_dict(), "config"
-    elif config is None:
-        values, where = {}, "defaults"
-    elif isinstance(config, dict):
-        values, where = dict(config), "config dict"
-    else:
-        path = config_path(str(config), config_dir)
-        values, where = _read_yaml(path, config_dir), str(path)
+    values, where, _ = load_values(
+        config, TrainConfig, lambda name, relative_to: config_path(name, config_dir, relative_to),
+        ConfigError)
     if overrides:
         values.update(overrides)
         where += " + overrides"

@@ -632,6 +632,32 @@ class _Volume:
     implant_type: str
 
 
+def _generalization_volumes(data: Path, split: str) -> list[_Volume]:
+    """Patients of a built dataset's ``generalization`` config (ordinary slices without GSI:
+    the benchmark's pairs reader does not apply), files verified against the manifest."""
+    import pyarrow.parquet as pq
+
+    from .data import resolve_source
+
+    source, files = resolve_source(data, "generalization", split)
+    cols = ["patient_id", "slice_index", "ordinary", "pixel_spacing_mm", "implant_type"]
+    rows: dict[str, list[tuple[int, np.ndarray]]] = {}
+    meta: dict[str, tuple[float, str]] = {}
+    for f in files:
+        path = source.folder / f.path
+        table = pq.read_table(path)
+        missing = [c for c in cols if c not in table.column_names]
+        if missing:
+            raise ApplyError(f"{path}: config 'generalization' lacks column(s) "
+                             f"{', '.join(missing)}")
+        d = table.select(cols).to_pydict()
+        for pid, idx, img, px, itype in zip(*(d[c] for c in cols), strict=True):
+            rows.setdefault(pid, []).append((int(idx), np.asarray(img, np.int16)))
+            meta[pid] = (float(px), str(itype))
+    return [_Volume(p, np.stack([a for _, a in sorted(v, key=lambda t: t[0])]), *meta[p])
+            for p, v in sorted(rows.items())]
+
+
 def _volumes(data: Path, split: str) -> list[_Volume]:
     """Patients of a series folder, a folder of series folders, or a built dataset (only its
     ordinary images are used)."""
@@ -640,10 +666,11 @@ def _volumes(data: Path, split: str) -> list[_Volume]:
     data = Path(data)
     if (data / "pairs").is_dir() or (data / "manifest.json").is_file() \
             or (data / "generalization").is_dir():
+        if (data / "generalization").is_dir():
+            return _generalization_volumes(data, split)
         from .data import open_split
 
-        config = "generalization" if (data / "generalization").is_dir() else "pairs"
-        pairs = open_split(data, split, config=config)
+        pairs = open_split(data, split, config="pairs")
         vols: dict[str, list[np.ndarray]] = {}
         meta: dict[str, tuple[float, str]] = {}
         for b in pairs.iter_batches(16):

@@ -288,10 +288,12 @@ class SegmentationRecord(_Model):
             (:func:`seg_summary` of the per-slice counts).
         by_implant: the same per implant type; per_patient: per patient id.
         n_slices: slices with labels that were segmented.
+        note: a caveat about the scores (the segmenter was trained on another dataset).
     """
 
     available: bool
     reason: str | None = None
+    note: str | None = None
     segmenter: dict[str, Any] = Field(default_factory=dict)
     classes: list[str] = Field(default_factory=lambda: list(SEG_CLASSES))
     summary: dict[str, dict[str, float]] = Field(default_factory=dict)

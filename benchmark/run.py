@@ -424,6 +424,8 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
     lpips_metric, lpips_reason = _lpips_metric(lpips, dev)
     has_ideal = pairs.has_ideal
     seg_model, seg_record = _segmenter(segmenter, pairs, dev)
+    if seg_record.note:
+        console.print(f"[yellow]warning[/] {escape(seg_record.note)}", highlight=False)
 
     def scorer() -> Scorer:
         return Scorer(protocol, lpips=lpips_metric, clinical=clinical, device=dev)
@@ -579,7 +581,16 @@ def _segmenter(source: str | Path | None, pairs: PairsSplit, dev: torch.device
 
     seg = load_segmenter(source)
     seg = seg.to(dev).eval()
-    return seg, SegmentationRecord(available=True, segmenter=segmenter_identity(seg))
+    ident = segmenter_identity(seg)
+    note = None
+    trained_on, scored = ident.get("dataset_manifest_sha256"), pairs.source.manifest_sha256
+    if trained_on and scored and trained_on != scored:
+        # Legitimate (a cross-scanner set, a Hub segmenter), but the scores then measure the
+        # segmenter's domain gap too: say so in the run and in results.json.
+        note = (f"the segmenter {source} was trained on another dataset (manifest sha256 "
+                f"{trained_on[:12]}…, this one {scored[:12]}…); its IoU is comparable only "
+                "between runs scored with this same segmenter on this same data")
+    return seg, SegmentationRecord(available=True, segmenter=ident, note=note)
 
 
 def _segment_batch(seg: Any, batch: PairsBatch, pred_hu: torch.Tensor,

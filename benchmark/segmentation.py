@@ -42,8 +42,6 @@ Model folder (:meth:`Segmenter.save_pretrained`)::
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -62,6 +60,7 @@ from torch import nn
 from artifactgsi.fileio import sha256_file, write_text_atomic
 from artifactgsi.schema import HU_MAX, HU_MIN
 
+from .config_files import dataclass_kwargs, find_config_file, load_values, plain_dict
 from .metrics.segmentation import CLASS_NAMES, NUM_CLASSES, SegmentationScorer, seg_summary
 
 #: Folder of the shipped YAML configs.
@@ -184,109 +183,29 @@ class SegConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> SegConfig:
-        """Defaults overridden by ``values``; unknown keys and wrong types are errors."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, list(fields), n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise SegConfigError(f"{where}: unknown key(s) {', '.join(hints)}; known keys: "
-                                 f"{', '.join(fields)}")
-        defaults = cls()
-        kw = {k: _coerce(k, v, getattr(defaults, k), str(fields[k].type), where)
-              for k, v in values.items()}
+        """Defaults overridden by ``values``; unknown keys and wrong types (list items
+        included) are errors."""
+        kw = dataclass_kwargs(cls, values, where, SegConfigError, check_items=True)
         return cls(**kw).validate(where)
 
 
-def _coerce(key: str, value: Any, default: Any, annotation: str, where: str) -> Any:
-    """Check ``value`` against the type of the default (tuples from lists, ints as floats)."""
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise SegConfigError(f"{where}: {key}: may not be null")
-    if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise SegConfigError(f"{where}: {key}: expected a list, got {value!r}")
-        item = type(default[0]) if default else object
-        if item is float:
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-                raise SegConfigError(f"{where}: {key}: expected numbers, got {value!r}")
-            return tuple(float(v) for v in value)
-        if item in (int, str) and not all(isinstance(v, item) and not isinstance(v, bool)
-                                          for v in value):
-            raise SegConfigError(f"{where}: {key}: expected a list of {item.__name__}, "
-                                 f"got {value!r}")
-        return tuple(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise SegConfigError(f"{where}: {key}: expected true/false, got {value!r}")
-        return value
-    if isinstance(default, int) or (default is None and "int" in annotation):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SegConfigError(f"{where}: {key}: expected an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SegConfigError(f"{where}: {key}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise SegConfigError(f"{where}: {key}: expected a string, got {value!r}")
-    return value
-
-
 def _config_path(name: str, relative_to: Path | None = None) -> Path:
-    p = Path(name).expanduser()
-    candidates = [p] if p.suffix in (".yaml", ".yml") else []
-    if relative_to is not None:
-        candidates.append(relative_to / (name if p.suffix else f"{name}.yaml"))
-    candidates.append(CONFIG_DIR / (name if p.suffix else f"{name}.yaml"))
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    raise SegConfigError(f"segmenter config {name!r}: no such file; give a YAML path or one "
-                         f"of: {', '.join(CONFIGS)}")
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    import yaml
-
-    if path in seen:
-        raise SegConfigError(f"{path}: 'base' chain loops: {' -> '.join(map(str, seen))}")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise SegConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(values, dict):
-        raise SegConfigError(f"{path}: must be a mapping of SegConfig keys, got "
-                             f"{type(values).__name__}")
-    base = values.pop("base", None)
-    if base is None:
-        return values
-    merged = _read_yaml(_config_path(str(base), path.parent), (*seen, path))
-    merged.update(values)
-    return merged
+    """The YAML file of a shipped config name or a path (a ``base:`` relative to its file)."""
+    return find_config_file(name, CONFIG_DIR, SegConfigError, relative_to=relative_to,
+                            what="segmenter config", shipped=CONFIGS)
 
 
 def load_config(config: str | Path | dict[str, Any] | SegConfig | None = None,
                 overrides: dict[str, Any] | None = None) -> tuple[SegConfig, str]:
     """(config, its name) from a shipped name (``"seg-cpu"``), a YAML path, a dict, a
     :class:`SegConfig` or ``None`` (the defaults), with ``overrides`` applied last."""
-    if isinstance(config, SegConfig):
-        values, where, name = config.to_dict(), "config", "custom"
-    elif config is None:
-        values, where, name = {}, "defaults", "seg-paper"
-    elif isinstance(config, dict):
-        values, where, name = dict(config), "config dict", "custom"
-    else:
-        path = _config_path(str(config))
-        values, where, name = _read_yaml(path), str(path), path.stem
+    values, where, path = load_values(config, SegConfig, _config_path, SegConfigError,
+                                      keys_of="SegConfig")
+    name = path.stem if path else "seg-paper" if config is None else "custom"
     if overrides:
         values.update(overrides)
         where += f" (with overrides {', '.join(sorted(overrides))})"

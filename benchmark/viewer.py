@@ -136,14 +136,16 @@ def build_app(dirs: list[str] | None = None, work: Path | None = None,
         mid = n // 2
         text = _caption(state, mid) + "".join(f"\n\n- {m}" for m in state.messages)
         return (state, render(state.volumes, mid, preset),
-                gr.update(minimum=0, maximum=max(n - 1, 1), value=mid, step=1,
+                # The slider counts slices from 1, as the caption does.
+                gr.update(minimum=1, maximum=max(n, 2), value=mid + 1, step=1,
                           interactive=n > 1),
                 text, state.downloads or None)
 
     def show(state: _Loaded, index: float, preset: str):
         if not state or not state.volumes:
             return None, "No series open."
-        return render(state.volumes, int(index), preset), _caption(state, int(index))
+        i = int(index) - 1  # slider: 1-based
+        return render(state.volumes, i, preset), _caption(state, i)
 
     with gr.Blocks(title="marbench view") as app:
         gr.Markdown("## marbench view: metal artifact reduction on your own CT series\n"
@@ -165,7 +167,7 @@ def build_app(dirs: list[str] | None = None, work: Path | None = None,
         with gr.Row():
             preset = gr.Radio(list(WINDOW_PRESETS), value=next(iter(WINDOW_PRESETS)),
                               label="window")
-            index = gr.Slider(0, 1, value=0, step=1, label="slice", elem_id="slice-slider")
+            index = gr.Slider(1, 2, value=1, step=1, label="slice", elem_id="slice-slider")
         caption = gr.Markdown("No series open.", elem_id="caption")
         image = gr.Image(label="ordinary | methods", type="numpy", interactive=False,
                          show_download_button=True, elem_id="view-image")

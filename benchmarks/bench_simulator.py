@@ -17,9 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from artifactgsi.physics.geometry import FanBeamGeometry
-from artifactgsi.physics.scan import Scanner
-from artifactgsi.simulate import SimConfig, plan_patients, simulate_patient
+from artifactgsi.simulate import SimConfig, make_scanners, plan_patients, simulate_patient
 
 
 def main() -> None:
@@ -34,18 +32,18 @@ def main() -> None:
               "mean triplets/s", "peak RSS GB"):
         t.add_column(c, justify="right")
     for size in args.sizes:
-        geom = FanBeamGeometry.scaled(size)
-        t0 = time.perf_counter()
-        sc = Scanner(geom)
-        sc.project(torch.zeros(1, 1, size, size))
-        build = time.perf_counter() - t0
         cfg = SimConfig(patients=3, slices=args.slices, size=size, clean_patients=0)
+        t0 = time.perf_counter()
+        sc = make_scanners(cfg)
+        sc[0].project(torch.zeros(1, 1, size, size))
+        build = time.perf_counter() - t0
         rates = []
         for plan in plan_patients(cfg)[:3]:
             t0 = time.perf_counter()
             simulate_patient(cfg, plan, sc)
             rates.append(args.slices / (time.perf_counter() - t0))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        geom = sc[0].geom
         t.add_row(str(size), f"{geom.n_views} x {geom.n_det}", f"{build:.1f}",
                   *(f"{r:.2f}" for r in rates), f"{sum(rates) / 3:.2f}", f"{rss:.2f}")
     Console().print(t)

@@ -86,8 +86,12 @@ class FanBeamGeometry:
                    det_pitch_mm=cls.pitch_covering(fov_mm, 888, 541.0, 949.0))
 
     @classmethod
-    def scaled(cls, image_size: int, fov_mm: float = 500.0) -> FanBeamGeometry:
-        """Clinical geometry with channels and views scaled by ``image_size / 512``.
+    def scaled(cls, image_size: int, fov_mm: float = 500.0, *, sid_mm: float = 541.0,
+               sdd_mm: float = 949.0, n_det_512: int = 888, n_views_512: int = 984
+               ) -> FanBeamGeometry:
+        """A scanner's clinical geometry (by default the GSI scanner's: ``n_det_512`` channels
+        and ``n_views_512`` views for a 512-pixel image) with channels and views scaled by
+        ``image_size / 512``.
 
         Views are kept a multiple of 4 (the projector uses the 90-degree symmetry) and the
         channel count even, so sampling density per pixel matches the 512-pixel scanner.
@@ -95,14 +99,16 @@ class FanBeamGeometry:
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
         s = image_size / 512
-        n_det = max(16, 2 * round(888 * s / 2))
-        n_views = max(16, 4 * round(984 * s / 4))
+        n_det = max(16, 2 * round(n_det_512 * s / 2))
+        n_views = max(16, 4 * round(n_views_512 * s / 4))
         return cls(
+            sid_mm=sid_mm,
+            sdd_mm=sdd_mm,
             n_det=n_det,
             n_views=n_views,
             image_size=image_size,
             fov_mm=fov_mm,
-            det_pitch_mm=cls.pitch_covering(fov_mm, n_det, 541.0, 949.0),
+            det_pitch_mm=cls.pitch_covering(fov_mm, n_det, sid_mm, sdd_mm),
         )
 
     @staticmethod

@@ -36,7 +36,15 @@ class OrdinaryProtocol:
     photons_per_ray: float = 2.0e5
     electronic_noise_photons: float = 5.0
     bhc_degree: int = 5
-    filter: str = "hann"
+    filter: str = "hann"  # FBP kernel, one of physics.projector.FBP_FILTERS
+    # Beam filtration (inherent + added), in mm; the bowtie is not modelled.
+    filter_al_mm: float = 3.0
+    filter_cu_mm: float = 0.1
+
+    def tube(self) -> TubeSpec:
+        """The tube spectrum settings of this protocol."""
+        return TubeSpec(self.kvp, filter_al_mm=self.filter_al_mm,
+                        filter_cu_mm=self.filter_cu_mm)
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,7 @@ class Scanner:
                           ) -> tuple[torch.Tensor, float]:
         """-> (water-BHC-corrected log sinogram ``(B, 1, V, D)``, mu_water_eff in 1/mm)."""
         pr = self.ordinary_protocol
-        beam = Beam(TubeSpec(pr.kvp))
+        beam = Beam(pr.tube())
         photons = pr.photons_per_ray * dose_scale(self.geom) if noise else None
         p = measure(lines.movedim(1, -1), materials, beam, photons,
                     pr.electronic_noise_photons, generator)

@@ -11,13 +11,14 @@ and map linearly to [-1, 1], the range the diffusers VAE blocks are built for.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmark.config_files import dataclass_kwargs, find_config_file, load_values, plain_dict
 
 #: Folder of the shipped YAML configs.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -200,108 +201,29 @@ class LGAConfig:
 
     # ---------------------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> LGAConfig:
         """Defaults overridden by ``values``; unknown keys and wrong types are errors."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            import difflib
-
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, list(fields), n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; known keys are "
-                              "the fields of baselines.lga.config.LGAConfig")
-        defaults = cls()
-        kw: dict[str, Any] = {}
-        for k, v in values.items():
-            default = getattr(defaults, k)
-            kw[k] = _coerce(k, v, default, fields[k].type, where)
+        kw = dataclass_kwargs(cls, values, where, ConfigError, known_hint=(
+            "known keys are the fields of baselines.lga.config.LGAConfig"))
         return cls(**kw).validate(where)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
 
 
-def _coerce(key: str, value: Any, default: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against the type of the default (tuples from lists, ints as floats)."""
-    optional = "None" in str(annotation)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where}: {key}: may not be null")
-    if isinstance(default, tuple) or "tuple" in str(annotation):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key}: expected a list, got {value!r}")
-        return tuple(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key}: expected true/false, got {value!r}")
-        return value
-    want_int = isinstance(default, int) or ("int" in str(annotation) and default is None)
-    if want_int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
-    return value
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    import yaml
-
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(map(str, seen))}")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: must be a mapping of LGAConfig keys, got "
-                          f"{type(values).__name__}")
-    base = values.pop("base", None)
-    if base is None:
-        return values
-    merged = _read_yaml(_config_path(str(base), path.parent), (*seen, path))
-    merged.update(values)
-    return merged
-
-
 def _config_path(name: str, relative_to: Path | None = None) -> Path:
-    p = Path(name).expanduser()
-    candidates = [p] if p.suffix in (".yaml", ".yml") else []
-    if relative_to is not None:
-        candidates.append(relative_to / (name if p.suffix else f"{name}.yaml"))
-    candidates.append(CONFIG_DIR / (name if p.suffix else f"{name}.yaml"))
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    shipped = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {name!r}: no such file; give a YAML path or one of: {shipped}")
+    """The YAML file of a shipped config name or a path (a ``base:`` relative to its file)."""
+    return find_config_file(name, CONFIG_DIR, ConfigError, relative_to=relative_to)
 
 
 def load_config(config: str | Path | dict[str, Any] | LGAConfig | None = None,
                 **overrides: Any) -> LGAConfig:
     """An :class:`LGAConfig` from a shipped name (``"lga-cpu"``), a YAML path, a dict, or
     ``None`` (the defaults), with keyword ``overrides`` applied last."""
-    if isinstance(config, LGAConfig):
-        values, where = config.to_dict(), "config"
-    elif config is None:
-        values, where = {}, "defaults"
-    elif isinstance(config, dict):
-        values, where = dict(config), "config dict"
-    else:
-        path = _config_path(str(config))
-        values, where = _read_yaml(path), str(path)
+    values, where, _ = load_values(config, LGAConfig, _config_path, ConfigError,
+                                   keys_of="LGAConfig")
     values.update(overrides)
     return LGAConfig.from_dict(values, where)

@@ -342,3 +342,21 @@ def test_cuda_matches_cpu():
     grid = ImageGrid((50, 70), 6.0, (12.0, -8.0))
     torch.testing.assert_close(gpu.fbp(s_gpu, grid, "hann").cpu(), cpu.fbp(s_cpu, grid, "hann"),
                                rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["shepp-logan", "hamming", "hann"])
+def test_fbp_filter_windows_equal_skimage_iradon_filters(name):
+    """Each windowed kernel over the ramp equals skimage's iradon filter over its ramp (the
+    windows are defined independently there, on the same FFT grid)."""
+    from skimage.transform.radon_transform import _get_fourier_filter
+
+    from artifactgsi.physics.projector import ramp_filter_response
+
+    ramp, p = ramp_filter_response(100, 1.0, "ramp")
+    ours, _ = ramp_filter_response(100, 1.0, name)
+    sk = _get_fourier_filter(p, name)[:, 0]
+    sk_ramp = _get_fourier_filter(p, "ramp")[:, 0]
+    k = np.arange(1, p // 2)  # below Nyquist, where skimage's windows are defined the same
+    # np.hamming / np.hanning span M - 1 intervals, the window here P: a 1/P difference.
+    np.testing.assert_allclose(ours[k] / ramp[k], sk[k] / sk_ramp[k], atol=3.0 / p)
+    assert np.all(np.diff(ours[k] / ramp[k]) <= 1e-12)  # windows only decrease

@@ -507,3 +507,30 @@ def test_reference_free_on_built_dataset_uses_only_ordinary(tiny_built, tmp_path
     for p in doc["patients"]:
         assert p["implant_type"] in ("hip_prosthesis", "fracture_fixation", "spinal_fixation")
         assert (tmp_path / "gen" / p["panel"]).is_file()
+
+
+def test_reference_free_on_a_dataset_without_gsi(tmp_path: Path) -> None:
+    """A built `generalization` config (ordinary series only, another scanner profile) is read
+    as the raw DICOM series it came from, and scored without reference."""
+    import SimpleITK as sitk
+
+    from artifactgsi.build import build_dataset
+    from artifactgsi.simulate import SimConfig, simulate_dataset
+
+    cfg = SimConfig(patients=1, slices=3, size=48, seed=4, clean_patients=0, supersample=1,
+                    scanner="low-dose-100kv", split_hint="generalization")
+    simulate_dataset(cfg, tmp_path / "raw")
+    build_dataset(tmp_path / "raw", tmp_path / "built", secret=b"s" * 32)
+    assert (tmp_path / "built" / "generalization").is_dir()
+    assert not (tmp_path / "built" / "pairs").exists()
+    doc = run_reference_free("identity", tmp_path / "built", tmp_path / "gen")
+    assert doc["reference"] is None and len(doc["patients"]) == 1
+    assert doc["mean"]["streak_band_energy_hu2"] == 0.0
+    from benchmark.apply import _volumes
+
+    (vol,) = _volumes(tmp_path / "built", "test")
+    folder = next(p for p in (tmp_path / "raw").iterdir() if p.is_dir()) / "ordinary"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    ref = sitk.GetArrayFromImage(reader.Execute())
+    np.testing.assert_array_equal(vol.volume_hu, ref)

@@ -379,3 +379,30 @@ def test_segmentation_table_recomputes_from_results_per_slice_counts():
     assert refs[0].overall["miou"] == 1.0
     assert "| GSI (reference) | 1.0000 | — | — | 1.0000 | — | 1.0000 |" in \
         segmentation_table([("li.json", res)]).splitlines()
+
+
+def test_runner_scores_like_the_segmenter_on_its_own_and_names_a_foreign_segmenter(
+        trained, seg_data, tmp_path):
+    """`marbench run --segmenter`: identity's output is the ordinary image and GSI is GSI, so
+    the run's summaries equal evaluate_segmenter on those columns (a separate code path); a
+    segmenter trained on another dataset is scored with a recorded, printed caveat."""
+    from types import SimpleNamespace
+
+    from benchmark.run import _segmenter, run_benchmark
+
+    res = run_benchmark("identity", str(seg_data), "test", tmp_path / "run", lpips=None,
+                        clinical=False, figure=False, verbose=False, segmenter=trained)
+    seg = res.segmentation
+    assert seg.available and seg.note is None and seg.n_slices > 0
+    model = load_segmenter(trained)
+    for image, column in (("method", "ordinary"), ("gsi", "gsi")):
+        ref = evaluate_segmenter(model, seg_data, image=column)
+        for k in SUMMARY_KEYS:
+            assert seg.summary[image][k] == pytest.approx(ref.summary[k], nan_ok=True), k
+    own = model.meta["dataset_manifest_sha256"]
+    assert own and seg.segmenter["dataset_manifest_sha256"] == own
+    other = SimpleNamespace(has_labels=True, source=SimpleNamespace(manifest_sha256="f" * 64))
+    _, record = _segmenter(trained, other, torch.device("cpu"))
+    assert record.available and "trained on another dataset" in record.note
+    same = SimpleNamespace(has_labels=True, source=SimpleNamespace(manifest_sha256=own))
+    assert _segmenter(trained, same, torch.device("cpu"))[1].note is None

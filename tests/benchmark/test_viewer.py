@@ -62,7 +62,8 @@ def _free_port() -> int:
 def screenshot_viewer(series: Path, methods: list[str], png: Path, work: Path,
                       move_to: int = 1) -> dict[str, str]:
     """Start the app on a free local port with ``series`` open, move the slice slider to
-    ``move_to``, save a screenshot to ``png``, stop the server; returns captions seen."""
+    slice number ``move_to`` (counted from 1, as the slider and caption count), save a
+    screenshot to ``png``, stop the server; returns captions seen."""
     from playwright.sync_api import sync_playwright
 
     from artifactgsi.testing import require_tool
@@ -87,7 +88,7 @@ def screenshot_viewer(series: Path, methods: list[str], png: Path, work: Path,
             number = page.locator("#slice-slider input[type=number]")
             number.fill(str(move_to))
             number.press("Enter")
-            page.get_by_text(f"slice {move_to + 1} of", exact=False).wait_for(timeout=30_000)
+            page.get_by_text(f"slice {move_to} of", exact=False).wait_for(timeout=30_000)
             page.wait_for_timeout(500)
             seen["moved"] = caption.inner_text()
             seen["src_after"] = page.locator("#view-image img").get_attribute("src") or ""
@@ -104,7 +105,7 @@ def screenshot_viewer(series: Path, methods: list[str], png: Path, work: Path,
 def test_viewer_in_headless_chromium(tmp_path: Path) -> None:
     series = _phantom_series(tmp_path / "series", n=4, size=48)
     png = tmp_path / "viewer.png"
-    seen = screenshot_viewer(series, ["identity", "li"], png, tmp_path / "work", move_to=0)
+    seen = screenshot_viewer(series, ["identity", "li"], png, tmp_path / "work", move_to=1)
     assert "ordinary | identity | li" in seen["loaded"]
     assert "slice 3 of 4" in seen["loaded"]  # opens at the middle slice
     assert "slice 1 of 4" in seen["moved"]

@@ -622,3 +622,39 @@ def test_two_process_cpu_run_with_accelerate_launch(data, tmp_path):
 
     model = LGAModel.from_pretrained(tmp_path / "run" / "model")
     assert set(model.trained) == {"vae", "invariance", "align"}
+
+
+def test_cached_items_equal_items_read_each_time(data, monkeypatch):
+    """The in-memory item cache changes nothing: same tensors as reading from Arrow every
+    time, and a fresh dict per call (VAEVolumes adds keys to it)."""
+    import baselines.lga.data as lga_data
+    from benchmark.data import open_split
+
+    cfg = _tiny()
+    split = open_split(data, "train")
+    rows = list(range(len(split)))
+    cached = lga_data.PairVolumes(split, rows, cfg)
+    monkeypatch.setattr(lga_data, "CACHE_BYTES", 0)
+    fresh = lga_data.PairVolumes(split, rows, cfg)
+    assert cached._cache is not None and fresh._cache is None
+    for i in range(len(rows)):
+        a, b, again = cached[i], fresh[i], cached[i]
+        assert a is not again and a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]) and torch.equal(again[key], b[key]), key
+    a["extra"] = torch.zeros(1)
+    assert "extra" not in cached[len(rows) - 1]
+
+
+def test_shipped_demo_weights_are_complete_lga_cpu_and_named_in_their_card():
+    """`make demo` scores weights/lga-cpu-demo: every stage trained, with the shipped lga-cpu
+    config as it stands, accepted by the method, and the card names the file's sha256."""
+    from artifactgsi.fileio import sha256_file
+    from baselines.lga.model import LGAModel
+
+    root = Path(__file__).resolve().parents[2] / "weights" / "lga-cpu-demo"
+    model = LGAModel.from_pretrained(root)
+    assert set(model.trained) == {"vae", "invariance", "align"}
+    assert model.config == load_config("lga-cpu")
+    LGA(weights=str(root)).prepare(PrepareContext())
+    assert sha256_file(root / "model.safetensors") in (root / "README.md").read_text()

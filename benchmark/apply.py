@@ -637,6 +637,8 @@ def _generalization_volumes(data: Path, split: str) -> list[_Volume]:
     the benchmark's pairs reader does not apply), files verified against the manifest."""
     import pyarrow.parquet as pq
 
+    from artifactgsi.schema import IMPLANT_TYPES
+
     from .data import resolve_source
 
     source, files = resolve_source(data, "generalization", split)
@@ -653,7 +655,9 @@ def _generalization_volumes(data: Path, split: str) -> list[_Volume]:
         d = table.select(cols).to_pydict()
         for pid, idx, img, px, itype in zip(*(d[c] for c in cols), strict=True):
             rows.setdefault(pid, []).append((int(idx), np.asarray(img, np.int16)))
-            meta[pid] = (float(px), str(itype))
+            # implant_type is a ClassLabel: stored as its index in IMPLANT_TYPES.
+            meta[pid] = (float(px), IMPLANT_TYPES[itype] if isinstance(itype, int)
+                         else str(itype))
     return [_Volume(p, np.stack([a for _, a in sorted(v, key=lambda t: t[0])]), *meta[p])
             for p, v in sorted(rows.items())]
 

@@ -525,6 +525,10 @@ def test_reference_free_on_a_dataset_without_gsi(tmp_path: Path) -> None:
     assert not (tmp_path / "built" / "pairs").exists()
     doc = run_reference_free("identity", tmp_path / "built", tmp_path / "gen")
     assert doc["reference"] is None and len(doc["patients"]) == 1
+    import csv
+
+    row = next(csv.DictReader((tmp_path / "raw" / "manifest.csv").open()))
+    assert doc["patients"][0]["implant_type"] == row["implant_type"] != "none"
     assert doc["mean"]["streak_band_energy_hu2"] == 0.0
     from benchmark.apply import _volumes
 

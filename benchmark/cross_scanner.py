@@ -90,19 +90,25 @@ def scanner_table(sr: ScannerRuns, metric: str = "psnr", against: str = "ideal"
     return headers, rows
 
 
-def _fmt(v: float | None, gain: bool) -> str:
-    if v is None or math.isnan(v):
-        return "n/a"
-    digits = 4 if abs(v) < 1 and not gain else 2
-    return f"{v:+.{digits}f}" if gain else f"{v:.{digits}f}"
+def _texts(cells: list[float | None], headers: list[str]) -> list[str]:
+    """Cell texts; a gain gets the digits of its metric (4 below 1, as SSIM; else 2)."""
+    out, digits = [], 2
+    for v, h in zip(cells, headers, strict=True):
+        gain = h.endswith(" gain")
+        if not gain:
+            digits = 4 if v is not None and abs(v) < 1 else 2
+        if v is None or math.isnan(v):
+            out.append("n/a")
+        else:
+            out.append(f"{v:+.{digits}f}" if gain else f"{v:.{digits}f}")
+    return out
 
 
 def markdown(headers: list[str], rows: list[tuple[str, list[float | None]]]) -> str:
     """The table as GitHub markdown."""
     lines = ["| method | " + " | ".join(headers) + " |", "|" + "---|" * (len(headers) + 1)]
     for name, cells in rows:
-        texts = [_fmt(v, h.endswith(" gain")) for v, h in zip(cells, headers, strict=True)]
-        lines.append(f"| {name} | " + " | ".join(texts) + " |")
+        lines.append(f"| {name} | " + " | ".join(_texts(cells, headers)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -135,8 +141,7 @@ def scanners(
     for h in headers:
         t.add_column(escape(h), justify="right")
     for name, cells in rows:
-        t.add_row(escape(name), *[_fmt(v, h.endswith(" gain"))
-                                  for v, h in zip(cells, headers, strict=True)])
+        t.add_row(escape(name), *_texts(cells, headers))
     Console().print(t)
     if out is not None:
         write_text_atomic(out, markdown(headers, rows))

@@ -465,6 +465,20 @@ def resolve_weights(source: str | Path, what: str) -> Path:
     return path
 
 
+def locate_weights(weights: str | Path | None, env: str, ctx: PrepareContext, what: str,
+                   untrained: Callable[[str], Exception]) -> Path:
+    """The weights folder a method's ``prepare`` loads: its ``weights`` option, else ``$env``,
+    else ``<cache_dir>/weights``; ``untrained(why)`` is raised when none is usable."""
+    source = weights or os.environ.get(env) or (
+        Path(ctx.cache_dir) / "weights" if ctx.cache_dir is not None else None)
+    if source is None:
+        raise untrained("no weights location given")
+    try:
+        return resolve_weights(source, what)
+    except WeightsError as e:
+        raise untrained(str(e)) from e
+
+
 def load_model(folder: Path, build: Callable[[dict[str, Any], str], DeepModel],
                map_location: str | torch.device = "cpu") -> DeepModel:
     """Read a weights folder with ``build(config_dict, where) -> model``."""
@@ -806,15 +820,8 @@ class DeepMARMethod(MARMethod):
             "It never runs with random weights.")
 
     def prepare(self, ctx: PrepareContext) -> None:
-        env = f"MARBENCH_{self.name.upper()}_WEIGHTS"
-        source = self.weights or os.environ.get(env) or (
-            Path(ctx.cache_dir) / "weights" if ctx.cache_dir is not None else None)
-        if source is None:
-            raise self._untrained("no weights location given")
-        try:
-            folder = resolve_weights(source, self.name)
-        except WeightsError as e:
-            raise self._untrained(str(e)) from e
+        folder = locate_weights(self.weights, f"MARBENCH_{self.name.upper()}_WEIGHTS", ctx,
+                                self.name, self._untrained)
         model = self.load_weights(folder)
         got = model.training_info.get("target")
         if self.target is not None and got != self.target:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from baselines.deep_common import (
     ImageSizeMismatchError,
     WeightsError,
     _flag,
-    resolve_weights,
+    locate_weights,
     weights_sha256,
 )
 from baselines.dudodp.sampler import DEFAULT_STEPS, check_steps, dudodp
@@ -65,14 +62,7 @@ class DuDoDp(MARMethod):
     def prepare(self, ctx: PrepareContext) -> None:
         from baselines.dudodp.prior import load_prior
 
-        source = self.weights or os.environ.get(ENV_WEIGHTS) or (
-            Path(ctx.cache_dir) / "weights" if ctx.cache_dir is not None else None)
-        if source is None:
-            raise self._untrained("no weights location given")
-        try:
-            folder = resolve_weights(source, self.name)
-        except WeightsError as e:
-            raise self._untrained(str(e)) from e
+        folder = locate_weights(self.weights, ENV_WEIGHTS, ctx, self.name, self._untrained)
         prior = load_prior(folder)
         check_steps(self.steps, prior.config.train_timesteps)
         self.device = str(self.device or ctx.device)

@@ -62,6 +62,26 @@ class TrainError(RuntimeError):
     """A run cannot start or resume as asked (the message says why and what to do)."""
 
 
+def check_run_folder(out: Path, config: dict[str, Any], resume: bool,
+                     per_invocation: tuple[str, ...] = ("time_limit_s",)) -> None:
+    """Refuse to start over a run in ``out`` unless ``resume``, to resume nothing, or to
+    resume with another config. Keys in ``per_invocation`` (a time budget, a step cap) are
+    settings of one invocation, not of the run, and may differ."""
+    run_cfg = Path(out) / CONFIG_NAME
+    if run_cfg.is_file():
+        if not resume:
+            raise TrainError(f"{out}: already holds a run; pass --resume to continue it, or "
+                             "choose another --out folder")
+        old = json.loads(run_cfg.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(old) | set(config)
+                      if old.get(k) != config.get(k) and k not in per_invocation)
+        if diff:
+            raise TrainError(f"{run_cfg}: the run was started with another config (keys "
+                             f"{', '.join(diff)}); resume with the same config")
+    elif resume:
+        raise TrainError(f"{out}: nothing to resume (no {CONFIG_NAME})")
+
+
 class WeightsError(FileNotFoundError):
     """Weights are missing or unreadable (the message says where it looked and what to do)."""
 
@@ -607,20 +627,7 @@ def run_training(config: TrainConfig, build: Callable[[TrainConfig], DeepModel],
     acc = Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision if cuda else "no")
     say = acc.print
     run_cfg = out / "config.json"
-    if run_cfg.is_file():
-        old = json.loads(run_cfg.read_text(encoding="utf-8"))
-        if not resume:
-            raise TrainError(f"{out}: already holds a run; pass --resume to continue it, or "
-                             "choose another --out folder")
-        # time_limit_s is a budget of this invocation, not a setting of the run.
-        now = config.to_dict()
-        diff = sorted(k for k in set(old) | set(now)
-                      if old.get(k) != now.get(k) and k != "time_limit_s")
-        if diff:
-            raise TrainError(f"{run_cfg}: the run was started with another config (keys "
-                             f"{', '.join(diff)}); resume with the same config")
-    elif resume:
-        raise TrainError(f"{out}: nothing to resume (no config.json)")
+    check_run_folder(out, config.to_dict(), resume)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         tmp = run_cfg.with_suffix(".tmp")

@@ -587,7 +587,8 @@ def _segmenter(source: str | Path | None, pairs: PairsSplit, dev: torch.device
     if trained_on and scored and trained_on != scored:
         # Legitimate (a cross-scanner set, a Hub segmenter), but the scores then measure the
         # segmenter's domain gap too: say so in the run and in results.json.
-        note = (f"the segmenter {source} was trained on another dataset (manifest sha256 "
+        note = (f"the segmenter {source} was trained on another dataset, or another build of "
+                f"it (manifest sha256 "
                 f"{trained_on[:12]}…, this one {scored[:12]}…); its IoU is comparable only "
                 "between runs scored with this same segmenter on this same data")
     return seg, SegmentationRecord(available=True, segmenter=ident, note=note)

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines.deep_common import CONFIG_NAME, TrainError, lr_at, step_generator
+from baselines.deep_common import (
+    CONFIG_NAME,
+    TrainError,
+    check_run_folder,
+    lr_at,
+    step_generator,
+)
 from baselines.dudodp.config import DuDoDpConfig, load_dudodp_config
 from baselines.dudodp.prior import DiffusionPrior
 
@@ -128,19 +134,7 @@ def train(config: str | Path | dict[str, Any] | DuDoDpConfig, data: str | Path,
     acc = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else "no")
     say = acc.print
     run_cfg = out / "config.json"
-    if run_cfg.is_file():
-        if not resume:
-            raise TrainError(f"{out}: already holds a run; pass --resume to continue it, or "
-                             "choose another --out folder")
-        old = json.loads(run_cfg.read_text(encoding="utf-8"))
-        now = cfg.to_dict()
-        diff = sorted(k for k in set(old) | set(now)
-                      if old.get(k) != now.get(k) and k not in ("time_limit_s", "max_steps"))
-        if diff:
-            raise TrainError(f"{run_cfg}: the run was started with another config (keys "
-                             f"{', '.join(diff)}); resume with the same config")
-    elif resume:
-        raise TrainError(f"{out}: nothing to resume (no config.json)")
+    check_run_folder(out, cfg.to_dict(), resume, per_invocation=("time_limit_s", "max_steps"))
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         tmp = run_cfg.with_suffix(".tmp")

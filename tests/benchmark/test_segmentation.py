@@ -403,6 +403,21 @@ def test_runner_scores_like_the_segmenter_on_its_own_and_names_a_foreign_segment
     assert own and seg.segmenter["dataset_manifest_sha256"] == own
     other = SimpleNamespace(has_labels=True, source=SimpleNamespace(manifest_sha256="f" * 64))
     _, record = _segmenter(trained, other, torch.device("cpu"))
-    assert record.available and "trained on another dataset" in record.note
+    assert record.available and "trained on another dataset, or another build" in record.note
     same = SimpleNamespace(has_labels=True, source=SimpleNamespace(manifest_sha256=own))
     assert _segmenter(trained, same, torch.device("cpu"))[1].note is None
+
+
+def test_shipped_demo_segmenter_is_seg_cpu_on_gsi_and_named_in_its_card():
+    """`make demo` scores with weights/seg-cpu-demo: the seg-cpu config as it stands, trained on
+    GSI images with the benchmark's classes and HU window, and the card names its sha256."""
+    from artifactgsi.fileio import sha256_file
+
+    root = Path(__file__).resolve().parents[2] / "weights" / "seg-cpu-demo"
+    seg = load_segmenter(root)
+    assert seg.input == "gsi" and seg.config == load_config("seg-cpu")[0]
+    assert seg.meta["config_name"] == "seg-cpu" and seg.meta["validation"]["miou"] > 0
+    # An empty field of view (air) holds no anatomy: the instrument finds none.
+    pred = seg.predict(torch.full((1, 1, 128, 128), -1000.0))
+    assert pred.shape == (1, 128, 128) and not pred.any()
+    assert sha256_file(root / "model.safetensors") in (root / "README.md").read_text()

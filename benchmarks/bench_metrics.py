@@ -1,5 +1,6 @@
 """Scoring throughput of the marbench-v1 protocol on CPU: slices per second at 512 x 512,
-for PSNR + SSIM alone, with LPIPS, with the clinical metrics, and all together.
+for PSNR + SSIM alone, with LPIPS, with the clinical metrics, all together, and the
+downstream segmenter (`seg-cpu`).
 
 Slices are procedural CT-like images (body, bone, metal rod, noise; the "method output" is
 the reference plus noise and a streak pattern), scored with :class:`benchmark.metrics.Scorer`.
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.metrics import MARBENCH_V1, LPIPSMetric, LPIPSUnavailable, Scorer
+from benchmark.segmentation import Segmenter, load_config
 
 
 def make_slices(n: int, size: int = 512, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -88,6 +90,15 @@ def main() -> None:
         scorer = Scorer(lpips=lpips_metric, clinical=clinical)
         secs = run(scorer, ref, out, mask, args.batch)
         table.add_row(label, f"{secs / args.slices:.3f}", f"{args.slices / secs:.1f}")
+    # Downstream segmentation: the frozen seg-cpu segmenter on each output slice (random
+    # weights: the speed does not depend on them; bench_segmentation.py adds seg-paper).
+    seg = Segmenter(load_config("seg-cpu")[0]).eval()
+    seg.predict(out[:1])
+    t0 = time.perf_counter()
+    seg.predict(out, batch_size=args.batch)
+    secs = time.perf_counter() - t0
+    table.add_row("segmentation (seg-cpu segmenter)", f"{secs / args.slices:.3f}",
+                  f"{args.slices / secs:.1f}")
     console.print(table)
     console.print("means of the last run: " + ", ".join(
         f"{k} {v.mean:.4g}" for k, v in scorer.summary().items()))

@@ -27,10 +27,10 @@ LGA_WEIGHTS = $(if $(filter 1,$(DEMO_LGA_TRAIN)),$(DATA)/lga-run/model,$(DEMO_LG
 DEMO_SEG_CONFIG ?= seg-cpu
 DEMO_SEG_TRAIN ?= 0
 DEMO_SEG_WEIGHTS ?= weights/seg-cpu-demo
-# Learned baselines the demo trains. None by default: with LGA (about 28 minutes), the
-# segmenter and the board the demo is near its 45-minute budget. `make demo DEMO_DEEP=oscnet`
-# adds OSCNet, the paper's comparison baseline (about 6 more minutes); `make table3` trains
-# every learned baseline with two seeds.
+# Learned baselines the demo trains. None by default, to keep the demo short (about 17
+# minutes from a fresh clone); `make demo DEMO_DEEP=oscnet` adds OSCNet, the paper's
+# comparison baseline (about 6 more minutes); `make table3` trains every learned baseline
+# with two seeds.
 DEMO_DEEP ?=
 DEEP_SEEDS ?= 0 1
 SEG = $(if $(filter 1,$(DEMO_SEG_TRAIN)),$(DATA)/seg-run/model,$(DEMO_SEG_WEIGHTS))

@@ -78,8 +78,7 @@ demo: setup
 # The toy LGA on the demo build (lga-cpu; about an hour on 2 cores): an interrupted training
 # resumes, a finished one is reused. `make demo DEMO_LGA_TRAIN=1` scores it.
 lga-train: setup
-	$(BIN)/marbench train lga --config $(DEMO_LGA_CONFIG) --data $(DATA)/built --out $(DATA)/lga-run \
-	  $$(test -f $(DATA)/lga-run/config.json && echo --resume)
+	$(call train_once,lga,$(DATA)/lga-run,--config $(DEMO_LGA_CONFIG))
 
 # The demo's segmenter (seg-cpu on the GSI images of the demo build's train split).
 seg-train: setup

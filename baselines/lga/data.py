@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,17 @@ def _to_unit(arr: np.ndarray, size: int) -> torch.Tensor:
 #: step on 2 CPU cores, and every epoch reads the same items. Full-scale data (512 px) is
 #: larger and is read each time.
 CACHE_BYTES = 1 << 30
+
+_Item = TypeVar("_Item")
+
+
+def _cached(cache: dict[int, _Item] | None, i: int, read: Callable[[int], _Item]) -> _Item:
+    """Item ``i`` from ``cache`` (read and kept on first use); ``read(i)`` when no cache."""
+    if cache is None:
+        return read(i)
+    if i not in cache:
+        cache[i] = read(i)
+    return cache[i]
 
 
 class PairVolumes(Dataset):
@@ -67,11 +78,8 @@ class PairVolumes(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._cache is None:
-            return self._read(i)
-        if i not in self._cache:
-            self._cache[i] = self._read(i)
-        return dict(self._cache[i])  # callers add keys (VAEVolumes); tensors are not edited
+        # A new dict: callers add keys (VAEVolumes); the tensors themselves are not edited.
+        return dict(_cached(self._cache, i, self._read))
 
     def _read(self, i: int) -> dict[str, torch.Tensor]:
         row = self.rows[i]
@@ -112,11 +120,7 @@ class CleanVolumes(Dataset):
         return len(self._items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        if self._cache is None:
-            return self._read(i)
-        if i not in self._cache:
-            self._cache[i] = self._read(i)
-        return self._cache[i]
+        return _cached(self._cache, i, self._read)
 
     def _read(self, i: int) -> torch.Tensor:
         p, j = self._items[i]

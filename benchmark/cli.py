@@ -211,20 +211,18 @@ def compare(
         from rich.table import Table
 
         console = Console()
-        # Two tables (image, clinical), so each fits an 80-column terminal.
-        parts = [("image metrics", [j for j, g in enumerate(table_.groups)
-                                    if not g.startswith("clinical")]),
-                 (f"clinical metrics (vs {table_.clinical_reference})",
-                  [j for j, g in enumerate(table_.groups) if g.startswith("clinical")])]
-        for title, cols in parts:
-            if not cols:
-                continue
+        # One table per group (image, clinical, plug-in groups), so each fits 80 columns.
+        parts: dict[str, list[int]] = {}
+        for j, g in enumerate(table_.groups):
+            title = "image metrics" if g.startswith("vs ") else \
+                g.replace(" vs ", " metrics (vs ", 1) + ")"
+            parts.setdefault(title, []).append(j)
+        for title, cols in parts.items():
             t = Table(title=f"{title}; best in bold")
             t.add_column("method", no_wrap=True)
             for j in cols:
                 arrow = "↑" if table_.higher_is_better[j] else "↓"
-                group = "" if table_.groups[j].startswith("clinical") else \
-                    "\n" + table_.groups[j]
+                group = "\n" + table_.groups[j] if table_.groups[j].startswith("vs ") else ""
                 t.add_column(f"{table_.headers[j]} {arrow}{group}", justify="right")
             for name, cells in table_.rows:
                 texts = [format_value(cells[j], std) for j in cols]

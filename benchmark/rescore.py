@@ -69,7 +69,7 @@ def rescore(run_dir: Path | str, data: str | Path, out: Path | str, *,
         RescoreError: no predictions, another protocol version, or the predictions file
             differs from its recorded sha256.
     """
-    from .metrics import IMAGE_METRICS, MARBENCH_V1
+    from .metrics import MARBENCH_V1
     from .run import run_benchmark
 
     run_dir = Path(run_dir)
@@ -85,7 +85,7 @@ def rescore(run_dir: Path | str, data: str | Path, out: Path | str, *,
         raise RescoreError(f"{run_dir}: "
                            + ("; ".join(check.problems) or check.note))
     lpips = "auto" if sub.protocol.lpips_weights_fingerprint else None
-    clinical = any(m not in IMAGE_METRICS for m in sub.metrics)
+    clinical = any(d.resolved(m).group == "clinical" for m, d in sub.metrics.items())
     return run_benchmark(f"{__name__}:ReplayPredictions", data, split=sub.dataset.split,
                          out=out, config=sub.dataset.config, revision=revision, lpips=lpips,
                          clinical=clinical, figure=False, save_predictions=False,

@@ -40,6 +40,9 @@ from artifactgsi.fileio import sha256_file as sha256_file
 from artifactgsi.fileio import temporary_sibling as temporary_sibling
 from artifactgsi.fileio import write_text_atomic
 
+# The metric declarations (torch-free): tables and defaults read them, never a hand list.
+from .metrics.registry import GROUPS, METRICS, SEG_CLASSES, MetricSpec
+
 #: Format tag of results files written by this module.
 RESULTS_FORMAT = "marbench-results/1"
 
@@ -146,14 +149,38 @@ class TimingRecord(_Model):
     score_s: float
     total_s: float
     reduce_ms_per_slice: float
+    # reference-side states (benchmark.refcache) served from the cache / computed in this run
+    reference_states_reused: int = 0
+    reference_states_computed: int = 0
 
 
 class MetricDefinition(_Model):
-    """What a metric's numbers mean."""
+    """What a metric's numbers mean: its declaration (:class:`MetricSpec`) as recorded.
+
+    ``group``, ``label`` and ``table`` are ``None`` in files written before they were
+    recorded; :meth:`resolved` fills them from the registry (or from the name)."""
 
     unit: str
     higher_is_better: bool
     description: str
+    group: str | None = None
+    label: str | None = None
+    table: bool | None = None
+
+    @classmethod
+    def from_spec(cls, spec: MetricSpec) -> MetricDefinition:
+        return cls(unit=spec.unit, higher_is_better=spec.higher_is_better,
+                   description=spec.description, group=spec.group, label=spec.title,
+                   table=spec.table)
+
+    def resolved(self, name: str) -> MetricDefinition:
+        """A copy with ``group`` / ``label`` / ``table`` filled."""
+        spec = METRICS.get(name)
+        return self.model_copy(update={
+            "group": self.group or (spec.group if spec else "image"),
+            "label": self.label or (spec.title if spec else name),
+            "table": self.table if self.table is not None else (spec.table if spec else True),
+        })
 
 
 class MetricSummary(_Model):
@@ -231,8 +258,6 @@ class SliceRecord(_Model):
 
 #: Images a frozen segmenter is applied to: the method's output, and the references.
 SEG_IMAGES: tuple[str, ...] = ("method", "gsi", "ideal")
-#: The five foreground classes of the ``labels`` column (value 1..5), paper Table 2 order.
-SEG_CLASSES: tuple[str, ...] = ("metal", "l_pelvis", "r_pelvis", "l_femur", "r_femur")
 SEG_INTER = "seg_inter."
 SEG_UNION = "seg_union."
 #: Summary keys: ``iou.<class>`` then ``miou``.
@@ -557,16 +582,18 @@ def atomic_write_text(path: Path, text: str) -> Path:
 # ----------------------------------------------------------------------------- comparison
 
 
-#: Columns of the comparison table (paper Table 3 layout): (comparison, metric, label).
-IMAGE_COLUMNS: list[tuple[str, str, str]] = [
-    ("gsi", "psnr", "PSNR"), ("gsi", "ssim", "SSIM"), ("gsi", "lpips", "LPIPS"),
-    ("ideal", "psnr", "PSNR"), ("ideal", "ssim", "SSIM"), ("ideal", "lpips", "LPIPS"),
-]
-#: Key clinical metrics shown after the image metrics (scored against ``clinical_reference``).
-CLINICAL_COLUMNS: list[tuple[str, str]] = [
-    ("ct_rmse_hu", "RMSE HU"), ("streak_amplitude_hu", "streak HU"),
-    ("noise_sd_hu", "noise SD HU"), ("bone_dice", "bone Dice"), ("metal_dice", "metal Dice"),
-]
+def table_columns(results: Results) -> list[tuple[str, str, MetricDefinition]]:
+    """The metrics a comparison table shows, from the recorded declarations: ``(group,
+    metric, definition)`` with ``table`` set, per-slice groups only (segmentation has its own
+    table), groups in :data:`GROUPS` order then plug-in groups, each in recorded order."""
+    order = {g: i for i, g in enumerate(GROUPS)}
+    cols = []
+    for name, d in results.metrics.items():
+        r = d.resolved(name)
+        if r.table and r.group != "segmentation":
+            cols.append((str(r.group), name, r))
+    cols.sort(key=lambda c: order.get(c[0], len(GROUPS)))
+    return cols
 
 
 class TableCell(BaseModel):
@@ -624,22 +651,28 @@ def comparison_table(runs: list[tuple[str, Results]]) -> ComparisonTable:
                     and r.comparisons[METHOD_VS_IDEAL].available for _, r in runs)
     any_ideal = any(r.comparisons.get(METHOD_VS_IDEAL) is not None
                     and r.comparisons[METHOD_VS_IDEAL].available for _, r in runs)
-    image_cols = [c for c in IMAGE_COLUMNS if c[0] == "gsi" or any_ideal]
     clin_ref = "ideal" if has_ideal else "gsi"
     headers, hib, groups, keys = [], [], [], []
-    for ref, metric, label in image_cols:
-        headers.append(label)
-        groups.append(f"vs {ref.upper() if ref == 'gsi' else ref}")
-        hib.append(first.metrics[metric].higher_is_better if metric in first.metrics
-                   else metric != "lpips")
-        keys.append((f"method_vs_{ref}", metric))
-    for metric, label in CLINICAL_COLUMNS:
-        if metric not in first.metrics:
-            continue
-        headers.append(label)
-        groups.append(f"clinical vs {clin_ref.upper() if clin_ref == 'gsi' else clin_ref}")
-        hib.append(first.metrics[metric].higher_is_better)
-        keys.append((f"method_vs_{clin_ref}", metric))
+    seen: set[str] = set()
+    for _, r in runs:  # every run's metrics (a plug-in metric may be in some runs only)
+        for group, metric, d in table_columns(r):
+            if metric in seen:
+                continue
+            seen.add(metric)
+            if group == "image":   # the paper's columns: against GSI, then the ideal image
+                refs = ["gsi"] + (["ideal"] if any_ideal else [])
+            else:                  # every other group: one reference (ideal where all have it)
+                refs = [clin_ref]
+            for ref in refs:
+                headers.append(str(d.label))
+                where = ref.upper() if ref == "gsi" else ref
+                groups.append(f"vs {where}" if group == "image" else f"{group} vs {where}")
+                hib.append(d.higher_is_better)
+                keys.append((f"method_vs_{ref}", metric))
+    # image columns against GSI, then against the ideal image, then the other groups
+    rank = [0 if g == "vs GSI" else 1 if g == "vs ideal" else 2 for g in groups]
+    order = sorted(range(len(keys)), key=lambda j: rank[j])
+    headers, hib, groups, keys = ([x[j] for j in order] for x in (headers, hib, groups, keys))
 
     names = [r.method.name + (f" v{r.method.version}" if r.method.version else "")
              for _, r in runs]

@@ -56,7 +56,10 @@ from artifactgsi.fileio import replace_dir
 from .data import PairsBatch, PairsSplit, open_split
 from .errors import MARBenchError
 from .method import MARInput, MARMethod, PrepareContext, validate_output
-from .metrics import MARBENCH_V1, METRICS, LPIPSMetric, LPIPSUnavailable, Protocol, Scorer
+from .metrics import MARBENCH_V1, LPIPSMetric, LPIPSUnavailable, Protocol, Scorer
+from .metrics.compute import BatchMemo
+from .metrics.registry import metrics_for_protocol
+from .refcache import ReferenceCache
 from .registry import create_method
 from .results import (
     COMPARISONS,
@@ -331,7 +334,8 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                   protocol: Protocol = MARBENCH_V1, figure: bool = True,
                   data_cache_dir: Path | str | None = None, verbose: bool = True,
                   console: Any = None, verify_manifest: bool = True,
-                  segmenter: str | Path | None = None) -> Results:
+                  segmenter: str | Path | None = None,
+                  reference_cache: str | Path | None = "auto") -> Results:
     """Run ``method`` over ``data``/``split``, score it, write ``out/``, return the results.
 
     Args:
@@ -366,6 +370,10 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
             labels, segmentation is recorded as missing with the reason.
         verify_manifest: refuse a dataset folder without ``manifest.json`` (``False`` =
             ``--no-verify``: score it and record no manifest sha256, with a warning).
+        reference_cache: where the reference-side work is kept between runs
+            (:mod:`benchmark.refcache`): ``"auto"`` (``$MARBENCH_REFERENCE_CACHE`` or the
+            user's cache folder), a folder, or ``None`` / ``"off"`` (computed in memory for
+            this run only). Scores are the same either way.
 
     Raises:
         benchmark.registry.UnknownMethodError: unknown name (with "did you mean").
@@ -427,13 +435,17 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
     if seg_record.note:
         console.print(f"[yellow]warning[/] {escape(seg_record.note)}", highlight=False)
 
-    def scorer() -> Scorer:
-        return Scorer(protocol, lpips=lpips_metric, clinical=clinical, device=dev)
+    cache = _reference_cache(reference_cache, pairs, config, split, protocol, lpips_metric,
+                             seg_record)
 
-    scorers = {METHOD_VS_GSI: scorer()}
+    def scorer(reference: str) -> Scorer:
+        return Scorer(protocol, lpips=lpips_metric, clinical=clinical, device=dev,
+                      reference=reference, states=cache)
+
+    scorers = {METHOD_VS_GSI: scorer("gsi")}
     if has_ideal:
-        scorers[METHOD_VS_IDEAL] = scorer()
-        scorers[GSI_VS_IDEAL] = scorer()
+        scorers[METHOD_VS_IDEAL] = scorer("ideal")
+        scorers[GSI_VS_IDEAL] = scorer("ideal")
 
     n_total = len(pairs) if limit is None else min(limit, len(pairs))
     # Everything is written into a staging folder next to out/ and moved into place only
@@ -460,9 +472,11 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                     if save_predictions:
                         writer.write(batch.input.patient_id, batch.input.slice_index, pred_i16)
                     t0 = time.perf_counter()
-                    records = _score_batch(batch, pred_hu, scorers)
+                    records = _score_batch(batch, pred_hu, scorers, cache)
                     if seg_model is not None:
-                        _segment_batch(seg_model, batch, pred_hu, records, dev)
+                        _segment_batch(seg_model, batch, pred_hu, records, dev, cache,
+                                       seg_record)
+                    cache.release(set(batch.input.patient_id))
                     slices.extend(records)
                     score_s += time.perf_counter() - t0
                     if figure:
@@ -472,18 +486,23 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         except BaseException:
             writer.abort()
             raise
+        finally:
+            cache.close()  # what was computed is kept, also when the run stopped early
 
-        metric_defs = {k_: MetricDefinition(unit=spec_.unit,
-                                            higher_is_better=spec_.higher_is_better,
-                                            description=spec_.description)
-                       for k_, spec_ in METRICS.items()
-                       if any(k_ in sc.metrics for sc in scorers.values())
-                       or (spec_.group == "segmentation" and seg_model is not None)}
+        declared = metrics_for_protocol(protocol.version)
         missing: dict[str, str] = {}
-        if lpips_reason is not None:
+        for sc in scorers.values():
+            for k_, why in sc.missing.items():
+                missing.setdefault(k_, why)
+        # Every declared metric is defined in the file: computed, or missing with its reason.
+        metric_defs = {k_: MetricDefinition.from_spec(spec_)
+                       for k_, spec_ in declared.items()
+                       if any(k_ in sc.metrics for sc in scorers.values()) or k_ in missing
+                       or (spec_.group == "segmentation" and seg_model is not None)}
+        if lpips_reason is not None and "lpips" in missing:
             missing["lpips"] = lpips_reason
         if not clinical:
-            for k_, spec in METRICS.items():
+            for k_, spec in declared.items():
                 if spec.group == "clinical":
                     missing[k_] = "clinical metrics disabled by the user (--no-clinical)"
         no_ideal = ("the split has no ideal images (real data: only simulated data has the "
@@ -502,7 +521,7 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                                                     available=True, n_slices=n,
                                                     summary=_summaries(sc), missing=dict(missing))
 
-        metric_order = list(METRICS)
+        metric_order = list(declared)
         atomic_write_text(stage / "per_slice.csv", _per_slice_csv(slices, metric_order))
         fig_path = (_write_figure(picker.chosen(), slices, name, stage / "figure.png")
                     if figure else None)
@@ -529,7 +548,9 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
             hardware=hardware_record(dev),
             timing=TimingRecord(prepare_s=prepare_s, reduce_s=reduce_s, score_s=score_s,
                                 total_s=time.perf_counter() - t_start,
-                                reduce_ms_per_slice=1000.0 * reduce_s / max(len(slices), 1)),
+                                reduce_ms_per_slice=1000.0 * reduce_s / max(len(slices), 1),
+                                reference_states_reused=cache.hits,
+                                reference_states_computed=cache.misses),
             metrics=metric_defs,
             comparisons=comparisons,
             per_slice=slices,
@@ -557,6 +578,8 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         elif seg is not None:
             console.print(f"[yellow]missing[/] segmentation: {escape(seg.reason or '')}",
                           highlight=False)
+        console.print(escape(cache.describe()) + (f" ({escape(cache.note)})" if cache.note
+                                                   else ""), highlight=False)
         console.print(f"results: {escape(str(out_dir / 'results.json'))}", highlight=False)
     return results
 
@@ -595,9 +618,13 @@ def _segmenter(source: str | Path | None, pairs: PairsSplit, dev: torch.device
 
 
 def _segment_batch(seg: Any, batch: PairsBatch, pred_hu: torch.Tensor,
-                   records: list[SliceRecord], dev: torch.device) -> None:
+                   records: list[SliceRecord], dev: torch.device,
+                   cache: ReferenceCache | None = None,
+                   record: SegmentationRecord | None = None) -> None:
     """Per-class intersection / union counts of the segmenter on the method's output, GSI
-    and (where present) the ideal image, against the labels, into ``records``."""
+    and (where present) the ideal image, against the labels, into ``records``. The counts on
+    GSI and the ideal image are reference states (the same for every method): with a
+    ``cache`` they are computed once per dataset revision and segmenter."""
     from .metrics.segmentation import count_rows, slice_counts
 
     if batch.labels is None or batch.has_labels is None:
@@ -612,12 +639,32 @@ def _segment_batch(seg: Any, batch: PairsBatch, pred_hu: torch.Tensor,
         both = [i for i in sel if bool(batch.has_ideal[i])]
         if both:
             images["ideal"] = (both, batch.ideal_hu[torch.tensor(both)])
-    for image, (idx, hu) in images.items():
+    seg_id = (record.segmenter.get("weights_sha256") if record is not None else None) or ""
+
+    def counts(idx: list[int], hu: torch.Tensor) -> list[dict[str, float]]:
         lab = labels if idx is sel else batch.labels[torch.tensor(idx)]
         with torch.no_grad():
             pred = seg.predict(hu.to(dev, torch.float32)).cpu()
         inter, union = slice_counts(pred, lab)
-        for i, row in zip(idx, count_rows(inter, union), strict=True):
+        return count_rows(inter, union)
+
+    for image, (idx, hu) in images.items():
+        if image == "method" or cache is None or not seg_id:
+            rows = counts(idx, hu)
+        else:
+            keys = [(batch.input.patient_id[i], int(batch.input.slice_index[i])) for i in idx]
+            state_key = f"segmentation-counts:{seg_id}"
+            got = cache.get_many(state_key, image, keys)
+            todo = [j for j, g in enumerate(got) if g is None]
+            if todo:
+                # The whole batch, as the uncached path does, so counts match it exactly.
+                fresh = counts(idx, hu)
+                cache.put_many(state_key, image, [keys[j] for j in todo],
+                               [{k: np.asarray(v) for k, v in fresh[j].items()} for j in todo])
+                rows = fresh
+            else:
+                rows = [{k: float(v) for k, v in g.items()} for g in got]  # type: ignore[union-attr]
+        for i, row in zip(idx, rows, strict=True):
             if records[i].segmentation is None:
                 records[i].segmentation = {}
             records[i].segmentation[image] = row
@@ -699,12 +746,14 @@ def _reduce(mar: MARMethod, name: str, inp: MARInput,
     return img.detach().cpu().round().clamp(-32768, 32767), dt
 
 
-def _score_batch(batch: PairsBatch, pred_hu: torch.Tensor,
-                 scorers: dict[str, Scorer]) -> list[SliceRecord]:
+def _score_batch(batch: PairsBatch, pred_hu: torch.Tensor, scorers: dict[str, Scorer],
+                 cache: ReferenceCache | None = None) -> list[SliceRecord]:
     inp = batch.input
     b = inp.batch_size
     ids = [inp.describe_slice(i) for i in range(b)]
+    keys = [(inp.patient_id[i], int(inp.slice_index[i])) for i in range(b)]
     scores: list[dict[str, dict[str, float]]] = [{} for _ in range(b)]
+    memo = BatchMemo()  # the method's derived quantities, shared by its two comparisons
 
     def put(key: str, idx: list[int], rows: list[dict[str, float | str]]) -> None:
         for i, r in zip(idx, rows, strict=True):
@@ -713,18 +762,73 @@ def _score_batch(batch: PairsBatch, pred_hu: torch.Tensor,
     mask, spacing = inp.metal_mask, inp.pixel_spacing_mm
     put(METHOD_VS_GSI, list(range(b)),
         scorers[METHOD_VS_GSI].update(pred_hu, batch.gsi_hu, metal_mask=mask,
-                                      pixel_spacing_mm=spacing, slice_ids=ids))
+                                      pixel_spacing_mm=spacing, slice_ids=ids, keys=keys,
+                                      memo=memo, rows=range(b), batch_size=b))
     if batch.ideal_hu is not None and METHOD_VS_IDEAL in scorers:
         sel = [i for i in range(b) if bool(batch.has_ideal[i])]
         t = torch.tensor(sel)
         ideal = batch.ideal_hu[t]
         kw = {"metal_mask": mask[t], "pixel_spacing_mm": spacing[t],
-              "slice_ids": [ids[i] for i in sel]}
-        put(METHOD_VS_IDEAL, sel, scorers[METHOD_VS_IDEAL].update(pred_hu[t], ideal, **kw))
-        put(GSI_VS_IDEAL, sel, scorers[GSI_VS_IDEAL].update(batch.gsi_hu[t], ideal, **kw))
+              "slice_ids": [ids[i] for i in sel], "keys": [keys[i] for i in sel]}
+        put(METHOD_VS_IDEAL, sel, scorers[METHOD_VS_IDEAL].update(
+            pred_hu[t], ideal, memo=memo, rows=sel, batch_size=b, **kw))
+        put(GSI_VS_IDEAL, sel, _gsi_vs_ideal(scorers[GSI_VS_IDEAL], batch.gsi_hu[t], ideal,
+                                             cache, **kw))
     return [SliceRecord(patient_id=inp.patient_id[i], slice_index=int(inp.slice_index[i]),
                         z_mm=batch.z_mm[i], implant_type=inp.implant_type[i],
                         metal_pixels=int(mask[i].sum()), scores=scores[i]) for i in range(b)]
+
+
+def _gsi_vs_ideal(scorer: Scorer, gsi: torch.Tensor, ideal: torch.Tensor,
+                  cache: ReferenceCache | None, *, keys: list[tuple[str, int]],
+                  slice_ids: list[str], **kw: Any) -> list[dict[str, float | str]]:
+    """GSI scored against the ideal image: the same for every method, so with a ``cache`` it
+    is scored once per dataset revision (the whole batch, as the uncached path does)."""
+    if cache is None or not keys:
+        return scorer.update(gsi, ideal, keys=keys, slice_ids=slice_ids, **kw)
+    names = list(scorer.metrics)
+    state_key = "comparison:gsi_vs_ideal:" + ",".join(names)
+    got = cache.get_many(state_key, "ideal", keys)
+    if any(g is None for g in got):
+        rows = scorer.update(gsi, ideal, keys=keys, slice_ids=slice_ids, **kw)
+        todo = [j for j, g in enumerate(got) if g is None]
+        cache.put_many(state_key, "ideal", [keys[j] for j in todo],
+                       [{m: np.asarray(float(rows[j][m])) for m in names} for j in todo])
+        return rows
+    rows = [{"slice": sid, **{m: float(g[m]) for m in names}}  # type: ignore[index]
+            for sid, g in zip(slice_ids, got, strict=True)]
+    scorer.add_rows(rows)
+    return rows
+
+
+def _reference_cache(where: str | Path | None, pairs: PairsSplit, config: str, split: str,
+                     protocol: Protocol, lpips_metric: LPIPSMetric | None,
+                     seg_record: SegmentationRecord) -> ReferenceCache:
+    """The reference cache of this dataset revision, split and protocol (in memory only when
+    switched off or when the dataset has no manifest to key it)."""
+    from .refcache import LIMIT_ENV, ReferenceCache, default_cache_root, source_fingerprint
+
+    if where == "auto":
+        root = default_cache_root()
+    elif where is None or str(where).lower() == "off":
+        root = None
+    else:
+        root = Path(where)
+    manifest = pairs.source.manifest_sha256
+    if manifest is None:
+        root = None
+    modules = {str(s.compute).partition(":")[0]
+               for s in metrics_for_protocol(protocol.version, per_slice=True).values()}
+    modules |= {"benchmark.metrics.protocol", "benchmark.metrics.compute",
+                "benchmark.metrics.segmentation", __name__}
+    try:
+        gb = float(os.environ.get(LIMIT_ENV, "16"))
+    except ValueError:
+        raise ValueError(f"${LIMIT_ENV}={os.environ[LIMIT_ENV]!r}: give a size in GB") from None
+    key = {"dataset_manifest_sha256": manifest, "config": config, "split": split,
+           "protocol": protocol.to_dict(), "code": source_fingerprint(sorted(modules)),
+           "lpips_weights": lpips_metric.weights_fingerprint if lpips_metric else None}
+    return ReferenceCache(root, key, max_bytes=int(gb * 1e9))
 
 
 def _offer_figure(picker: _FigurePicker, batch: PairsBatch, pred_i16: np.ndarray,

@@ -138,17 +138,18 @@ class Verification(_Model):
 
 
 def default_metrics(results: Results) -> list[RankedMetric]:
-    """PSNR / SSIM (/ LPIPS when computed) against GSI, then against the ideal image when the
-    data has it: the paper's columns."""
+    """The image-group metrics the results declare for tables (PSNR / SSIM / LPIPS, and any
+    plug-in image metric), computed against GSI, then against the ideal image when the data
+    has it: the paper's columns."""
     out: list[RankedMetric] = []
     for comp, where in (("method_vs_gsi", "GSI"), ("method_vs_ideal", "ideal")):
         c = results.comparisons.get(comp)
         if c is None or not c.available:
             continue
-        for m, label in (("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS")):
-            if m in c.summary and m in results.metrics:
-                d = results.metrics[m]
-                out.append(RankedMetric(comparison=comp, metric=m, label=f"{label} vs {where}",
+        for m, d in results.metrics.items():
+            r = d.resolved(m)
+            if r.group == "image" and r.table and m in c.summary:
+                out.append(RankedMetric(comparison=comp, metric=m, label=f"{r.label} vs {where}",
                                         higher_is_better=d.higher_is_better, unit=d.unit))
     if not out:
         raise ValueError("the reference results have no PSNR / SSIM summaries to rank by")

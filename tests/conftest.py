@@ -1,9 +1,15 @@
 """Test-wide settings: CPU threads, a private cache, and the gpu marker's skip."""
 
 import os
+import tempfile
 
 import pytest
 import torch
+
+# Tests never read or write the user's reference cache (benchmark.refcache): one private
+# folder per test session, unless a test points elsewhere.
+os.environ.setdefault("MARBENCH_REFERENCE_CACHE",
+                      tempfile.mkdtemp(prefix="marbench-refcache-tests-"))
 
 # Two shared cores: more torch threads than cores slows everything 2-3x.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

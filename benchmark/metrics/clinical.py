@@ -20,12 +20,17 @@ give NaN, which aggregation counts separately instead of averaging.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from .protocol import MARBENCH_V1, Protocol
 from .registry import MetricSpec, metrics_in_group
+
+if TYPE_CHECKING:
+    from .compute import ScoreView
 
 CLINICAL_METRICS: dict[str, MetricSpec] = metrics_in_group("clinical")
 
@@ -191,6 +196,106 @@ def metal_integrity(image_hu: np.ndarray, reference_hu: np.ndarray, region: np.n
                                   region & (reference_hu > metal_hu))
 
 
+@dataclass(frozen=True)
+class ClinicalStructures:
+    """The regions of one slice that every clinical metric uses, all built from the reference
+    and the metal mask only (so they are computed once per reference and cached).
+
+    Attributes (each (H, W) bool): ``body``; ``dilated`` metal; ``tissue`` = body outside the
+    dilated metal; ``roi``: the homogeneous disc of the noise metric (``None`` if none fits);
+    ``annulus``: the streak ROI.
+    """
+
+    body: np.ndarray
+    dilated: np.ndarray
+    tissue: np.ndarray
+    roi: np.ndarray | None
+    annulus: np.ndarray
+
+    def to_state(self) -> dict[str, np.ndarray]:
+        """Packed bits and the grid shape (what :mod:`benchmark.refcache` stores)."""
+        masks = {"body": self.body, "dilated": self.dilated, "tissue": self.tissue,
+                 "annulus": self.annulus}
+        state = {k: np.packbits(v.ravel()) for k, v in masks.items()}
+        state["shape"] = np.asarray(self.body.shape, dtype=np.int64)
+        state["has_roi"] = np.asarray(self.roi is not None)
+        if self.roi is not None:
+            state["roi"] = np.packbits(self.roi.ravel())
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> ClinicalStructures:
+        shape = tuple(int(x) for x in state["shape"])
+        n = shape[0] * shape[1]
+
+        def unpack(k: str) -> np.ndarray:
+            return np.unpackbits(state[k], count=n).astype(bool).reshape(shape)
+
+        return cls(body=unpack("body"), dilated=unpack("dilated"), tissue=unpack("tissue"),
+                   roi=unpack("roi") if bool(state["has_roi"]) else None,
+                   annulus=unpack("annulus"))
+
+
+def _as_slice(image_hu: np.ndarray, reference_hu: np.ndarray,
+              metal_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image_hu = np.asarray(image_hu, dtype=np.float64)
+    reference_hu = np.asarray(reference_hu, dtype=np.float64)
+    metal = np.asarray(metal_mask, dtype=bool)
+    if not image_hu.shape == reference_hu.shape == metal.shape or image_hu.ndim != 2:
+        raise ValueError(f"clinical_metrics: image {image_hu.shape}, reference "
+                         f"{reference_hu.shape} and metal mask {metal.shape} must be one 2-D "
+                         "grid")
+    return image_hu, reference_hu, metal
+
+
+def clinical_structures(reference_hu: np.ndarray, metal_mask: np.ndarray,
+                        pixel_spacing_mm: float | Spacing,
+                        protocol: Protocol = MARBENCH_V1) -> ClinicalStructures:
+    """The regions of :class:`ClinicalStructures` for one 2-D slice (HU, bool, mm)."""
+    reference_hu = np.asarray(reference_hu, dtype=np.float64)
+    metal = np.asarray(metal_mask, dtype=bool)
+    sp = _spacing(pixel_spacing_mm)
+    body = body_mask(reference_hu, protocol.body_threshold_hu)
+    dilated = dilate_metal(metal, protocol.metal_dilation_iterations)
+    roi = homogeneous_roi(reference_hu, body, dilated, sp, radius_mm=protocol.noise_roi_radius_mm,
+                          tissue_hu=protocol.noise_tissue_hu,
+                          smoothing_mm=protocol.noise_smoothing_mm,
+                          metal_margin_mm=protocol.noise_metal_margin_mm,
+                          bone_hu=protocol.bone_hu[0],
+                          bone_margin_mm=protocol.noise_bone_margin_mm)
+    annulus = streak_roi(metal, body, dilated, sp, inner_mm=protocol.streak_inner_mm,
+                         outer_mm=protocol.streak_outer_mm)
+    return ClinicalStructures(body=body, dilated=dilated, tissue=body & ~dilated, roi=roi,
+                              annulus=annulus)
+
+
+def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
+                    regions: ClinicalStructures,
+                    protocol: Protocol = MARBENCH_V1) -> dict[str, float]:
+    """Every clinical metric of one slice, given its :class:`ClinicalStructures`."""
+    image_hu = np.asarray(image_hu, dtype=np.float64)
+    reference_hu = np.asarray(reference_hu, dtype=np.float64)
+    tissue, dilated = regions.tissue, regions.dilated
+    rmse, mae = ct_number_errors(image_hu, reference_hu, tissue)
+    bone_dice, bone_vol = bone_integrity(image_hu, reference_hu, tissue, protocol.bone_hu)
+    metal_dice, metal_vol = metal_integrity(image_hu, reference_hu, dilated, protocol.metal_hu)
+    return {
+        "ct_rmse_hu": rmse,
+        "ct_mae_hu": mae,
+        "noise_sd_hu": noise_sd(image_hu, regions.roi),
+        "streak_amplitude_hu": streak_amplitude(image_hu, reference_hu, regions.annulus,
+                                                protocol.streak_tail_fraction),
+        "masked_ssim": masked_ssim(image_hu, reference_hu, dilated, tissue,
+                                   data_range=protocol.clinical_ssim_data_range_hu,
+                                   metal_fill_hu=protocol.clinical_ssim_metal_fill_hu,
+                                   sigma=protocol.ssim_sigma),
+        "bone_dice": bone_dice,
+        "bone_volume_change": bone_vol,
+        "metal_dice": metal_dice,
+        "metal_volume_change": metal_vol,
+    }
+
+
 def clinical_metrics(image_hu: np.ndarray, reference_hu: np.ndarray, metal_mask: np.ndarray,
                      pixel_spacing_mm: float | Spacing,
                      protocol: Protocol = MARBENCH_V1) -> dict[str, float]:
@@ -203,41 +308,25 @@ def clinical_metrics(image_hu: np.ndarray, reference_hu: np.ndarray, metal_mask:
         pixel_spacing_mm: pixel size in mm, one number or (row, col).
         protocol: thresholds and ROI sizes.
     """
-    image_hu = np.asarray(image_hu, dtype=np.float64)
-    reference_hu = np.asarray(reference_hu, dtype=np.float64)
-    metal = np.asarray(metal_mask, dtype=bool)
-    if not image_hu.shape == reference_hu.shape == metal.shape or image_hu.ndim != 2:
-        raise ValueError(f"clinical_metrics: image {image_hu.shape}, reference "
-                         f"{reference_hu.shape} and metal mask {metal.shape} must be one 2-D "
-                         "grid")
-    sp = _spacing(pixel_spacing_mm)
-    body = body_mask(reference_hu, protocol.body_threshold_hu)
-    dilated = dilate_metal(metal, protocol.metal_dilation_iterations)
-    tissue = body & ~dilated
+    image_hu, reference_hu, metal = _as_slice(image_hu, reference_hu, metal_mask)
+    regions = clinical_structures(reference_hu, metal, pixel_spacing_mm, protocol)
+    return clinical_scores(image_hu, reference_hu, regions, protocol)
 
-    rmse, mae = ct_number_errors(image_hu, reference_hu, tissue)
-    roi = homogeneous_roi(reference_hu, body, dilated, sp, radius_mm=protocol.noise_roi_radius_mm,
-                          tissue_hu=protocol.noise_tissue_hu,
-                          smoothing_mm=protocol.noise_smoothing_mm,
-                          metal_margin_mm=protocol.noise_metal_margin_mm,
-                          bone_hu=protocol.bone_hu[0],
-                          bone_margin_mm=protocol.noise_bone_margin_mm)
-    annulus = streak_roi(metal, body, dilated, sp, inner_mm=protocol.streak_inner_mm,
-                         outer_mm=protocol.streak_outer_mm)
-    bone_dice, bone_vol = bone_integrity(image_hu, reference_hu, tissue, protocol.bone_hu)
-    metal_dice, metal_vol = metal_integrity(image_hu, reference_hu, dilated, protocol.metal_hu)
-    return {
-        "ct_rmse_hu": rmse,
-        "ct_mae_hu": mae,
-        "noise_sd_hu": noise_sd(image_hu, roi),
-        "streak_amplitude_hu": streak_amplitude(image_hu, reference_hu, annulus,
-                                                protocol.streak_tail_fraction),
-        "masked_ssim": masked_ssim(image_hu, reference_hu, dilated, tissue,
-                                   data_range=protocol.clinical_ssim_data_range_hu,
-                                   metal_fill_hu=protocol.clinical_ssim_metal_fill_hu,
-                                   sigma=protocol.ssim_sigma),
-        "bone_dice": bone_dice,
-        "bone_volume_change": bone_vol,
-        "metal_dice": metal_dice,
-        "metal_volume_change": metal_vol,
-    }
+
+def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
+    """The clinical metrics' computation (registry ``compute``) on the evaluation grid: the
+    regions are a reference state (cached per dataset revision), the scores are per slice."""
+    p = view.protocol
+    pred = view.pred_eval_hu.cpu().numpy()
+    ref = view.reference_eval_hu.cpu().numpy()
+    metal = view.metal_eval.cpu().numpy()
+
+    def make(rows: list[int]) -> list[dict[str, np.ndarray]]:
+        return [clinical_structures(ref[i, 0], metal[i, 0], view.spacing_eval_mm(i),
+                                    p).to_state() for i in rows]
+
+    states = view.reference_state(f"clinical-regions:{p.eval_size}", make)
+    rows = [clinical_scores(pred[i, 0], ref[i, 0], ClinicalStructures.from_state(st), p)
+            for i, st in enumerate(states)]
+    names = list(rows[0]) if rows else list(CLINICAL_METRICS)
+    return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in names}

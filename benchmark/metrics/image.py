@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .lpips_weights import LPIPS_SLICE_OF_CONV, LPIPSWeightsError, load_lpips_backbone
 from .protocol import MARBENCH_V1, Protocol, hu_to_unit, resample_hu
 from .registry import MetricSpec, metrics_in_group
+
+if TYPE_CHECKING:
+    from .compute import ScoreView
 
 IMAGE_METRICS: dict[str, MetricSpec] = metrics_in_group("image")
 
@@ -135,6 +140,36 @@ class LPIPSMetric:
         """Per-image LPIPS, (B,) float64, for (B, 1, H, W) images in [0, 1]."""
         return lpips_distance(pred_unit, target_unit, self)
 
+    def features(self, unit: torch.Tensor) -> list[torch.Tensor]:
+        """The channel-normalised backbone features of (B, 1, H, W) images in [0, 1]: one
+        (B, C_l, H_l, W_l) float32 tensor per layer, on the model's device.
+
+        :meth:`distance` of two such lists equals ``self(a, b)`` bit for bit: both run the
+        ``lpips`` package's own layers in its order (``LPIPS.forward`` computes each image's
+        features separately too), so the features of a reference can be computed once and
+        kept (:mod:`benchmark.refcache`).
+        """
+        import lpips
+
+        x = (2.0 * unit.float().to(self.device) - 1.0).expand(-1, 3, -1, -1)
+        m = self.model
+        with torch.inference_mode():
+            outs = m.net.forward(m.scaling_layer(x))
+            return [lpips.normalize_tensor(outs[k]) for k in range(m.L)]
+
+    def distance(self, feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]
+                 ) -> torch.Tensor:
+        """LPIPS, (B,) float64, from two :meth:`features` lists (the linear heads and the
+        spatial mean of ``lpips.LPIPS.forward``, in its order)."""
+        m = self.model
+        with torch.inference_mode():
+            val: torch.Tensor | int = 0
+            for k in range(m.L):
+                d = (feats_a[k].to(self.device) - feats_b[k].to(self.device)) ** 2
+                val = val + m.lins[k](d).mean([2, 3], keepdim=True)
+        assert isinstance(val, torch.Tensor)
+        return val.flatten().double().cpu()
+
 
 def lpips_distance(pred_unit: torch.Tensor, target_unit: torch.Tensor,
                    metric: LPIPSMetric) -> torch.Tensor:
@@ -168,4 +203,39 @@ def image_metrics(pred_hu: torch.Tensor, target_hu: torch.Tensor,
     }
     if lpips_metric is not None:
         out["lpips"] = lpips_distance(p, t, lpips_metric)
+    return out
+
+
+def score_image(view: ScoreView) -> dict[str, torch.Tensor]:
+    """The image metrics' computation (registry ``compute``): PSNR and SSIM, and LPIPS when
+    the view's resources hold an :class:`LPIPSMetric`. The LPIPS features of the reference are
+    a reference state (cached per dataset revision); the scored image's are computed once per
+    batch and shared by its comparisons."""
+    p = view.protocol
+    pred, ref = view.pred_unit, view.reference_unit
+    out = {
+        "psnr": psnr(pred, ref, p.data_range).cpu(),
+        "ssim": ssim(pred, ref, p.data_range, window=p.ssim_window, sigma=p.ssim_sigma,
+                     k1=p.ssim_k1, k2=p.ssim_k2).cpu(),
+    }
+    metric = view.resources.get("lpips")
+    if metric is not None:
+        key = f"lpips-features:{metric.weights_fingerprint}:{p.eval_size}"
+
+        def ref_feats(rows: list[int]) -> list[dict]:
+            f = metric.features(ref[rows])
+            return [{f"f{k}": t[i].cpu().numpy() for k, t in enumerate(f)}
+                    for i in range(len(rows))]
+
+        def pred_feats() -> list[list[torch.Tensor]]:
+            f = metric.features(pred)
+            return [[t[i] for t in f] for i in range(pred.shape[0])]
+
+        refs = view.reference_state(key, ref_feats)
+        preds = view.scored_state(key, pred_feats)
+        n_layers = len(preds[0]) if preds else 0
+        fa = [torch.stack([pf[k] for pf in preds]) for k in range(n_layers)]
+        fb = [torch.stack([torch.from_numpy(np.ascontiguousarray(rf[f"f{k}"])) for rf in refs])
+              for k in range(n_layers)]
+        out["lpips"] = metric.distance(fa, fb)
     return out

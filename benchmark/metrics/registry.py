@@ -1,20 +1,64 @@
-"""The metric registry: every metric the benchmark reports is declared here once.
+"""The metric registry: every metric the benchmark reports is declared here once, with its
+computation.
 
-A declaration says what the number means (unit, direction), what it is compared with
-(``references``: ``"gsi"``, ``"ideal"``, ``"labels"``) and what computing it needs
-(``needs``: e.g. ``"metal_mask"``, ``"lpips_weights"``, ``"labels"``, ``"segmenter"``). The
-runner, the results file, ``marbench compare``, the ablation and the leaderboard read these
-declarations; no other module keeps its own list of metrics. This module imports no torch.
+A declaration (:class:`MetricSpec`) says what the number means (unit, direction), what it is
+compared with (``references``), what computing it needs (``needs``), how its per-slice values
+aggregate (``per_slice``), which protocols it belongs to, and where its computation lives
+(``compute``: a ``"module:attribute"`` string, imported only when a run scores). The runner
+computes every per-slice metric the registry holds for the run's protocol; the results file
+records each declaration, and ``marbench compare``, ``rescore``, the ablation and the
+leaderboard read those records. No other module keeps its own list of metrics.
+
+Other packages add metrics through the ``marbench.metrics`` entry-point group; the entry
+point names a :class:`MetricSpec`, or a sequence of them::
+
+    [project.entry-points."marbench.metrics"]
+    edge_error = "my_pkg.metrics:EDGE_ERROR"
+
+This module imports no torch (the leaderboard and the results schema read it).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["GROUPS", "METRICS", "MetricSpec", "metrics_in_group", "register_metric"]
+from ..errors import MARBenchError
 
-#: Metric groups, in the order tables show them.
+__all__ = ["GROUPS", "METRICS", "NEEDS", "SEG_CLASSES", "SEG_CLASS_TITLES",
+           "METRIC_ENTRY_POINTS", "MetricComputationError", "MetricSpec", "UnknownMetricError",
+           "get_metric", "load_metric_plugins",
+           "metrics_for_protocol", "metrics_in_group", "register_metric", "resolve_compute"]
+
+#: Metric groups, in the order tables show them; a plug-in may name another group, shown
+#: after these.
 GROUPS: tuple[str, ...] = ("image", "clinical", "segmentation")
+
+#: What a metric may need beyond the two images; the runner knows which are available and
+#: records a metric whose need is unmet as missing, with the reason.
+NEEDS: dict[str, str] = {
+    "metal_mask": "the ordinary image's metal mask",
+    "pixel_spacing_mm": "the pixel size in mm",
+    "lpips_weights": "the real ImageNet AlexNet backbone of LPIPS (`marbench weights lpips`)",
+    "labels": "the dataset's `labels` column",
+    "segmenter": "a frozen segmenter (--segmenter)",
+}
+
+#: Entry-point group through which other packages declare metrics.
+METRIC_ENTRY_POINTS = "marbench.metrics"
+
+
+class MetricComputationError(MARBenchError, RuntimeError):
+    """A declared metric cannot be computed: its computation does not import, raises, or does
+    not return the values it declares (the message names the metric and the computation)."""
+
+
+class UnknownMetricError(MARBenchError, LookupError):
+    """No metric of that name is registered (the message suggests close names)."""
 
 
 @dataclass(frozen=True)
@@ -26,11 +70,20 @@ class MetricSpec:
         higher_is_better: direction of "better".
         unit: ``"dB"``, ``"HU"`` or ``""``.
         description: one sentence a reader of a results file needs.
-        group: ``"image"``, ``"clinical"`` or ``"segmentation"``.
+        group: ``"image"``, ``"clinical"``, ``"segmentation"`` or a plug-in's own group.
         references: what the scored image is compared with.
-        needs: inputs beyond the two images (missing ones make the metric "missing" with a
-            reason in results, never a made-up value).
+        needs: inputs beyond the two images (keys of :data:`NEEDS`); an unmet need makes the
+            metric "missing" with the reason in results, never a made-up value.
         label: short column title for tables.
+        compute: ``"module:attribute"`` of the computation: a callable
+            ``f(view: benchmark.metrics.compute.ScoreView) -> {name: (B,) values}``. Several
+            declarations may share one computation (it is called once per batch and returns
+            all of them). ``None`` only for ``per_slice=False`` metrics, which their own scorer
+            fills (segmentation IoU is reduced from per-slice counts at dataset level).
+        per_slice: the runner computes a value per slice and summarises them (mean, median,
+            ...); ``False``: reduced over the whole split by the metric's own scorer.
+        table: shown in ``marbench compare``'s table and offered as a board column by default.
+        protocols: the protocol versions that score this metric.
     """
 
     name: str
@@ -41,11 +94,24 @@ class MetricSpec:
     references: tuple[str, ...] = ("gsi", "ideal")
     needs: tuple[str, ...] = ()
     label: str = ""
+    compute: str | None = None
+    per_slice: bool = True
+    table: bool = True
+    protocols: tuple[str, ...] = ("marbench-v1",)
 
     def __post_init__(self) -> None:
-        if self.group not in GROUPS:
-            raise ValueError(f"metric {self.name!r}: group {self.group!r} is not one of "
-                             f"{GROUPS}")
+        if not self.name or not self.name.replace(".", "_").replace("-", "_").isidentifier():
+            raise ValueError(f"metric name {self.name!r}: use letters, digits, '_', '.' or '-'")
+        unknown = [n for n in self.needs if n not in NEEDS]
+        if unknown:
+            raise ValueError(f"metric {self.name!r}: needs {unknown} are not known; choose "
+                             f"from {sorted(NEEDS)}")
+        if self.per_slice and not self.compute:
+            raise ValueError(f"metric {self.name!r}: a per-slice metric must name its "
+                             "computation (compute='module:function')")
+        if self.compute is not None and ":" not in self.compute:
+            raise ValueError(f"metric {self.name!r}: compute={self.compute!r} must be "
+                             "'module:attribute'")
 
     @property
     def title(self) -> str:
@@ -70,43 +136,151 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     return spec
 
 
+def get_metric(name: str) -> MetricSpec:
+    """The declaration of ``name``; an unknown name is an error with close suggestions."""
+    load_metric_plugins()
+    try:
+        return METRICS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(METRICS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownMetricError(f"no metric {name!r} is registered{hint}") from None
+
+
 def metrics_in_group(group: str) -> dict[str, MetricSpec]:
     """The registered metrics of one group, by name."""
     return {k: s for k, s in METRICS.items() if s.group == group}
 
 
+def metrics_for_protocol(version: str, *, per_slice: bool | None = None
+                         ) -> dict[str, MetricSpec]:
+    """The metrics (plug-ins included) that protocol ``version`` scores, in table order:
+    the known groups first, then plug-in groups, each in registration order."""
+    load_metric_plugins()
+    chosen = [s for s in METRICS.values() if version in s.protocols
+              and (per_slice is None or s.per_slice == per_slice)]
+    order = {g: i for i, g in enumerate(GROUPS)}
+    chosen.sort(key=lambda s: order.get(s.group, len(GROUPS)))  # stable: keeps registration
+    return {s.name: s for s in chosen}
+
+
+_plugins_loaded = False
+
+
+def load_metric_plugins(*, reload: bool = False) -> list[str]:
+    """Register the declarations of the ``marbench.metrics`` entry points (once per process).
+
+    Returns the names registered by this call.
+
+    Raises:
+        MetricComputationError: an entry point does not import or does not hold
+            :class:`MetricSpec` declarations (named, with the distribution it comes from).
+    """
+    global _plugins_loaded
+    if _plugins_loaded and not reload:
+        return []
+    _plugins_loaded = True
+    added: list[str] = []
+    for ep in importlib.metadata.entry_points(group=METRIC_ENTRY_POINTS):
+        where = f"entry point {ep.name!r} = {ep.value!r} of {METRIC_ENTRY_POINTS}"
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            where += f" (distribution {dist.name})"
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken plug-in is named, never half-registered
+            raise MetricComputationError(f"{where}: does not import: "
+                                         f"{type(e).__name__}: {e}") from e
+        specs: Iterable[Any] = obj if isinstance(obj, list | tuple) else [obj]
+        for spec in specs:
+            if not isinstance(spec, MetricSpec):
+                raise MetricComputationError(f"{where}: holds {type(spec).__name__}, not a "
+                                             "benchmark.metrics.registry.MetricSpec")
+            try:
+                register_metric(spec)
+            except ValueError as e:
+                raise MetricComputationError(f"{where}: {e}") from None
+            added.append(spec.name)
+    return added
+
+
+def resolve_compute(spec: MetricSpec) -> Any:
+    """Import and return the computation ``spec.compute`` names.
+
+    Raises:
+        MetricComputationError: it does not import, or is not callable.
+    """
+    if spec.compute is None:
+        raise MetricComputationError(f"metric {spec.name!r} declares no computation")
+    module, _, attr = spec.compute.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise MetricComputationError(f"metric {spec.name!r}: its computation {spec.compute!r} "
+                                     f"does not import ({type(e).__name__}: {e})") from e
+    if not callable(obj):
+        raise MetricComputationError(f"metric {spec.name!r}: {spec.compute!r} is not callable")
+    return obj
+
+
 # -- the image and clinical metrics of the marbench-v1 protocol. Their maths lives in
 #    benchmark.metrics.image and benchmark.metrics.clinical; declared here so that reading
 #    the list needs no torch.
+_IMAGE = "benchmark.metrics.image:score_image"
+_CLINICAL = "benchmark.metrics.clinical:score_clinical"
+_CLIN = {"group": "clinical", "compute": _CLINICAL}
 for _spec in (
     MetricSpec("psnr", True, "dB", "peak signal-to-noise ratio, data range 1 (HU clipped to "
-               "[-1024, 3071] and scaled to [0, 1])", label="PSNR"),
+               "[-1024, 3071] and scaled to [0, 1])", label="PSNR", compute=_IMAGE),
     MetricSpec("ssim", True, "", "structural similarity, Gaussian 11x11 window, sigma 1.5, "
-               "K1 0.01, K2 0.03, data range 1", label="SSIM"),
+               "K1 0.01, K2 0.03, data range 1", label="SSIM", compute=_IMAGE),
     MetricSpec("lpips", False, "", "LPIPS v0.1, AlexNet backbone, the slice replicated to 3 "
-               "channels in [-1, 1]", needs=("lpips_weights",), label="LPIPS"),
+               "channels in [-1, 1]", needs=("lpips_weights",), label="LPIPS", compute=_IMAGE),
     MetricSpec("ct_rmse_hu", False, "HU", "CT-number RMSE in the body outside the dilated "
-               "metal (AAPM metric 1)", "clinical", needs=("metal_mask",), label="RMSE HU"),
+               "metal (AAPM metric 1)", needs=("metal_mask",), label="RMSE HU", **_CLIN),
     MetricSpec("ct_mae_hu", False, "HU", "CT-number mean absolute error, same region as "
-               "ct_rmse_hu", "clinical", needs=("metal_mask",), label="MAE HU"),
+               "ct_rmse_hu", needs=("metal_mask",), label="MAE HU", table=False, **_CLIN),
     MetricSpec("noise_sd_hu", False, "HU", "standard deviation in a homogeneous soft-tissue "
-               "disc far from metal and bone (AAPM metric 2)", "clinical",
-               needs=("metal_mask", "pixel_spacing_mm"), label="noise SD HU"),
+               "disc far from metal and bone (AAPM metric 2)",
+               needs=("metal_mask", "pixel_spacing_mm"), label="noise SD HU", **_CLIN),
     MetricSpec("streak_amplitude_hu", False, "HU", "|mean of top 5 % - mean of bottom 5 %| of "
                "(image - reference) in an annulus around the metal (AAPM metric 4)",
-               "clinical", needs=("metal_mask", "pixel_spacing_mm"), label="streak HU"),
+               needs=("metal_mask", "pixel_spacing_mm"), label="streak HU", **_CLIN),
     MetricSpec("masked_ssim", True, "", "SSIM (data range 5000 HU, metal set to 100 HU) "
-               "averaged over the body outside the dilated metal (AAPM metric 5)", "clinical",
-               needs=("metal_mask",), label="masked SSIM"),
+               "averaged over the body outside the dilated metal (AAPM metric 5)",
+               needs=("metal_mask",), label="masked SSIM", table=False, **_CLIN),
     MetricSpec("bone_dice", True, "", "Dice of bone (150-2500 HU) in the body outside the "
-               "dilated metal (AAPM metric 6)", "clinical", needs=("metal_mask",),
-               label="bone Dice"),
+               "dilated metal (AAPM metric 6)", needs=("metal_mask",), label="bone Dice",
+               **_CLIN),
     MetricSpec("bone_volume_change", False, "", "|bone area / reference bone area - 1|, same "
-               "region as bone_dice", "clinical", needs=("metal_mask",), label="bone vol."),
+               "region as bone_dice", needs=("metal_mask",), label="bone vol.", table=False,
+               **_CLIN),
     MetricSpec("metal_dice", True, "", "Dice of metal (> 2500 HU) inside the dilated metal "
-               "(AAPM metric 7)", "clinical", needs=("metal_mask",), label="metal Dice"),
+               "(AAPM metric 7)", needs=("metal_mask",), label="metal Dice", **_CLIN),
     MetricSpec("metal_volume_change", False, "", "|metal area / reference metal area - 1|, "
-               "same region as metal_dice", "clinical", needs=("metal_mask",),
-               label="metal vol."),
+               "same region as metal_dice", needs=("metal_mask",), label="metal vol.",
+               table=False, **_CLIN),
+):
+    register_metric(_spec)
+
+# -- downstream segmentation (paper Table 2): a frozen segmenter's IoU against the labels,
+#    reduced over the whole split from per-slice counts (benchmark.metrics.segmentation).
+#: The five foreground classes of the ``labels`` column (value 1..5), paper Table 2 order.
+SEG_CLASSES: tuple[str, ...] = ("metal", "l_pelvis", "r_pelvis", "l_femur", "r_femur")
+#: Their column titles.
+SEG_CLASS_TITLES: tuple[str, ...] = ("metal", "L pelvis", "R pelvis", "L femur", "R femur")
+_SEG = {"group": "segmentation", "references": ("labels",), "needs": ("labels", "segmenter"),
+        "per_slice": False}
+for _spec in (
+    MetricSpec("miou", True, "", "mean IoU over metal implant, left / right pelvis and left / "
+               "right femur of a frozen GSI-trained segmenter applied to the image, against the "
+               "dataset's labels; each class's IoU is the sum of intersections over the sum of "
+               "unions across the split", label="mIoU", **_SEG),
+    *(MetricSpec(f"iou.{k}", True, "", f"IoU of the {t} class (sum of intersections over sum "
+                 "of unions across the split) of a frozen GSI-trained segmenter applied to "
+                 "the image, against the dataset's labels", label=f"IoU {t}", **_SEG)
+      for k, t in zip(SEG_CLASSES, SEG_CLASS_TITLES, strict=True)),
 ):
     register_metric(_spec)

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ..results import SEG_CLASSES, SEG_INTER, SEG_UNION
-from .registry import MetricSpec, register_metric
+from .registry import METRICS, SEG_CLASS_TITLES, MetricSpec
 
 if TYPE_CHECKING:  # torch is imported where counts are computed: declarations need none
     import torch
@@ -44,7 +44,7 @@ CLASS_NAMES: tuple[str, ...] = ("background", "metal", "left_pelvis", "right_pel
 #: (defined with the results schema, which stores the per-slice counts under these keys).
 CLASS_KEYS: tuple[str, ...] = SEG_CLASSES
 #: Human-readable column titles of the five foreground classes.
-CLASS_TITLES: tuple[str, ...] = ("metal", "L pelvis", "R pelvis", "L femur", "R femur")
+CLASS_TITLES: tuple[str, ...] = SEG_CLASS_TITLES
 NUM_CLASSES = len(CLASS_NAMES)
 
 INTER_PREFIX = SEG_INTER
@@ -56,21 +56,9 @@ COUNT_KEYS: tuple[str, ...] = (*(f"{INTER_PREFIX}{k}" for k in CLASS_KEYS),
                                *(f"{UNION_PREFIX}{k}" for k in CLASS_KEYS))
 
 
-_SEG = {"group": "segmentation", "references": ("labels",), "needs": ("labels", "segmenter")}
-
-#: The metrics this module declares (registered on import): mIoU and each class's IoU.
-SEGMENTATION_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("miou", True, "", "mean IoU over metal implant, left / right pelvis and left / "
-               "right femur of a frozen GSI-trained segmenter applied to the image, against the "
-               "dataset's labels; each class's IoU is the sum of intersections over the sum of "
-               "unions across the split", label="mIoU", **_SEG),
-    *(MetricSpec(f"iou.{k}", True, "", f"IoU of the {t} class (sum of intersections over sum "
-                 "of unions across the split) of a frozen GSI-trained segmenter applied to "
-                 "the image, against the dataset's labels", label=f"IoU {t}", **_SEG)
-      for k, t in zip(CLASS_KEYS, CLASS_TITLES, strict=True)),
-)
-for _spec in SEGMENTATION_METRICS:
-    register_metric(_spec)
+#: The metrics this module's counts feed (declared in the registry): mIoU and each class's IoU.
+SEGMENTATION_METRICS: tuple[MetricSpec, ...] = tuple(
+    s for s in METRICS.values() if s.group == "segmentation")
 
 
 def slice_counts(pred: torch.Tensor, target: torch.Tensor,

@@ -1,0 +1,130 @@
+"""The reference cache: scores with it equal scores without it, bit for bit; a cache of another
+dataset revision or protocol is never read; a cache file cut short is rebuilt, not read."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.metrics import MARBENCH_V1, find_lpips_weights
+from benchmark.refcache import ReferenceCache
+from benchmark.results import Results
+from benchmark.run import run_benchmark
+
+pytestmark = pytest.mark.slow
+
+
+def scores(r: Results) -> str:
+    """Every per-slice value, exactly (repr of each float; NaN equals NaN)."""
+    return repr([(s.patient_id, s.slice_index, s.scores, s.segmentation)
+                 for s in r.per_slice])
+
+
+def lpips_or_none() -> str | None:
+    return "auto" if find_lpips_weights() is not None else None
+
+
+@pytest.fixture(scope="module")
+def uncached(tiny_built, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uncached")
+    return run_benchmark("li", tiny_built.built, out=out, verbose=False,
+                         lpips=lpips_or_none(), reference_cache=None)
+
+
+def test_cached_scores_equal_uncached_bit_for_bit(tiny_built, uncached, tmp_path):
+    cache = tmp_path / "cache"
+    cold = run_benchmark("li", tiny_built.built, out=tmp_path / "a", verbose=False,
+                         lpips=lpips_or_none(), reference_cache=cache)
+    warm = run_benchmark("li", tiny_built.built, out=tmp_path / "b", verbose=False,
+                         lpips=lpips_or_none(), reference_cache=cache)
+    # cold: computed once (the ideal image's states are shared by method vs ideal and GSI vs
+    # ideal within the run); warm: nothing computed
+    assert cold.timing.reference_states_computed > 0
+    assert warm.timing.reference_states_computed == 0
+    assert warm.timing.reference_states_reused > 0
+    # exact equality (floats compared with ==), every comparison and metric
+    assert scores(cold) == scores(uncached)
+    assert scores(warm) == scores(uncached)
+    for key, comp in uncached.comparisons.items():
+        assert repr(warm.comparisons[key].summary) == repr(comp.summary)
+    if lpips_or_none():
+        assert "lpips" in warm.comparisons["method_vs_gsi"].summary
+
+
+def test_another_method_reuses_the_references(tiny_built, tmp_path):
+    cache = tmp_path / "cache"
+    run_benchmark("li", tiny_built.built, out=tmp_path / "li", verbose=False, lpips=None,
+                  reference_cache=cache)
+    other = run_benchmark("identity", tiny_built.built, out=tmp_path / "id", verbose=False,
+                          lpips=None, reference_cache=cache)
+    fresh = run_benchmark("identity", tiny_built.built, out=tmp_path / "id0", verbose=False,
+                          lpips=None, reference_cache=None)
+    assert other.timing.reference_states_computed == 0
+    assert scores(other) == scores(fresh)
+
+
+def test_another_protocol_or_dataset_revision_never_reads_the_cache(tiny_built, tmp_path):
+    from dataclasses import replace
+
+    def counts(r: Results) -> tuple[int, int]:
+        return r.timing.reference_states_reused, r.timing.reference_states_computed
+
+    cache = tmp_path / "cache"
+    run_benchmark("identity", tiny_built.built, out=tmp_path / "a", verbose=False, lpips=None,
+                  reference_cache=cache)
+    # Each run below finds exactly what a run into an empty cache finds (it may reuse states
+    # shared within the run, never the earlier run's).
+    other = replace(MARBENCH_V1, noise_roi_radius_mm=MARBENCH_V1.noise_roi_radius_mm + 1.0)
+    kw = {"verbose": False, "lpips": None, "protocol": other}
+    shared = run_benchmark("identity", tiny_built.built, out=tmp_path / "b",
+                           reference_cache=cache, **kw)
+    empty = run_benchmark("identity", tiny_built.built, out=tmp_path / "b0",
+                          reference_cache=tmp_path / "empty1", **kw)
+    assert counts(shared) == counts(empty) and counts(empty)[1] > 0
+    # another revision of the data: a copy with a different manifest
+    data = tmp_path / "data"
+    shutil.copytree(tiny_built.built, data)
+    manifest = data / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("{", '{"note": "another build", ', 1))
+    kw = {"verbose": False, "lpips": None}
+    shared = run_benchmark("identity", data, out=tmp_path / "c", reference_cache=cache, **kw)
+    empty = run_benchmark("identity", data, out=tmp_path / "c0",
+                          reference_cache=tmp_path / "empty2", **kw)
+    assert counts(shared) == counts(empty) and counts(empty)[1] > 0
+    # the key names every input: different keys, different folders
+    a = ReferenceCache(cache, {"dataset_manifest_sha256": "a" * 64})
+    b = ReferenceCache(cache, {"dataset_manifest_sha256": "b" * 64})
+    assert a.folder != b.folder
+
+
+def test_a_cache_file_cut_short_is_rebuilt_not_read(tiny_built, uncached, tmp_path):
+    cache = tmp_path / "cache"
+    run_benchmark("li", tiny_built.built, out=tmp_path / "a", verbose=False,
+                  lpips=lpips_or_none(), reference_cache=cache)
+    files = sorted(cache.rglob("*.npz"))
+    assert files
+    victim = files[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])       # as a run killed mid-write would leave it
+    orphan = files[-1]
+    orphan.with_name(orphan.name + ".sha256").unlink()  # checksum never written
+    r = run_benchmark("li", tiny_built.built, out=tmp_path / "b", verbose=False,
+                      lpips=lpips_or_none(), reference_cache=cache)
+    assert r.timing.reference_states_computed > 0
+    assert scores(r) == scores(uncached)
+    # rebuilt: both files are whole again and verify
+    for f in (victim, orphan):
+        with np.load(f, allow_pickle=False) as z:
+            assert z.files
+        assert f.with_name(f.name + ".sha256").is_file()
+
+
+def test_no_manifest_means_no_disk_cache(tmp_path):
+    c = ReferenceCache(None, {"dataset_manifest_sha256": None})
+    c.put_many("s", "gsi", [("P", 0)], [{"x": np.zeros(2)}])
+    c.close()
+    assert c.folder is None
+    assert not list(Path(tmp_path).iterdir())

@@ -92,6 +92,13 @@ def _simulation_lines(sim: dict[str, Any]) -> list[str]:
         "fan-beam scanner per axial slice, polychromatic spectra and Poisson noise.",
         "",
     ]
+    if sim.get("preset"):
+        mix = sim.get("implant_mix") or {}
+        parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in mix.items())
+        lines.append(f"- Preset `{sim['preset']}`: {sim.get('patients', 'n/a')} implant "
+                     f"patients{f' ({parts})' if parts else ''} and "
+                     f"{sim.get('clean_patients', 'n/a')} clean patients, "
+                     f"{sim.get('slices', 'n/a')} slices each.")
     if o:
         lines.append(f"- Ordinary series: {o.get('kvp', 'n/a'):g} kVp, water beam-hardening "
                      f"correction, FBP with a {o.get('filter', 'n/a')} filter.")

@@ -50,11 +50,17 @@ def _looks_like_path(text: str) -> bool:
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="raw output folder (raw layout)"),
-    patients: int = typer.Option(6, help="patients with implants"),
-    slices: int = typer.Option(16, help="slices per series"),
+    preset: str = typer.Option(None, "--preset",
+                               help="dataset size and composition: 'standard' (the paper's "
+                                    "115 implant + 42 clean patients, 8 slices) or a YAML "
+                                    "preset file; --patients / --clean-patients / --slices "
+                                    "override it"),
+    patients: int = typer.Option(None, help="patients with implants [default: 6]"),
+    slices: int = typer.Option(None, help="slices per series [default: 16]"),
     size: int = typer.Option(128, help="image matrix in pixels (both series)"),
     seed: int = typer.Option(0, help="dataset seed (results are deterministic on CPU)"),
-    clean_patients: int = typer.Option(2, help="patients without implant (ordinary only)"),
+    clean_patients: int = typer.Option(None, help="patients without implant (ordinary only) "
+                                       "[default: 2]"),
     thickness: float = typer.Option(2.5, help="slice thickness and spacing in mm"),
     kev: float = typer.Option(None, help="GSI virtual monochromatic energy in keV"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -73,12 +79,27 @@ def simulate(
     from rich.console import Console
 
     from .physics.scan import GSIProtocol
+    from .presets import PresetError, load_preset
     from .simulate import SimConfig, simulate_dataset
 
     gsi = GSIProtocol() if kev is None else replace(GSIProtocol(), kev=kev)
+    mix = None
+    if preset is not None:
+        try:
+            p = load_preset(preset)
+        except PresetError as e:
+            _fail(str(e))
+        patients = p.implant_patients if patients is None else patients
+        clean_patients = p.clean_patients if clean_patients is None else clean_patients
+        slices = p.slices if slices is None else slices
+        mix = p.mix_for(patients) if p.implant_mix and patients >= 0 else None
+    patients = 6 if patients is None else patients
+    clean_patients = 2 if clean_patients is None else clean_patients
+    slices = 16 if slices is None else slices
     cfg = SimConfig(patients=patients, slices=slices, size=size, seed=seed,
                     clean_patients=clean_patients, thickness_mm=thickness, device=device,
-                    gsi=gsi, scanner=scanner, split_hint=split_hint)
+                    gsi=gsi, scanner=scanner, split_hint=split_hint, implant_mix=mix,
+                    preset=p.name if preset is not None else "")
     try:
         if kev is not None and not 40 <= kev <= 140:
             raise ValueError(f"--kev must be within 40..140 keV, got {kev}")

@@ -67,6 +67,11 @@ class SimConfig:
     # "test" (a held-out set, e.g. from another scanner), or "generalization" (ordinary
     # series only, no GSI or ground truth: the paper's generalization set).
     split_hint: str = ""
+    # Implant patients per family (hip_prosthesis, fracture_fixation, spinal_fixation),
+    # interleaved in proportion (artifactgsi.presets); None: the three families in turn.
+    implant_mix: tuple[int, int, int] | None = None
+    # The preset that set the counts (recorded in simulation.json and the card).
+    preset: str = ""
 
     def profile(self) -> ScannerProfile:
         """The scanner profile of the ordinary series."""
@@ -90,6 +95,12 @@ class SimConfig:
             (self.split_hint in SIM_SPLIT_HINTS, f"--split-hint must be one of "
              f"{', '.join(repr(h) for h in SIM_SPLIT_HINTS)}, got {self.split_hint!r}"),
         ]
+        if self.implant_mix is not None:
+            checks.append((len(self.implant_mix) == 3 and all(
+                isinstance(m, int) and m >= 0 for m in self.implant_mix)
+                and sum(self.implant_mix) == self.patients,
+                f"implant_mix {self.implant_mix} must be 3 counts >= 0 summing to --patients "
+                f"{self.patients}"))
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -134,9 +145,18 @@ def plan_patients(cfg: SimConfig) -> list[PatientPlan]:
     """Draw every patient's plan; depends only on ``cfg.seed`` and the counts."""
     plans = []
     total = cfg.patients + cfg.clean_patients
+    if cfg.implant_mix is not None:
+        from .presets import implant_sequence
+
+        sequence = implant_sequence(cfg.implant_mix)
     for i in range(total):
         rng = np.random.default_rng([cfg.seed, i, 7919])
-        implant = IMPLANT_CYCLE[i % 3] if i < cfg.patients else "none"
+        if i >= cfg.patients:
+            implant = "none"
+        elif cfg.implant_mix is not None:
+            implant = sequence[i]
+        else:
+            implant = IMPLANT_CYCLE[i % 3]
         pid = f"SIM{cfg.seed:03d}{i:04d}"
         identity = {
             "patient_name": f"{rng.choice(_FAMILY)}^{rng.choice(_GIVEN)}",
@@ -372,7 +392,7 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
 
 #: Settings added after the first release, left out of the fingerprint at their default
 #: values, so that folders simulated before they existed still resume.
-_LATER_DEFAULTS = {"scanner": DEFAULT_SCANNER, "split_hint": ""}
+_LATER_DEFAULTS = {"scanner": DEFAULT_SCANNER, "split_hint": "", "implant_mix": None}
 _LATER_ORDINARY_DEFAULTS = {"filter_al_mm": 3.0, "filter_cu_mm": 0.1}
 
 
@@ -380,7 +400,7 @@ def config_fingerprint(cfg: SimConfig) -> str:
     """sha256 of the settings that shape a patient's data (not the patient count)."""
     d = asdict(cfg)
     d["ordinary"] = asdict(cfg.ordinary_protocol())
-    for k in ("patients", "clean_patients", "device", "batch"):
+    for k in ("patients", "clean_patients", "device", "batch", "preset"):
         d.pop(k)
     for k, v in _LATER_DEFAULTS.items():
         if d[k] == v:
@@ -416,6 +436,10 @@ def simulation_record(cfg: SimConfig) -> dict:
         "size_px": cfg.size, "slices": cfg.slices, "thickness_mm": cfg.thickness_mm,
         "scanner": cfg.scanner, "scanner_description": cfg.profile().description,
         "split_hint": cfg.split_hint,
+        "preset": cfg.preset or None,
+        "patients": cfg.patients, "clean_patients": cfg.clean_patients,
+        "implant_mix": None if cfg.implant_mix is None else dict(zip(
+            IMPLANT_CYCLE, cfg.implant_mix, strict=True)),
         "geometry": asdict(FanBeamGeometry.scaled(cfg.size)),
         "ordinary_geometry": asdict(cfg.profile().geometry(cfg.size)),
         "ordinary_protocol": asdict(cfg.ordinary_protocol()),

@@ -154,6 +154,10 @@ def compare(
                                    "IoU per class and mIoU, per implant type too)"),
     paper: bool = typer.Option(False, "--paper",
                                help="with --table segmentation: the paper's rows beside"),
+    stats: list[str] = typer.Option(
+        [], "--stats", help="with --markdown: COMPARISON.METRIC whose patient-level "
+        "significance and power follow the table (repeatable; default: the first image "
+        "metric against GSI and against the ideal image; 'none' for no section)"),
 ) -> None:
     """Compare runs in the layout of the paper's Table 3: one row per method, PSNR / SSIM /
     LPIPS against GSI (and the ideal image when present), then key clinical metrics."""
@@ -205,6 +209,8 @@ def compare(
                   for i, (name, cells) in enumerate(table_.rows)]
     if markdown:
         typer.echo(markdown_table(table_, with_std=std), nl=False)
+        for section in _significance_sections(runs, [n for n, _ in table_.rows], stats):
+            typer.echo("\n" + section, nl=False)
     else:
         from rich.console import Console
         from rich.markup import escape
@@ -234,6 +240,78 @@ def compare(
     for u in unverified:
         typer.echo(f"unverified: {u}; per-slice values cannot be checked without the "
                    "predictions they were computed from", err=True)
+
+
+def _stat_keys(runs: list, wanted: list[str]) -> list[tuple[str, str]]:
+    """(comparison, metric) pairs for the significance sections."""
+    if wanted == ["none"]:
+        return []
+    if wanted:
+        out = []
+        for w in wanted:
+            comp, _, metric = w.rpartition(".")
+            out.append((comp or "method_vs_gsi", metric))
+        return out
+    first = runs[0][1]
+    image = [m for m, d in first.metrics.items() if d.resolved(m).group == "image"]
+    if not image:
+        return []
+    keys = [("method_vs_gsi", image[0])]
+    if all(r.comparisons.get("method_vs_ideal") is not None
+           and r.comparisons["method_vs_ideal"].available for _, r in runs):
+        keys.append(("method_vs_ideal", image[0]))
+    return keys
+
+
+def _significance_sections(runs: list, names: list[str], wanted: list[str]) -> list[str]:
+    from .stats import significance_markdown
+
+    named = list(zip(names, [r for _, r in runs], strict=False))
+    out = []
+    for comp, metric in _stat_keys(runs, wanted):
+        d = runs[0][1].metrics.get(metric)
+        if d is None:
+            raise _error(f"--stats {comp}.{metric}: the results have no metric {metric!r}")
+        text = significance_markdown(named, comp, metric, d.higher_is_better, d.unit)
+        if text:
+            out.append(text)
+    return out
+
+
+@app.command("power")
+def power(
+    files: list[Path] = typer.Argument(..., help="results.json files (or run folders) on the "
+                                                 "same test split"),
+    metric: str = typer.Option("method_vs_gsi.psnr", "--metric",
+                               help="COMPARISON.METRIC (default: PSNR against GSI)"),
+    target: float = typer.Option(0.5, "--target", help="the difference to plan for, in the "
+                                                       "metric's unit"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level"),
+) -> None:
+    """Patient-level significance and power: for each pair adjacent in the ranking, the paired
+    difference with its 95 % interval and Holm-corrected Wilcoxon p, the smallest difference
+    the test split could detect at 80 % power, and the test patients a difference of TARGET
+    would need (markdown)."""
+    from .results import Results
+    from .stats import significance_markdown
+
+    runs = []
+    for f in files:
+        try:
+            r = Results.load(f)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise _error(str(e)) from None
+        runs.append((r.method.name, r))
+    comp, _, m = metric.rpartition(".")
+    comp = comp or "method_vs_gsi"
+    d = runs[0][1].metrics.get(m) if runs else None
+    if d is None:
+        raise _error(f"--metric {metric}: the results have no metric {m!r}")
+    text = significance_markdown(runs, comp, m, d.higher_is_better, d.unit, alpha=alpha,
+                                 target=target)
+    if not text:
+        raise _error(f"--metric {metric}: fewer than two runs share scored slices")
+    typer.echo(text, nl=False)
 
 
 @app.command("rescore")

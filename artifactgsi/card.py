@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import COLUMN_DOCS, CONFIG_DESCRIPTIONS, features_for
+from .schema import COLUMN_DOCS, CONFIG_DESCRIPTIONS, IMPLANT_TYPES, features_for
 
 CITATION = """\
 @inproceedings{han2025reducing,
@@ -94,7 +94,9 @@ def _simulation_lines(sim: dict[str, Any]) -> list[str]:
     ]
     if sim.get("preset"):
         mix = sim.get("implant_mix") or {}
-        parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in mix.items())
+        order = {t: i for i, t in enumerate(IMPLANT_TYPES)}
+        parts = ", ".join(f"{mix[k]} {k.replace('_', ' ')}"
+                          for k in sorted(mix, key=lambda k: order.get(k, len(order))))
         lines.append(f"- Preset `{sim['preset']}`: {sim.get('patients', 'n/a')} implant "
                      f"patients{f' ({parts})' if parts else ''} and "
                      f"{sim.get('clean_patients', 'n/a')} clean patients, "

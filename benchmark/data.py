@@ -16,6 +16,7 @@ repeated) come from the rows of the same patient sorted by ``slice_index``.
 from __future__ import annotations
 
 import glob
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -243,6 +244,19 @@ def resolve_source(data: str | Path, config: str, split: str, revision: str | No
     verify_files(folder, files)
     return DatasetSource(source=text, folder=folder, repo_id=repo_id, revision=rev,
                          manifest_sha256=digest), files
+
+
+def split_content_sha256(folder: Path | str, config: str, split: str) -> str | None:
+    """The content fingerprint of ``config``/``split`` that the builder records in
+    ``manifest.json`` (independent of the pseudonymisation key: two builds of the same raw
+    data share it); ``None`` for a dataset built before it was recorded, or without one."""
+    path = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        value = manifest["configs"][config][split].get("content_sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 # ----------------------------------------------------------------------------- the split

@@ -607,6 +607,16 @@ def _segmenter(source: str | Path | None, pairs: PairsSplit, dev: torch.device
     ident = segmenter_identity(seg)
     note = None
     trained_on, scored = ident.get("dataset_manifest_sha256"), pairs.source.manifest_sha256
+    # Comparability by content: a segmenter that records the content of the split it trained
+    # on is on this data when this dataset's train split has that content (a rebuild with
+    # another pseudonymisation key has another manifest but the same images).
+    from .data import split_content_sha256
+
+    trained_content = ident.get("train_content_sha256")
+    folder = getattr(pairs.source, "folder", None)
+    here = split_content_sha256(folder, "pairs", "train") if folder is not None else None
+    if trained_content and here:
+        trained_on, scored = trained_content, here
     if trained_on and scored and trained_on != scored:
         # Legitimate (a cross-scanner set, a Hub segmenter), but the scores then measure the
         # segmenter's domain gap too: say so in the run and in results.json.

@@ -433,6 +433,7 @@ def segmenter_identity(seg: Segmenter) -> dict[str, Any]:
             "image_size": seg.config.image_size, "classes": list(seg.classes),
             "hu_window": list(seg.hu_window),
             "dataset_manifest_sha256": seg.meta.get("dataset_manifest_sha256"),
+            "train_content_sha256": seg.meta.get("train_content_sha256"),
             "validation_miou": val.get("miou"), "source": seg.source}
 
 
@@ -456,6 +457,7 @@ class LabelledSplit:
     manifest_sha256: str | None
     where: str
     columns: tuple[str, ...]
+    content_sha256: str | None = None  # the split's content fingerprint (manifest.json)
 
     def arrays(self, positions: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
         """Columns of the rows at ``positions`` (indices into ``rows``) as numpy arrays."""
@@ -469,7 +471,7 @@ def open_labelled(data: str | Path, split: str = "train", *, config: str = "pair
     manifest). :class:`SegmentationDataError` when the split has no ``labels`` at all."""
     import datasets
 
-    from .data import resolve_source
+    from .data import resolve_source, split_content_sha256
 
     source, files = resolve_source(data, config, split, revision)
     ds = datasets.load_dataset("parquet", split=split,
@@ -497,7 +499,8 @@ def open_labelled(data: str | Path, split: str = "train", *, config: str = "pair
                          rows=order, patient_ids=[pids[k] for k in order],
                          slice_index=[sidx[k] for k in order],
                          implant_types=[implant[k] for k in order],
-                         manifest_sha256=source.manifest_sha256, where=where, columns=cols)
+                         manifest_sha256=source.manifest_sha256, where=where, columns=cols,
+                         content_sha256=split_content_sha256(source.folder, config, split))
 
 
 def patient_split(patient_ids: Sequence[str], val_fraction: float) -> tuple[list[int],
@@ -752,6 +755,7 @@ def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out
     amp = dev.type == "cuda" and cfg.mixed_precision != "no"
     amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
     meta = {"config_name": cfg_name, "dataset_manifest_sha256": split.manifest_sha256,
+            "train_content_sha256": split.content_sha256,
             "dataset_source": str(data), "train_patients": n_train_p, "val_patients": n_val_p,
             "train_slices": len(train_pos), "val_slices": len(val_pos)}
     model = Segmenter(cfg, meta).to(dev)

@@ -17,7 +17,7 @@ from ..fileio import sha256_file
 from ..schema import CONFIG_SPLITS, PatientRecord
 from .common import BuildError, BuildReport, BuildSettings, version
 from .raw_manifest import RawPatient
-from .shards import write_shards
+from .shards import content_fingerprint, write_shards
 
 
 def registration_stats(records: list[PatientRecord]) -> dict[str, Any]:
@@ -95,6 +95,7 @@ def finish(patients: list[RawPatient], records: dict[str, PatientRecord],
                 "files": [e["path"] for e in entries], "shape": recs[0].shape,
                 "implant_types": dict(sorted(implants.items())),
                 "body_regions": dict(sorted(regions.items())),
+                "content_sha256": content_fingerprint(config, recs, work),
             }
     all_recs = [records[p.patient_id] for p in patients]
     used = [r for r in all_recs if r.used]
@@ -131,7 +132,8 @@ def finish(patients: list[RawPatient], records: dict[str, PatientRecord],
     manifest = {
         "format": _settings.MANIFEST_FORMAT,
         "files": listed,
-        "configs": {c: {s: {"rows": v["rows"], "patients": v["patients"], "files": v["files"]}
+        "configs": {c: {s: {"rows": v["rows"], "patients": v["patients"], "files": v["files"],
+                            "content_sha256": v["content_sha256"]}
                         for s, v in d.items()} for c, d in summary_configs.items()},
         "metal_threshold_hu": cfg.metal_threshold_hu,
         "builder": summary["builder"],

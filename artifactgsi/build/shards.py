@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -108,3 +109,30 @@ def write_shards(config: str, split: str, records: list[PatientRecord], work: Pa
             writer.close()
         entries.append({"path": rel, "rows": n_rows, "num_bytes": nbytes})
     return entries
+
+
+#: Columns that identify a build rather than the data (the keyed pseudonym): left out of the
+#: content fingerprint, so builds of the same raw data with other keys share it.
+_NOT_CONTENT = ("patient_id",)
+
+
+def content_fingerprint(config: str, records: list[PatientRecord], work: Path) -> str:
+    """sha256 of one config/split's content, independent of pseudonyms and row order: each
+    patient's rows (every column but ``patient_id``, arrays as bytes) hashed in slice order,
+    then the sorted patient hashes. Two builds of one raw folder with different keys have the
+    same fingerprint; any changed pixel, label or patient changes it."""
+    per_patient: dict[str, hashlib._Hash] = {}
+    for row in iter_rows(config, records, work):
+        h = per_patient.setdefault(row["patient_id"], hashlib.sha256())
+        for k in sorted(row):
+            if k in _NOT_CONTENT:
+                continue
+            v = row[k]
+            h.update(k.encode())
+            if isinstance(v, np.ndarray):
+                h.update(str(v.dtype).encode() + str(v.shape).encode())
+                h.update(np.ascontiguousarray(v).tobytes())
+            else:
+                h.update(repr(v).encode())
+    digests = sorted(h.hexdigest() for h in per_patient.values())
+    return hashlib.sha256("".join(digests).encode()).hexdigest()

@@ -253,3 +253,77 @@ def test_a_pull_request_never_brings_its_own_verification(tiny_run, hub_env, tmp
     out = run_cli(env, "verify", "org/board", "--revision", "refs/pr/1", "--data", data)
     assert "identity/1: rejected" in out, out
     assert "the pull request adds verification.json" in out, out
+
+
+def _write_predictions_from(data: Path, column: str, out: Path, step: int = 1) -> Path:
+    """A predictions file whose images are the data's ``column`` (gsi, ordinary), every
+    ``step``-th pixel: what a submitter copying the references would send."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(data / "pairs" / "test-00000-of-00001.parquet",
+                      columns=["patient_id", "slice_index", column])
+    images = [np.asarray(a, dtype=np.int16)[::step, ::step].tolist()
+              for a in t.column(column).to_pylist()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"patient_id": t.column("patient_id"),
+                             "slice_index": t.column("slice_index").cast(pa.int32()),
+                             "prediction": pa.array(images, pa.list_(pa.list_(pa.int16())))}),
+                   out)
+    return out
+
+
+@pytest.mark.slow
+def test_real_reference_copies_replays_and_unscorable_predictions(tiny_run, tmp_path):
+    """On real data and a real `marbench`: GSI copies are refused, an import path as method
+    name is never re-run, predictions of the wrong shape are rejected before scoring."""
+    from benchmark.results import sha256_file
+    from benchmark.run import run_benchmark
+    from leaderboard.submit import prepare
+    from leaderboard.verify import verify_entry
+
+    data, run = tiny_run
+    cfg = config_from_results(Results.load(run), "Tiny board", run_dir=run)
+    assert cfg.dataset.image_shape == (32, 32)  # the data's slices
+    # 1. The GSI images replayed through the harness: a genuine run of copies.
+    gsi = _write_predictions_from(data, "gsi", tmp_path / "gsi.parquet")
+    copy_run = tmp_path / "gsi-copy"
+    run_benchmark("benchmark.rescore:ReplayPredictions", data, split="test", out=copy_run,
+                  lpips=None, clinical=False, figure=False, verbose=False,
+                  options={"predictions": str(gsi)})
+    (copy_run / "card.yaml").write_text(CARD)
+    codes = {p.code for p in prepare(copy_run, cfg).problems}
+    assert "reference_copy" in codes, codes
+
+    board = tmp_path / "board"
+    board.mkdir()
+    cfg.save(board / "board.json")
+    # 2. The identity run renamed to the replaying class, to earn "reproduced".
+    key = "benchmark.rescore_ReplayPredictions/1"
+    entry = board / "submissions" / key
+    only_named = shutil.ignore_patterns("per_slice.csv")  # what an entry holds, no more
+    shutil.copytree(run, entry, ignore=only_named)
+    r = Results.load(entry)
+    r.method.name = "benchmark.rescore:ReplayPredictions"
+    r.method.version = "1"
+    r.method.options = {"predictions": str(entry / r.predictions.path)}
+    r.save(entry / "results.json")
+    # 3. 16 x 16 predictions on the 32 x 32 board, sha256 updated.
+    small = board / "submissions/small/1"
+    shutil.copytree(run, small, ignore=only_named)
+    r = Results.load(small)
+    r.method.name = "small"
+    p = _write_predictions_from(data, "ordinary", small / r.predictions.path, step=2)
+    r.predictions = r.predictions.model_copy(update={"sha256": sha256_file(p),
+                                                     "bytes": p.stat().st_size})
+    r.save(small / "results.json")
+
+    b = Board.open(board)
+    mb = marbench_env().split()
+    v = verify_entry(b.entry(key), cfg, str(data), marbench=mb, reproduce_method=True)
+    assert v.status == "verified", v
+    assert any("by name only" in n for n in v.notes), v.notes
+    v = verify_entry(b.entry("small/1"), cfg, str(data), marbench=mb)
+    assert v.status == "rejected"
+    assert any("[predictions_shape]" in x and "16 x 16" in x for x in v.reasons), v.reasons

@@ -228,8 +228,7 @@ def test_a_pull_request_never_brings_its_own_verification(tiny_run, hub_env, tmp
     hub, env = hub_env
     board_src = tmp_path / "board_src"
     board_src.mkdir()
-    config_from_results(Results.load(run), "Tiny board", run_dir=run).save(
-        board_src / "board.json")
+    config_from_results(Results.load(run), "Tiny board").save(board_src / "board.json")
     hub.add_folder("org/board", board_src, message="Create the board")
     forged = tmp_path / "forged"
     shutil.copytree(run, forged)
@@ -278,14 +277,20 @@ def _write_predictions_from(data: Path, column: str, out: Path, step: int = 1) -
 def test_real_reference_copies_replays_and_unscorable_predictions(tiny_run, tmp_path):
     """On real data and a real `marbench`: GSI copies are refused, an import path as method
     name is never re-run, predictions of the wrong shape are rejected before scoring."""
+    from typer.testing import CliRunner
+
     from benchmark.results import sha256_file
     from benchmark.run import run_benchmark
+    from leaderboard.board import BoardConfig
+    from leaderboard.cli import app
     from leaderboard.submit import prepare
     from leaderboard.verify import verify_entry
 
     data, run = tiny_run
-    cfg = config_from_results(Results.load(run), "Tiny board", run_dir=run)
-    assert cfg.dataset.image_shape == (32, 32)  # the data's slices
+    board = tmp_path / "board"
+    res = CliRunner().invoke(app, ["init", str(board), "--reference", str(run)])
+    assert res.exit_code == 0, res.output
+    cfg = BoardConfig.load(board)
     # 1. The GSI images replayed through the harness: a genuine run of copies.
     gsi = _write_predictions_from(data, "gsi", tmp_path / "gsi.parquet")
     copy_run = tmp_path / "gsi-copy"
@@ -296,9 +301,6 @@ def test_real_reference_copies_replays_and_unscorable_predictions(tiny_run, tmp_
     codes = {p.code for p in prepare(copy_run, cfg).problems}
     assert "reference_copy" in codes, codes
 
-    board = tmp_path / "board"
-    board.mkdir()
-    cfg.save(board / "board.json")
     # 2. The identity run renamed to the replaying class, to earn "reproduced".
     key = "benchmark.rescore_ReplayPredictions/1"
     entry = board / "submissions" / key
@@ -327,3 +329,4 @@ def test_real_reference_copies_replays_and_unscorable_predictions(tiny_run, tmp_
     v = verify_entry(b.entry("small/1"), cfg, str(data), marbench=mb)
     assert v.status == "rejected"
     assert any("[predictions_shape]" in x and "16 x 16" in x for x in v.reasons), v.reasons
+    assert cfg.dataset.image_shape == (32, 32)  # `init` read it from the reference run

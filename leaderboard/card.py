@@ -16,6 +16,7 @@ pairs, and classic methods that need no training; the board shows and filters by
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leaderboard.errors import LeaderboardError
+
+from .files import MAX_CARD_BYTES, EntryFileError, read_limited
 
 #: Tracks a method competes in.
 TRACKS: tuple[str, ...] = ("paired-supervised", "unsupervised", "classic")
@@ -33,6 +36,25 @@ NO_TEST_STATEMENT = ("No slice of any test patient was used to train, tune or se
 
 #: The card's file name inside a submission folder.
 CARD_FILE = "card.yaml"
+
+#: Longest method name shown on the board (characters).
+MAX_NAME_CHARS = 120
+#: Unicode categories refused in the card's text: control (NUL, escapes), format (right-to-left
+#: overrides, zero-width characters), surrogates, private use, unassigned, line / paragraph
+#: separators. They can hide or reorder what the page shows.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def _text_problem(text: str, *, newlines: bool = False) -> str | None:
+    for i, ch in enumerate(text):
+        if newlines and ch in "\n\t":
+            continue
+        cat = unicodedata.category(ch)
+        if cat in _REFUSED_CATEGORIES:
+            name = unicodedata.name(ch, f"U+{ord(ch):04X}")
+            return (f"holds the invisible or control character {name} (U+{ord(ch):04X}, "
+                    f"category {cat}) at position {i}")
+    return None
 
 CARD_TEMPLATE = """\
 name: My MAR method
@@ -54,13 +76,43 @@ class MethodCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1)
-    authors: list[str] = Field(min_length=1)
-    code: str = Field(min_length=1, description="link to the code")
-    licence: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    authors: list[str] = Field(min_length=1, max_length=100)
+    code: str = Field(min_length=1, max_length=500, description="link to the code")
+    licence: str = Field(min_length=1, max_length=100)
     track: Literal["paired-supervised", "unsupervised", "classic"]
     no_test_patients: bool
-    description: str = ""
+    description: str = Field("", max_length=5000)
+
+    @field_validator("name", "code", "licence")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        # The name is what the page shows: it must be visible, one line, in reading order.
+        if not v.strip():
+            raise ValueError("is blank")
+        problem = _text_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v.strip()
+
+    @field_validator("authors")
+    @classmethod
+    def _authors(cls, v: list[str]) -> list[str]:
+        for i, a in enumerate(v):
+            if not a.strip() or len(a) > 200:
+                raise ValueError(f"author {i} is blank or longer than 200 characters")
+            problem = _text_problem(a)
+            if problem:
+                raise ValueError(f"author {i} {problem}")
+        return [a.strip() for a in v]
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str) -> str:
+        problem = _text_problem(v, newlines=True)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("no_test_patients")
     @classmethod
@@ -77,9 +129,18 @@ class MethodCard(BaseModel):
         if not p.is_file():
             raise CardError(f"{p}: no method card; write one like this:\n{CARD_TEMPLATE}")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+            text = read_limited(p, MAX_CARD_BYTES, "method card").decode("utf-8")
+        except EntryFileError as e:
+            raise CardError(str(e)) from None
+        except UnicodeDecodeError as e:
+            raise CardError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
+                            "card as UTF-8") from None
+        try:
+            raw = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise CardError(f"{p}: not valid YAML/JSON ({e})") from e
+        except RecursionError:
+            raise CardError(f"{p}: nested too deeply to be a method card") from None
         if not isinstance(raw, dict):
             raise CardError(f"{p}: expected a mapping of fields, got {type(raw).__name__}")
         try:

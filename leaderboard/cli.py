@@ -25,6 +25,13 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _os_error(what: str, e: OSError) -> str:
+    """``what``: the file and what the system said (full disk, no permission, ...)."""
+    if e.filename:
+        return f"{e.filename}: {e.strerror or e} ({what})"
+    return f"{what}: {e.strerror or e}"
+
+
 def submit(
     results_dir: Path = typer.Argument(..., help="run folder of `marbench run` "
                                                  "(results.json, predictions/)"),
@@ -39,16 +46,20 @@ def submit(
     """Validate a run and submit it to a leaderboard: a pull request on a Hub board, or a
     new entry in a local board folder."""
     from .board import is_local_board
+    from .errors import LeaderboardError
     from .submit import add_to_folder, board_config, open_pull_request, prepare
 
+    local = is_local_board(board)
     try:
         config = board_config(board)
-    except (FileNotFoundError, ValueError) as e:
+        sub = prepare(results_dir, config, card,
+                      board_root=Path(board).expanduser() if local else None)
+    except (LeaderboardError, FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
-    except Exception as e:  # Hub errors: name the board
-        raise _fail(f"{board}: cannot read the board's board.json ({type(e).__name__}: "
-                    f"{e})") from None
-    sub = prepare(results_dir, config, card)
+    except OSError as e:
+        raise _fail(_os_error(f"reading {results_dir} or the board {board}", e)) from None
+    for n in sub.notes:
+        typer.echo(f"note: {n}", err=True)
     if not sub.valid:
         typer.echo(f"{results_dir}: not accepted by {board}:", err=True)
         for p in sub.problems:
@@ -59,7 +70,7 @@ def submit(
         typer.echo(f"valid: would add {sub.entry}/ ({files}) to {board}")
         return
     try:
-        if is_local_board(board):
+        if local:
             dest = add_to_folder(sub, Path(board).expanduser(), replace=replace)
             typer.echo(f"added {dest}")
         else:
@@ -67,6 +78,12 @@ def submit(
             typer.echo(f"opened pull request: {url}")
     except (FileExistsError, ValueError) as e:
         raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(_os_error(f"adding the entry to {board}; the board is unchanged", e)) \
+            from None
+    except Exception as e:  # Hub errors (network, access, a refused commit) name the board
+        raise _fail(f"{board}: the pull request could not be opened "
+                    f"({type(e).__name__}: {e})") from None
 
 
 app.command("submit")(submit)
@@ -91,25 +108,32 @@ def init(
     from .board import BOARD_FILE, BootstrapSettings, config_from_results
 
     try:
-        cfg = config_from_results(Results.load(reference), title, metric or None)
+        cfg = config_from_results(Results.load(reference), title, metric or None,
+                                  run_dir=reference)
         cfg.bootstrap = BootstrapSettings(n_resamples=n_resamples, unit=unit)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
-    board.mkdir(parents=True, exist_ok=True)
     if (board / BOARD_FILE).exists():
         raise _fail(f"{board / BOARD_FILE} exists; remove it to start a new board")
-    cfg.save(board / BOARD_FILE)
+    try:
+        board.mkdir(parents=True, exist_ok=True)
+        cfg.save(board / BOARD_FILE)
+    except OSError as e:
+        raise _fail(_os_error(f"writing {board / BOARD_FILE}", e)) from None
     typer.echo(f"{board / BOARD_FILE}: {len(cfg.slices)} test slices, protocol "
                f"{cfg.protocols[0]}, ranked by {', '.join(m.label for m in cfg.metrics)}")
 
 
 def _open(board: str, revision: str | None):  # type: ignore[no-untyped-def]
     from .board import Board
+    from .errors import LeaderboardError
 
     try:
         return Board.open(board, revision)
-    except (FileNotFoundError, ValueError) as e:
+    except (LeaderboardError, FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(_os_error(f"reading the board {board}", e)) from None
 
 
 @app.command("verify")
@@ -129,18 +153,32 @@ def verify(
 ) -> None:
     """Re-score entries' predictions against the reference data with their recorded
     protocol: verified, reproduced, or rejected with the reason."""
-    from .verify import VerifyUnavailable, verify_entry
+    from .errors import LeaderboardError
+    from .verify import VerifyUnavailable, submitted_verifications, verify_entry
 
     b = _open(board, revision)
-    targets = [b.entry(k) for k in entry] if entry else b.entries
+    try:
+        targets = [b.entry(k) for k in entry] if entry else b.entries
+        forged = submitted_verifications(b)
+    except KeyError as e:
+        raise _fail(str(e.args[0])) from None
+    except LeaderboardError as e:
+        raise _fail(str(e)) from None
+    for key, reason in forged.items():
+        b.entry(key).problems.append(reason)
     rev = data_revision or b.config.dataset.revision
     failed = False
     for e in targets:
         try:
             v = verify_entry(e, b.config, data, revision=rev, reproduce_method=reproduce,
-                             write=write and b.revision is None)
+                             write=write and b.revision is None, root=b.trusted_root,
+                             others=b.entries, chosen=bool(entry))
         except VerifyUnavailable as err:
             typer.echo(f"{e.key}: not checked: {err}", err=True)
+            failed = True
+            continue
+        except OSError as err:
+            typer.echo(f"{e.key}: not checked: {_os_error('verifying it', err)}", err=True)
             failed = True
             continue
         typer.echo(f"{e.key}: {v.status}")
@@ -161,7 +199,12 @@ def render(
     """Write the board as a static page: OUT/index.html."""
     from .render import render_board
 
-    path = render_board(_open(board, revision), out)
+    b = _open(board, revision)
+    try:
+        path = render_board(b, out)
+    except OSError as e:
+        raise _fail(_os_error(f"writing the page into {out}; the page there is unchanged",
+                              e)) from None
     typer.echo(str(path))
 
 

@@ -8,21 +8,32 @@ difference diagrams (``OUT/cd-all-<metric>.svg``, all slices), the Wilcoxon + Ho
 neighbours and the pairwise difference CIs of the primary metric. Excluded entries are listed
 with their reasons. The footer gives the dataset revision and manifest, the protocol, the
 board's revision and the build time.
+
+The page runs no script from any entry: every text of an entry is escaped (Jinja2
+autoescape), the page's own script is the only one its Content-Security-Policy allows (by
+hash), an entry's card is written from its validated fields and its figure is a re-encoded
+PNG. The site is written into a staging folder beside ``OUT`` and moved into place only when
+complete, so a full disk never leaves a half-written page.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.metadata
 import math
+import os
 import shutil
+import time
 from pathlib import Path
 
 from benchmark.results import atomic_write_text
 
 from .board import Board
 from .card import CARD_FILE
+from .files import FIGURE_FILE, EntryFileError, reencode_png
 from .significance import cd_diagram
-from .view import BoardView, build_view
+from .view import BoardView, build_view, display_names
 
 TEMPLATES = Path(__file__).parent / "templates"
 WHISKER_W = 110
@@ -58,11 +69,47 @@ def _tool_version() -> str:
         return "unknown"
 
 
+def _csp(script: str) -> str:
+    """The page's Content-Security-Policy: its own script only (by hash), no plugins, no
+    forms, no remote anything."""
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
+            "img-src 'self' data:; base-uri 'none'; form-action 'none'")
+
+
 def render_view(view: BoardView, out: Path, cd: bool = True) -> Path:
-    """Write ``out/index.html`` (+ diagrams and entry files) from a computed view."""
+    """Write ``out/index.html`` (+ diagrams and entry files) from a computed view: built in a
+    staging folder beside ``out``, then moved in (``index.html`` last)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{time.time_ns()}"
+    stage.mkdir()
+    try:
+        _write_site(view, stage, cd)
+        _move_into(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / "index.html"
+
+
+def _move_into(stage: Path, out: Path) -> None:
+    """Replace ``out``'s copies of what ``stage`` holds; the page itself last."""
+    items = sorted(stage.iterdir(), key=lambda p: p.name == "index.html")
+    for item in items:
+        dest = out / item.name
+        if item.is_dir():
+            old = out / f".{item.name}.old-{time.time_ns()}"
+            if dest.exists():
+                os.replace(dest, old)
+            os.replace(item, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(item, dest)
+
+
+def _write_site(view: BoardView, out: Path, cd: bool) -> Path:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    out.mkdir(parents=True, exist_ok=True)
     board = view.board
     links: dict[str, dict[str, str]] = {}
     for tab in view.tabs:
@@ -72,14 +119,16 @@ def render_view(view: BoardView, out: Path, cd: bool = True) -> Path:
             dest = out / "entries" / row.key
             dest.mkdir(parents=True, exist_ok=True)
             item = {}
-            card = row.entry.folder / CARD_FILE
-            if card.is_file():
-                shutil.copyfile(card, dest / CARD_FILE)
+            if row.entry.card is not None:  # written from the validated fields
+                (dest / CARD_FILE).write_text(row.entry.card.to_yaml(), encoding="utf-8")
                 item["card"] = f"entries/{row.key}/{CARD_FILE}"
             fig = row.entry.figure_path()
             if fig is not None:
-                shutil.copyfile(fig, dest / fig.name)
-                item["figure"] = f"entries/{row.key}/{fig.name}"
+                try:
+                    (dest / FIGURE_FILE).write_bytes(reencode_png(fig))
+                    item["figure"] = f"entries/{row.key}/{FIGURE_FILE}"
+                except EntryFileError:
+                    pass  # listed as a problem of the entry when the board was read
             links[row.key] = item
     tables = []
     for tab in view.tabs:
@@ -105,24 +154,32 @@ def render_view(view: BoardView, out: Path, cd: bool = True) -> Path:
             # Diagrams for all slices only: per implant type they add little and cost time.
             if cd and tab.id == "all" and s.avg_ranks is not None:
                 name = f"cd-{tab.id}-{m.comparison}-{m.metric}.svg"
-                label = {e.key: e.label for e in board.entries}
-                s_named = _relabel(s, label)
-                if cd_diagram(s_named, str(out / name), title=f"{m.label}: mean rank "
-                              f"over {tab.n_patients} patients (Nemenyi, "
-                              f"α={board.config.bootstrap.alpha})",
-                              alpha=board.config.bootstrap.alpha):
-                    svg = name
+                s_named = _relabel(s, display_names(board.entries))
+                try:
+                    if cd_diagram(s_named, str(out / name), title=f"{m.label}: mean rank "
+                                  f"over {tab.n_patients} patients (Nemenyi, "
+                                  f"α={board.config.bootstrap.alpha})",
+                                  alpha=board.config.bootstrap.alpha):
+                        svg = name
+                except (ValueError, RuntimeError):
+                    svg = None  # the page stands without its diagram
             sig.append({"metric": m, "stats": s, "cd": svg, "primary": j == 0})
-        names = {e.key: e.label for e in board.entries}
+        names = display_names(board.entries)
         tables.append({"tab": tab, "cols": cols, "rows": rows, "sig": sig, "names": names})
     env = Environment(loader=FileSystemLoader(TEMPLATES),
                       autoescape=select_autoescape(["html", "j2"]))
     env.filters["num"] = _fmt
+    script = (TEMPLATES / "board.js").read_text(encoding="utf-8")
     html = env.get_template("board.html.j2").render(
         view=view, board=board, cfg=board.config, tables=tables,
         built=view.built_utc.strftime("%Y-%m-%d %H:%M UTC"), version=_tool_version(),
-        excluded=view.excluded)
+        excluded=view.excluded, script=script, csp=_csp(script))
     return atomic_write_text(out / "index.html", html)
+
+
+def _short_label(text: str, limit: int = 48) -> str:
+    """A diagram label: long names are cut (the page's tables show them whole)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _relabel(s, label: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -130,7 +187,8 @@ def _relabel(s, label: dict[str, str]):  # type: ignore[no-untyped-def]
     import copy
 
     c = copy.copy(s)
-    c.methods = [label.get(k, k) for k in s.methods]
+    # matplotlib reads "$...$" as mathematics: a card name is plain text.
+    c.methods = [_short_label(label.get(k, k)).replace("$", r"\$") for k in s.methods]
     return c
 
 

@@ -12,9 +12,12 @@ writes ``TMP/results.json``. Every per-slice value is compared with the submitte
 - ``verified``: all agree (relative tolerance :data:`SCORE_TOLERANCE`);
 - ``reproduced``: verified, and the registered method re-run from its recorded name, version
   and options (``marbench run``; ``--reproduce``) gives the same predictions (within
-  :data:`PREDICTION_TOLERANCE_HU`, the int16 rounding of another machine);
-- ``rejected``: a validation problem, or a re-scored value that differs; the reasons say
-  which slice and metric.
+  :data:`PREDICTION_TOLERANCE_HU`, the int16 rounding of another machine). Only a registered
+  method *name* is ever run (:data:`REGISTERED_NAME`): a ``module:Class`` import path in a
+  results file is refused, since it could name code that replays the submitted predictions;
+- ``rejected``: a validation problem (predictions that cannot be scored, copies of the
+  references), predictions identical to those of an entry verified before, or a re-scored
+  value that differs; the reasons say which slice and metric.
 
 The command is ``$MARBENCH`` when set (a command line), else ``python -m benchmark.cli``.
 """
@@ -25,6 +28,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -37,13 +41,27 @@ import numpy as np
 from benchmark.results import Results
 from leaderboard.errors import LeaderboardError
 
-from .board import BoardConfig, Entry, Verification, write_json
-from .validate import validate_results
+from .board import (
+    SUBMISSIONS,
+    Board,
+    BoardConfig,
+    Entry,
+    Verification,
+    short,
+    write_json,
+)
+from .files import VERIFICATION_FILE
+from .validate import check_results, copy_problem
 
 #: Relative agreement asked of a re-scored value (same code, another machine / device).
 SCORE_TOLERANCE = 1e-5
 #: Largest prediction difference (HU) accepted when a method is re-run.
 PREDICTION_TOLERANCE_HU = 1.0
+#: What `--reproduce` accepts as a method to run: a registered name (``marbench ls``), never
+#: an import path (``pkg.module:Class``) or anything the command line could read as an option.
+REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+#: A method option's key, passed as ``--option=KEY=VALUE``.
+OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class VerifyUnavailable(LeaderboardError, RuntimeError):
@@ -168,20 +186,30 @@ def reproduce(results: Results, entry_dir: Path, data: str, out: Path,
               revision: str | None = None, marbench: list[str] | None = None,
               timeout: float = 3600) -> tuple[bool, str, float | None]:
     """Re-run the registered method with the recorded options; (same predictions?, note,
-    largest prediction difference in HU or None)."""
+    largest prediction difference in HU or None). Only a registered method name is run."""
     m = results.method
-    cmd = [*(marbench or marbench_command()), "run", "--method", m.name, "--data", data,
-           "--split", results.dataset.split, "--config", results.dataset.config,
+    if not REGISTERED_NAME.fullmatch(m.name):
+        return False, f"method {short(m.name, 120)!r} is not a registered method name: " \
+                      "--reproduce runs registered methods by name only, never an import " \
+                      "path", None
+    bad = [k for k in m.options if not OPTION_KEY.fullmatch(k)]
+    if bad:
+        return False, f"option {short(bad[0], 60)!r} is not an option name; not re-run", None
+    # `--x=VALUE`: a value is never read as another option, whatever it starts with.
+    cmd = [*(marbench or marbench_command()), "run", f"--method={m.name}", "--data", data,
+           f"--split={results.dataset.split}", f"--config={results.dataset.config}",
            "--out", str(out), "--no-lpips", "--no-clinical"]
     if revision:
         cmd += ["--revision", revision]
     for k, v in m.options.items():
-        cmd += ["-O", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+        cmd.append(f"--option={k}={json.dumps(v) if not isinstance(v, str) else v}")
     r = _run(cmd, timeout)
     if r.returncode != 0:
         return False, f"re-running {m.name!r} failed (exit {r.returncode}): " \
                       f"{_tail(r.stderr + r.stdout, 3)}", None
     rerun = Results.load(out)
+    if rerun.method.name != m.name:
+        return False, f"re-running {m.name!r} ran {rerun.method.name!r}", None
     if rerun.method.version != m.version:
         return False, f"the installed {m.name!r} is version {rerun.method.version}, the " \
                       f"entry was made with version {m.version}", None
@@ -199,9 +227,18 @@ def reproduce(results: Results, entry_dir: Path, data: str, out: Path,
 def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str | None = None,
                  reproduce_method: bool = False, marbench: list[str] | None = None,
                  workdir: Path | None = None, write: bool = True,
-                 tol: float = SCORE_TOLERANCE) -> Verification:
+                 tol: float = SCORE_TOLERANCE, root: Path | None = None,
+                 others: list[Entry] | None = None, chosen: bool = False) -> Verification:
     """Check one entry (see the module docstring) and, with ``write``, save
-    ``verification.json`` in its folder.
+    ``verification.json`` in its folder (the entry's ``verification`` is updated either way,
+    so entries checked later in one run see it).
+
+    ``root``: the folder the entry's files must resolve into (default: the board folder two
+    levels above the entry). ``others``: the board's entries, checked for copies (default:
+    those of the board the entry's folder belongs to). An entry whose predictions are those
+    of an entry verified before it is rejected as a copy; when none of the entries with the
+    same predictions is verified, each is rejected unless ``chosen`` (the maintainers named
+    it: ``--entry``), which makes it the original.
 
     Raises:
         VerifyUnavailable: the entry could not be checked here (it is not rejected).
@@ -209,12 +246,30 @@ def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str |
     results = entry.results
     now = datetime.now(timezone.utc)  # noqa: UP017 (py3.10 has no datetime.UTC)
     sha = results.predictions.sha256 if results and results.predictions else ""
+    board_root = entry.folder.parents[2] if len(entry.folder.parents) > 2 else entry.folder
     reasons: list[str] = list(entry.problems)
     if results is not None:
-        reasons += [str(p) for p in validate_results(results, entry.folder, board)]
+        try:
+            checked = check_results(results, entry.folder, board, root or board_root)
+        except Exception as exc:  # noqa: BLE001 (a hostile entry is rejected, not a crash)
+            reasons.append(f"[unreadable] the entry could not be checked ({type(exc).__name__}"
+                           f": {short(str(exc), 300)})")
+        else:
+            reasons += [str(p) for p in checked.problems]
+            entry.content_sha256 = checked.scan.content_sha256 if checked.scan else None
+    if not reasons and results is not None:
+        if others is None:
+            others = _board_entries(board_root)
+        copy = copy_problem(entry, others)
+        if copy is not None:
+            reasons.append(str(copy))
+        elif not chosen:
+            # Entries with the same predictions, none verified, as found when the board was
+            # opened (so the order in which entries are checked changes nothing).
+            reasons += [c for c in entry.checks if c.startswith("[copy]")]
     if reasons or results is None:
-        v = Verification(status="rejected", reasons=reasons, predictions_sha256=sha,
-                         checked_utc=now, tool=_tool())
+        v = Verification(status="rejected", reasons=[short(r) for r in reasons],
+                         predictions_sha256=sha, checked_utc=now, tool=_tool())
     else:
         with tempfile.TemporaryDirectory(dir=workdir, prefix="verify-") as tmp:
             rescored = rescore(entry.folder, data, Path(tmp) / "rescored", revision, marbench)
@@ -233,5 +288,54 @@ def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str |
                              tool=_tool())
     if write:
         write_json(entry.folder / "verification.json", v.model_dump(mode="json"))
-        entry.verification = v
+    entry.verification = v
     return v
+
+
+def submitted_verifications(board: Board) -> dict[str, str]:
+    """Entries of a Hub board read at a pull request (any commit but ``main``'s) whose
+    verification.json is not the one on ``main``: the pull request adds or changes it, and
+    only the maintainers' tools write that file. Entry key -> reason; empty for a folder.
+
+    Raises:
+        BoardUnavailable: the Hub cannot be asked.
+    """
+    if board.revision is None:
+        return {}
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from .board import BoardUnavailable
+
+    try:
+        api = HfApi()
+        main = api.repo_info(board.source, repo_type="dataset", revision="main").sha
+        if main == board.revision:
+            return {}
+        on_main = set(api.list_repo_files(board.source, repo_type="dataset", revision=main))
+        out: dict[str, str] = {}
+        for e in board.entries:
+            mine = e.folder / VERIFICATION_FILE
+            path = f"{SUBMISSIONS}/{e.key}/{VERIFICATION_FILE}"
+            if not mine.exists():
+                continue
+            if path not in on_main:
+                out[e.key] = f"[verification] the pull request adds {VERIFICATION_FILE}; only " \
+                             "the maintainers' `leaderboard verify` writes it"
+            elif Path(hf_hub_download(board.source, path, repo_type="dataset",
+                                      revision=main)).read_bytes() != mine.read_bytes():
+                out[e.key] = f"[verification] the pull request changes {VERIFICATION_FILE}; " \
+                             "only the maintainers' `leaderboard verify` writes it"
+    except Exception as e:  # every Hub failure names the board
+        raise BoardUnavailable(f"{board.source}: cannot compare with main "
+                               f"({type(e).__name__}: {short(str(e), 300)})") from None
+    return out
+
+
+def _board_entries(root: Path) -> list[Entry]:
+    """The entries of the board folder ``root`` (none when it is not a board)."""
+    from .board import BOARD_FILE
+
+    if not (root / BOARD_FILE).is_file():
+        return []
+    return Board.open(root).entries
+

@@ -2,13 +2,18 @@
 
 Ranked entries are those whose files are valid for the board (``submitted``, ``verified`` or
 ``reproduced``); ``rejected`` and ``invalid`` entries are listed apart with their reasons, so
-an entry never silently disappears. Each tab (all slices, then one per implant type) ranks the
-entries by the board's first metric and carries, per metric, the bootstrap CIs, rank ranges
-and tests of :mod:`leaderboard.significance`.
+an entry never silently disappears. The reasons are those found when the board was opened
+(:func:`leaderboard.validate.assess_entries`), so the page and `leaderboard list` agree.
+Rows show the card's name beside the entry key; where entries share a card name, the
+statistical tests and diagrams name them "name (method/version)" (:func:`display_names`).
+Each tab (all slices, then one per implant type) ranks the entries by the board's first
+metric and carries, per metric, the bootstrap CIs, rank ranges and tests of
+:mod:`leaderboard.significance`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -16,7 +21,6 @@ import numpy as np
 
 from .board import Board, Entry, RankedMetric
 from .significance import MetricStats, compare_methods
-from .validate import validate_results
 
 RANKED = ("submitted", "verified", "reproduced")
 
@@ -68,22 +72,20 @@ class BoardView:
         default_factory=lambda: datetime.now(timezone.utc))  # noqa: UP017 (py3.10)
 
 
-def _entry_reasons(entry: Entry, board: Board) -> list[str]:
-    if entry.problems or entry.results is None:
-        return list(entry.problems)
-    reasons = [str(p) for p in validate_results(entry.results, entry.folder, board.config)]
-    if entry.status == "rejected" and entry.verification is not None:
-        reasons += entry.verification.reasons
-    return reasons
+def display_names(entries: list[Entry]) -> dict[str, str]:
+    """Entry key -> the name shown: the card's name, with the key where names are shared."""
+    counts = Counter(e.label.casefold() for e in entries)
+    return {e.key: e.label if counts[e.label.casefold()] == 1 else f"{e.label} ({e.key})"
+            for e in entries}
 
 
 def build_view(board: Board) -> BoardView:
-    """Validate every entry, then rank the valid ones per tab and metric."""
+    """Rank the valid entries (checked when the board was opened) per tab and metric."""
     cfg = board.config
     ranked: list[Entry] = []
     excluded: list[tuple[Entry, str, list[str]]] = []
     for e in board.entries:
-        reasons = _entry_reasons(e, board)
+        reasons = e.reasons
         if reasons:
             status = e.status if e.status == "rejected" else "invalid"
             excluded.append((e, status, reasons))
@@ -97,13 +99,21 @@ def build_view(board: Board) -> BoardView:
     # (entries, metrics, slices) in the board's slice order; NaN where the slice lacks the
     # comparison (validation guarantees every other value exists and is finite).
     has = np.array([[m.comparison in s.comparisons for s in cfg.slices] for m in cfg.metrics])
-    values = np.full((len(ranked), len(cfg.metrics), len(keys)), np.nan)
-    for i, e in enumerate(ranked):
+    rows_of: list[np.ndarray] = []
+    for e in list(ranked):
         assert e.results is not None
         by_key = {(s.patient_id, s.slice_index): s.scores for s in e.results.per_slice}
-        for j, m in enumerate(cfg.metrics):
-            values[i, j, has[j]] = [by_key[k][m.comparison][m.metric]
-                                    for k, h in zip(keys, has[j], strict=True) if h]
+        v = np.full((len(cfg.metrics), len(keys)), np.nan)
+        try:
+            for j, m in enumerate(cfg.metrics):
+                v[j, has[j]] = [by_key[k][m.comparison][m.metric]
+                                for k, h in zip(keys, has[j], strict=True) if h]
+        except (KeyError, TypeError, ValueError) as err:  # an entry never breaks the board
+            ranked.remove(e)
+            excluded.append((e, "invalid", [f"a ranked value is missing ({err!r})"]))
+            continue
+        rows_of.append(v)
+    values = np.stack(rows_of) if rows_of else np.full((0, len(cfg.metrics), len(keys)), np.nan)
     subsets = [("all", "All implants", np.ones(len(keys), bool))]
     subsets += [(f"implant-{t}", t.replace("_", " "), implants == t)
                 for t in cfg.implant_types]

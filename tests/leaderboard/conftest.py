@@ -4,6 +4,7 @@ written through the results schema with a small predictions Parquet file."""
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,9 +62,11 @@ def summary_np(values: list[float], higher: bool) -> MetricSummary:
                          n_nan=int(np.isnan(v).sum()), higher_is_better=higher)
 
 
-def write_predictions(path: Path, keys: list[tuple[str, int]], seed: int) -> tuple[str, int]:
-    """A tiny int16 predictions Parquet (4x4 slices); (sha256, bytes)."""
-    rng = np.random.default_rng(seed)
+def write_predictions(path: Path, keys: list[tuple[str, int]], seed: int,
+                      salt: str = "") -> tuple[str, int]:
+    """A tiny int16 predictions Parquet (4x4 slices, content set by ``seed`` and ``salt``,
+    e.g. the method name); (sha256, bytes)."""
+    rng = np.random.default_rng([seed, zlib.crc32(salt.encode())])
     arrays = [rng.integers(-1024, 3071, size=(4, 4)).astype(np.int16).tolist() for _ in keys]
     table = pa.table({"patient_id": pa.array([k[0] for k in keys], pa.string()),
                       "slice_index": pa.array([k[1] for k in keys], pa.int32()),
@@ -82,7 +85,7 @@ def make_results(folder: Path, name: str, psnr: np.ndarray, ssim: np.ndarray,
     slices = SLICES if slices is None else slices
     keys = [(p, s) for p, s, _ in slices]
     pred = "predictions/test-00000-of-00001.parquet"
-    sha, nbytes = write_predictions(folder / pred, keys, seed)
+    sha, nbytes = write_predictions(folder / pred, keys, seed, salt=name)
     per_slice = [SliceRecord(patient_id=p, slice_index=s, z_mm=2.5 * s, implant_type=t,
                              metal_pixels=10,
                              scores={"method_vs_gsi": {"psnr": float(a), "ssim": float(b)}})
@@ -123,7 +126,8 @@ def make_results(folder: Path, name: str, psnr: np.ndarray, ssim: np.ndarray,
 def board_config(title: str = "Test board") -> BoardConfig:
     return BoardConfig(
         title=title, protocols=["marbench-v1"],
-        dataset=BoardDataset(repo_id="org/data", revision=REVISION, manifest_sha256=MANIFEST),
+        dataset=BoardDataset(repo_id="org/data", revision=REVISION, manifest_sha256=MANIFEST,
+                             image_shape=(4, 4)),
         slices=[BoardSlice(patient_id=p, slice_index=s, implant_type=t) for p, s, t in SLICES],
         metrics=[RankedMetric(comparison="method_vs_gsi", metric="psnr", label="PSNR vs GSI",
                               higher_is_better=True, unit="dB"),

@@ -192,11 +192,16 @@ def test_local_verify_marks_verified_and_rejected(tiny_run, tmp_path):
     add_to_folder(prepare(cheat_copy(run, tmp_path / "cheat"), cfg), board)
     b = Board.open(board)
     mb = marbench_env().split()
-    v1 = verify_entry(b.entry("identity/1"), cfg, str(data), marbench=mb)
+    # identity/2 carries identity/1's predictions: the maintainers name the original.
+    v1 = verify_entry(b.entry("identity/1"), cfg, str(data), marbench=mb, chosen=True)
     v2 = verify_entry(b.entry("identity/2"), cfg, str(data), marbench=mb)
     assert (v1.status, v2.status) == ("verified", "rejected")
     assert v1.max_abs_score_diff is not None and v1.max_abs_score_diff <= 1e-9
-    assert v2.max_abs_score_diff == pytest.approx(0.5, abs=1e-9)
+    # The cheat's predictions are identity/1's: once identity/1 is verified, the cheat is
+    # refused as its copy before any re-scoring (re-scoring catching the inflated values is
+    # step 4 of the pull-request test above, where no verified original is on the board).
+    assert v2.max_abs_score_diff is None
+    assert any(r.startswith("[copy]") and "identity/1" in r for r in v2.reasons), v2.reasons
     b = Board.open(board)
     assert [(e.key, e.status) for e in b.entries] == [("identity/1", "verified"),
                                                       ("identity/2", "rejected")]
@@ -213,3 +218,115 @@ def test_local_verify_marks_verified_and_rejected(tiny_run, tmp_path):
     v["predictions_sha256"] = "0" * 64
     (board / "submissions/identity/1/verification.json").write_text(json.dumps(v))
     assert Board.open(board).entry("identity/1").status == "submitted"
+
+
+@pytest.mark.slow
+def test_a_pull_request_never_brings_its_own_verification(tiny_run, hub_env, tmp_path):
+    """`submit` never sends a verification.json (not even named as the figure), and `verify`
+    at a pull request refuses one the pull request adds by hand."""
+    data, run = tiny_run
+    hub, env = hub_env
+    board_src = tmp_path / "board_src"
+    board_src.mkdir()
+    config_from_results(Results.load(run), "Tiny board").save(board_src / "board.json")
+    hub.add_folder("org/board", board_src, message="Create the board")
+    forged = tmp_path / "forged"
+    shutil.copytree(run, forged)
+    r = Results.load(forged)
+    (forged / "verification.json").write_text(json.dumps({
+        "status": "reproduced", "reasons": [], "notes": ["trust me"],
+        "predictions_sha256": r.predictions.sha256, "checked_utc": "2025-01-01T00:00:00Z"}))
+    r.figure = "verification.json"
+    r.save(forged / "results.json")
+    out = run_cli(env, "submit", forged, "--board", "org/board", ok=False)
+    assert "[figure_path]" in out and "discussions" not in out
+    # A pull request made by hand, carrying the entry and a verification of its own.
+    files = ["results.json", "card.yaml", "verification.json", r.predictions.path]
+    client(env, f"""
+        from huggingface_hub import CommitOperationAdd
+        ops = [CommitOperationAdd(path_in_repo="submissions/identity/1/" + f,
+                                  path_or_fileobj={str(forged)!r} + "/" + f) for f in {files!r}]
+        api.create_commit("org/board", repo_type="dataset", operations=ops, create_pr=True,
+                          commit_message="Submit identity v1")
+        print(json.dumps(0))""")
+    out = run_cli(env, "verify", "org/board", "--revision", "refs/pr/1", "--data", data)
+    assert "identity/1: rejected" in out, out
+    assert "the pull request adds verification.json" in out, out
+
+
+def _write_predictions_from(data: Path, column: str, out: Path, step: int = 1) -> Path:
+    """A predictions file whose images are the data's ``column`` (gsi, ordinary), every
+    ``step``-th pixel: what a submitter copying the references would send."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(data / "pairs" / "test-00000-of-00001.parquet",
+                      columns=["patient_id", "slice_index", column])
+    images = [np.asarray(a, dtype=np.int16)[::step, ::step].tolist()
+              for a in t.column(column).to_pylist()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"patient_id": t.column("patient_id"),
+                             "slice_index": t.column("slice_index").cast(pa.int32()),
+                             "prediction": pa.array(images, pa.list_(pa.list_(pa.int16())))}),
+                   out)
+    return out
+
+
+@pytest.mark.slow
+def test_real_reference_copies_replays_and_unscorable_predictions(tiny_run, tmp_path):
+    """On real data and a real `marbench`: GSI copies are refused, an import path as method
+    name is never re-run, predictions of the wrong shape are rejected before scoring."""
+    from typer.testing import CliRunner
+
+    from benchmark.results import sha256_file
+    from benchmark.run import run_benchmark
+    from leaderboard.board import BoardConfig
+    from leaderboard.cli import app
+    from leaderboard.submit import prepare
+    from leaderboard.verify import verify_entry
+
+    data, run = tiny_run
+    board = tmp_path / "board"
+    res = CliRunner().invoke(app, ["init", str(board), "--reference", str(run)])
+    assert res.exit_code == 0, res.output
+    cfg = BoardConfig.load(board)
+    # 1. The GSI images replayed through the harness: a genuine run of copies.
+    gsi = _write_predictions_from(data, "gsi", tmp_path / "gsi.parquet")
+    copy_run = tmp_path / "gsi-copy"
+    run_benchmark("benchmark.rescore:ReplayPredictions", data, split="test", out=copy_run,
+                  lpips=None, clinical=False, figure=False, verbose=False,
+                  options={"predictions": str(gsi)})
+    (copy_run / "card.yaml").write_text(CARD)
+    codes = {p.code for p in prepare(copy_run, cfg).problems}
+    assert "reference_copy" in codes, codes
+
+    # 2. The identity run renamed to the replaying class, to earn "reproduced".
+    key = "benchmark.rescore_ReplayPredictions/1"
+    entry = board / "submissions" / key
+    only_named = shutil.ignore_patterns("per_slice.csv")  # what an entry holds, no more
+    shutil.copytree(run, entry, ignore=only_named)
+    r = Results.load(entry)
+    r.method.name = "benchmark.rescore:ReplayPredictions"
+    r.method.version = "1"
+    r.method.options = {"predictions": str(entry / r.predictions.path)}
+    r.save(entry / "results.json")
+    # 3. 16 x 16 predictions on the 32 x 32 board, sha256 updated.
+    small = board / "submissions/small/1"
+    shutil.copytree(run, small, ignore=only_named)
+    r = Results.load(small)
+    r.method.name = "small"
+    p = _write_predictions_from(data, "ordinary", small / r.predictions.path, step=2)
+    r.predictions = r.predictions.model_copy(update={"sha256": sha256_file(p),
+                                                     "bytes": p.stat().st_size})
+    r.save(small / "results.json")
+
+    b = Board.open(board)
+    mb = marbench_env().split()
+    v = verify_entry(b.entry(key), cfg, str(data), marbench=mb, reproduce_method=True)
+    assert v.status == "verified", v
+    assert any("by name only" in n for n in v.notes), v.notes
+    v = verify_entry(b.entry("small/1"), cfg, str(data), marbench=mb)
+    assert v.status == "rejected"
+    assert any("[predictions_shape]" in x and "16 x 16" in x for x in v.reasons), v.reasons
+    assert cfg.dataset.image_shape == (32, 32)  # `init` read it from the reference run

@@ -4,6 +4,7 @@ Quick start::
 
     artifactgsi simulate --out data/raw --patients 6 --slices 16 --size 128
     artifactgsi preview data/raw/SIM0000000 --out preview.png
+    artifactgsi import-aapm AAPM_CASES/ data/aapm     # the AAPM CT-MAR challenge's format
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def simulate(
     workers: int = typer.Option(1, help="worker processes"),
     scanner: str = typer.Option("gsi-hd", help="scanner profile of the ordinary series: "
                                 "gsi-hd (the GSI scanner, training domain), long-geometry, "
-                                "low-dose-100kv (see docs/simulator.md)"),
+                                "low-dose-100kv, aapm (the AAPM CT-MAR challenge's "
+                                "geometry; see docs/simulator.md)"),
     split_hint: str = typer.Option("", "--split-hint",
                                    help="implant patients' split_hint: '' (the builder "
                                         "splits), train, test (a held-out set), or "
@@ -155,6 +157,38 @@ def build(
                      for split, n in splits.items())
     c.print(f"[green]built[/] {escape(str(out))}: {rows} rows in {report.seconds:.1f} s "
             f"({report.slices_per_s:.1f} slices/s)")
+
+
+@app.command("import-aapm")
+def import_aapm_cmd(
+    src: Path = typer.Argument(..., help="folder of AAPM CT-MAR cases (Baseline/, Target/, "
+                                         "Mask/ with *_metalart_img*, *_nometal_img*, "
+                                         "*_metalonlymask_img* .raw files)"),
+    out: Path = typer.Argument(..., help="output folder: a dataset with the `aapm` config"),
+    split: str = typer.Option("test", help="split the cases go to: test or train"),
+    image_size: int = typer.Option(512, help="image matrix of the files (the challenge: 512)"),
+    require_sinograms: bool = typer.Option(False, help="refuse cases without both sinograms"),
+    limit: int = typer.Option(None, min=1, help="import only the first N cases"),
+    overwrite: bool = typer.Option(False, help="replace OUT"),
+) -> None:
+    """Import AAPM CT-MAR Grand Challenge cases as the `aapm` config of a dataset (Parquet,
+    card, manifest); then `marbench run --data OUT --config aapm --protocol aapm-ctmar-2024`."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .formats.aapm import import_aapm
+
+    try:
+        report = import_aapm(src, out, split=split, image_size=image_size,
+                             require_sinograms=require_sinograms, limit=limit,
+                             overwrite=overwrite)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    c = Console()
+    for w in report.warnings:
+        c.print(f"[yellow]warning[/]: {escape(w)}")
+    c.print(f"[green]imported[/] {report.rows} cases into {escape(str(out))} "
+            f"(config aapm, split {report.split})")
 
 
 @app.command()

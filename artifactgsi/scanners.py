@@ -40,12 +40,18 @@ class ScannerProfile:
     n_det_512: int = 888
     n_views_512: int = 984
     ordinary: OrdinaryProtocol = field(default_factory=OrdinaryProtocol)
+    # Detector pitch (mm) of the 512-px geometry when the scanner fixes it; None: the pitch
+    # whose fan just covers the field of view. Scaled so the fan angle stays the same.
+    det_pitch_mm_512: float | None = None
 
     def geometry(self, image_size: int, fov_mm: float = 500.0) -> FanBeamGeometry:
         """The profile's fan-beam geometry for an ``image_size`` object grid."""
-        return FanBeamGeometry.scaled(image_size, fov_mm, sid_mm=self.sid_mm,
-                                      sdd_mm=self.sdd_mm, n_det_512=self.n_det_512,
-                                      n_views_512=self.n_views_512)
+        g = FanBeamGeometry.scaled(image_size, fov_mm, sid_mm=self.sid_mm,
+                                   sdd_mm=self.sdd_mm, n_det_512=self.n_det_512,
+                                   n_views_512=self.n_views_512)
+        if self.det_pitch_mm_512 is None:
+            return g
+        return g.with_(det_pitch_mm=self.det_pitch_mm_512 * self.n_det_512 / g.n_det)
 
     @property
     def scanner_label(self) -> str:
@@ -84,6 +90,16 @@ SCANNER_PROFILES: dict[str, ScannerProfile] = {p.name: p for p in (
         sid_mm=570.0, sdd_mm=1040.0, n_det_512=672, n_views_512=1200,
         ordinary=OrdinaryProtocol(kvp=100.0, photons_per_ray=8.0e4, filter="hamming",
                                   filter_al_mm=2.5, filter_cu_mm=0.0)),
+    ScannerProfile(
+        name="aapm",
+        description="the AAPM CT-MAR Grand Challenge's scanner (XCIST simulation): 550 / 950 "
+                    "mm, 900 channels of 1 mm (fan over a 471 mm circle), 1000 views, "
+                    "120 kVp; filtration, dose and kernel as the GSI scanner's (the challenge "
+                    "does not publish them in these terms)",
+        manufacturer="ArtifactGSI-Sim", model="AAPM CT-MAR geometry",
+        convolution_kernel="STANDARD",
+        sid_mm=550.0, sdd_mm=950.0, n_det_512=900, n_views_512=1000, det_pitch_mm_512=1.0,
+        ordinary=OrdinaryProtocol(kvp=120.0)),
 )}
 
 

@@ -36,7 +36,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = ("patient_id", "implant_type", "body_region"
                                      "has_labels", "split_hint")
 #: Configs of a built dataset and the splits each has.
 CONFIG_SPLITS: dict[str, tuple[str, ...]] = {"pairs": ("train", "test"), "clean": ("train",),
-                                             "generalization": ("test",)}
+                                             "generalization": ("test",),
+                                             "aapm": ("train", "test")}
 
 
 def implant_index(name: str) -> int:
@@ -82,7 +83,7 @@ def metal_mask(hu: Any, threshold_hu: float = METAL_THRESHOLD_HU) -> Any:
 
 # --------------------------------------------------------------------------- columns
 #: Image columns (2D, int16 HU) and mask columns (2D, uint8).
-HU_IMAGE_COLUMNS: tuple[str, ...] = ("ordinary", "gsi", "ideal")
+HU_IMAGE_COLUMNS: tuple[str, ...] = ("ordinary", "gsi", "ideal", "reference")
 MASK_COLUMNS: tuple[str, ...] = ("metal_mask", "labels")
 #: Columns that may be null (no ideal image for real data, no labels where not annotated).
 NULLABLE_COLUMNS: tuple[str, ...] = ("ideal", "labels")
@@ -95,6 +96,9 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "pairs": (*_COMMON, "gsi", "metal_mask", "ideal", "labels", *_META, *_PAIRS_ONLY),
     "generalization": (*_COMMON, "metal_mask", *_META),
     "clean": (*_COMMON, *_META),
+    # The AAPM CT-MAR Grand Challenge's cases (artifactgsi import-aapm): no GSI.
+    "aapm": (*_COMMON, "reference", "metal_mask", "implant_type", "anatomy",
+             "pixel_spacing_mm", "kvp", "manufacturer", "model"),
 }
 
 
@@ -123,6 +127,8 @@ def features_for(config: str, shape: tuple[int, int]):
         "gsi": Array2D(shape, "int16"),
         "metal_mask": Array2D(shape, "uint8"),
         "ideal": Array2D(shape, "int16"),
+        "reference": Array2D(shape, "int16"),
+        "anatomy": Value("string"),
         "labels": Array2D(shape, "uint8"),
         "implant_type": ClassLabel(names=list(IMPLANT_TYPES)),
         "body_region": ClassLabel(names=list(BODY_REGIONS)),
@@ -148,6 +154,9 @@ CONFIG_DESCRIPTIONS: dict[str, str] = {
     "clean": "ordinary slices of patients without implant (decoder training)",
     "generalization": "ordinary slices of implant patients without GSI (other scanners); "
                       "no reference image",
+    "aapm": "cases of the AAPM CT-MAR Grand Challenge's format: the image with metal "
+            "(`ordinary`), the same scan without metal (`reference`) and the true metal mask; "
+            "no GSI",
 }
 
 #: Column documentation (dataset card and docs/dataset.md): ``(columns, meaning)``.
@@ -160,9 +169,13 @@ COLUMN_DOCS: tuple[tuple[str, str], ...] = (
     ("ordinary", "int16 HU, exactly as stored by the scanner (pairs: registered onto the GSI "
                  "grid, linear interpolation)"),
     ("gsi", "int16 HU of the GSI virtual monochromatic image (pairs)"),
-    ("metal_mask", "uint8, 1 where `ordinary` > the metal threshold (paper Eq. 8)"),
+    ("metal_mask", "uint8, 1 where `ordinary` > the metal threshold (paper Eq. 8); aapm "
+                   "config: the challenge's true metal mask"),
     ("ideal", "int16 HU, simulated data only: noise- and artifact-free monochromatic image "
               "(null for real data)"),
+    ("reference", "int16 HU, aapm config: the same scan simulated without the metal (the "
+                  "challenge's ground truth)"),
+    ("anatomy", "aapm config: `body` (400 mm field of view) or `head` (220.16 mm)"),
     ("labels", "uint8 segmentation on the GSI grid: 0 background, 1 metal implant, 2 left "
                "pelvis, 3 right pelvis, 4 left femur, 5 right femur (null where not annotated)"),
     ("implant_type", ", ".join(IMPLANT_TYPES)),

@@ -123,9 +123,13 @@ def run(
     no_verify: bool = typer.Option(False, "--no-verify",
                                    help="score a built folder that has no manifest.json "
                                         "(results then record no manifest sha256)"),
+    protocol: str = typer.Option("marbench-v1", "--protocol",
+                                 help="scoring protocol: marbench-v1 (the paper's) or "
+                                      "aapm-ctmar-2024 (the AAPM CT-MAR Grand Challenge's "
+                                      "8 metrics and 0-4 scores; docs/protocol.md)"),
 ) -> None:
-    """Run a method over a split, score it (marbench-v1) and write OUT/results.json,
-    per_slice.csv, figure.png and predictions/."""
+    """Run a method over a split, score it (marbench-v1, or --protocol aapm-ctmar-2024) and
+    write OUT/results.json, per_slice.csv, figure.png and predictions/."""
     from artifactgsi.hub import DatasetFolderError
 
     from .errors import MARBenchError
@@ -138,7 +142,7 @@ def run(
                       batch_size=batch_size, save_predictions=predictions, lpips=lpips,
                       config=config, revision=revision, options=options,
                       train_split=train_split, seed=seed, clinical=clinical,
-                      verify_manifest=not no_verify, segmenter=segmenter)
+                      verify_manifest=not no_verify, segmenter=segmenter, protocol=protocol)
     except (MARBenchError, DatasetFolderError, ImportError, TypeError, ValueError,
             FileNotFoundError) as e:
         raise _error(str(e)) from None
@@ -153,7 +157,8 @@ def compare(
                               help="image (paper Table 3 layout) or segmentation (Table 2: "
                                    "IoU per class and mIoU, per implant type too)"),
     paper: bool = typer.Option(False, "--paper",
-                               help="with --table segmentation: the paper's rows beside"),
+                               help="with --table segmentation: the paper's rows beside; for "
+                                    "aapm-ctmar-2024 runs: the challenge's published rows"),
     stats: list[str] = typer.Option(
         [], "--stats", help="with --markdown: COMPARISON.METRIC whose patient-level "
         "significance and power follow the table (repeatable; default: the first image "
@@ -189,6 +194,41 @@ def compare(
         runs.append((label, r))
     if table not in ("image", "segmentation"):
         raise _error(f"--table {table!r}: choose image or segmentation")
+    versions = sorted({r.protocol.version for _, r in runs})
+    if len(versions) > 1:
+        raise _error(f"the runs were scored under different protocols ({', '.join(versions)});"
+                     " their numbers cannot share a table")
+    if versions == ["aapm-ctmar-2024"]:  # the challenge's scores, not the paper's Table 3
+        from .protocol.aapm_report import aapm_table
+
+        try:
+            aapm = aapm_table(runs, paper=paper)
+        except ValueError as e:
+            raise _error(str(e)) from None
+        aapm.rows = [((n + " (unverified)") if i in unverified_rows else n, c)
+                     for i, (n, c) in enumerate(aapm.rows)]
+        if markdown:
+            typer.echo(markdown_table(aapm, with_std=std), nl=False)
+        else:
+            from rich.console import Console
+            from rich.markup import escape
+            from rich.table import Table
+
+            t = Table(title="aapm-ctmar-2024 scores (0 = reference, about 2 = NMAR, "
+                            "4 = uncorrected; lower is better); best in bold")
+            t.add_column("method", no_wrap=True)
+            for h in aapm.headers:
+                t.add_column(f"{h} ↓", justify="right")
+            for name, cells in aapm.rows:
+                texts = [format_value(c, std) for c in cells]
+                t.add_row(escape(name), *[f"[bold]{x}[/]" if c.best else x
+                                          for x, c in zip(texts, cells, strict=True)])
+            Console().print(t)
+        for w in aapm.warnings:
+            typer.echo(f"warning: {w}", err=True)
+        for u in unverified:
+            typer.echo(f"unverified: {u}", err=True)
+        return
     if table == "segmentation":
         from .seg_report import segmentation_rich, segmentation_table
 

@@ -41,11 +41,13 @@ from benchmark.errors import MARBenchError
 from benchmark.method import MARInput
 
 #: Columns the benchmark needs from the ``pairs`` config (see docs/dataset.md).
-REQUIRED_COLUMNS = ("patient_id", "slice_index", "ordinary", "gsi", "metal_mask",
+REQUIRED_COLUMNS = ("patient_id", "slice_index", "ordinary", "metal_mask",
                     "pixel_spacing_mm", "implant_type")
+#: At least one reference image: GSI (``pairs``) or the image without metal (``aapm``).
+REFERENCE_COLUMNS = ("gsi", "reference")
 #: Columns used when present.
-OPTIONAL_COLUMNS = ("ideal", "z_mm", "labels")
-_IMAGE_COLUMNS = ("ordinary", "gsi", "metal_mask", "ideal", "labels")
+OPTIONAL_COLUMNS = ("gsi", "reference", "ideal", "z_mm", "labels")
+_IMAGE_COLUMNS = ("ordinary", "gsi", "reference", "metal_mask", "ideal", "labels")
 
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
@@ -268,7 +270,7 @@ class PairsBatch:
 
     Attributes:
         input: what the method sees (ordinary HU, metal mask, spacing, ids, neighbours).
-        gsi_hu: (B, 1, H, W) float32 GSI reference, HU.
+        gsi_hu: (B, 1, H, W) float32 GSI reference, HU (``None`` for data without GSI).
         ideal_hu: (B, 1, H, W) float32 ideal reference, HU (rows without one are zeros),
             or ``None`` if no row of the batch has one.
         has_ideal: (B,) bool, rows that have an ideal image.
@@ -277,16 +279,19 @@ class PairsBatch:
         has_labels: (B,) bool, rows that have labels.
         z_mm: B slice positions in mm (``None`` where the column is absent).
         rows: B row numbers in the underlying dataset.
+        reference_hu: (B, 1, H, W) float32 image without metal (``aapm`` config), or
+            ``None``.
     """
 
     input: MARInput
-    gsi_hu: torch.Tensor
+    gsi_hu: torch.Tensor | None
     ideal_hu: torch.Tensor | None
     has_ideal: torch.Tensor
     z_mm: list[float | None]
     rows: list[int]
     labels: torch.Tensor | None = None
     has_labels: torch.Tensor | None = None
+    reference_hu: torch.Tensor | None = None
 
 
 class PairsSplit:
@@ -308,6 +313,8 @@ class PairsSplit:
         self.where = where
         cols = set(dataset.column_names)
         missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+        if not cols & set(REFERENCE_COLUMNS):
+            missing.append(" or ".join(REFERENCE_COLUMNS))
         if missing:
             raise DatasetError(f"{where} lacks column(s) {', '.join(missing)}; it has "
                                f"{', '.join(sorted(cols))}. The benchmark needs the 'pairs' "
@@ -318,6 +325,9 @@ class PairsSplit:
             raise DatasetError(f"{where}: image columns have different shapes {shapes}; "
                                "all must be on the GSI grid")
         self.has_ideal_column = "ideal" in cols
+        #: Whether the split has GSI images (``pairs``) / images without metal (``aapm``).
+        self.has_gsi = "gsi" in cols
+        self.has_reference = "reference" in cols
         self._columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in cols]
         self._ds = dataset
         self._np = dataset.with_format("numpy", columns=self._columns, dtype=None)
@@ -376,13 +386,17 @@ class PairsSplit:
         """Rows -> :class:`PairsBatch` (float32 HU tensors, bool masks)."""
         rows = [int(r) for r in rows]
         d = self._np[rows]
-        shape = {c: np.shape(d[c]) for c in ("ordinary", "gsi", "metal_mask")}
+        shape = {c: np.shape(d[c]) for c in ("ordinary", "gsi", "reference", "metal_mask")
+                 if c in self._columns}
         if len(set(shape.values())) != 1 or len(shape["ordinary"]) != 3:
             ids = ", ".join(f"patient {p!r} slice {s}" for p, s in map(self.slice_id, rows))
             raise DatasetError(f"{self.where}: rows {ids} do not stack into (B, H, W) images "
                                f"on one grid: {shape}")
         ordinary = torch.from_numpy(np.asarray(d["ordinary"], np.float32)).unsqueeze(1)
-        gsi = torch.from_numpy(np.asarray(d["gsi"], np.float32)).unsqueeze(1)
+        gsi = (torch.from_numpy(np.asarray(d["gsi"], np.float32)).unsqueeze(1)
+               if self.has_gsi else None)
+        reference = (torch.from_numpy(np.asarray(d["reference"], np.float32)).unsqueeze(1)
+                     if self.has_reference else None)
         mask = torch.from_numpy(np.asarray(d["metal_mask"]) != 0).unsqueeze(1)
         implant = d["implant_type"]
         if self._implant_names is not None:
@@ -416,7 +430,8 @@ class PairsSplit:
             implant_type=implant_types, patient_id=[self._patient_id[r] for r in rows],
             slice_index=[self._slice_index[r] for r in rows], neighbours=neighbours)
         return PairsBatch(input=inp, gsi_hu=gsi, ideal_hu=ideal, has_ideal=has_ideal,
-                          z_mm=z_mm, rows=rows, labels=labels, has_labels=has_labels)
+                          z_mm=z_mm, rows=rows, labels=labels, has_labels=has_labels,
+                          reference_hu=reference)
 
     def iter_batches(self, batch_size: int, limit: int | None = None,
                      neighbour_slices: int = 0) -> Iterator[PairsBatch]:

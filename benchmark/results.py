@@ -50,11 +50,16 @@ RESULTS_FORMAT = "marbench-results/1"
 METHOD_VS_GSI = "method_vs_gsi"
 METHOD_VS_IDEAL = "method_vs_ideal"
 GSI_VS_IDEAL = "gsi_vs_ideal"
+#: The method against the image without metal (the ``aapm`` config's reference).
+METHOD_VS_REFERENCE = "method_vs_reference"
 COMPARISONS: dict[str, tuple[str, str]] = {
     METHOD_VS_GSI: ("method", "gsi"),
     METHOD_VS_IDEAL: ("method", "ideal"),
     GSI_VS_IDEAL: ("gsi", "ideal"),
+    METHOD_VS_REFERENCE: ("method", "reference"),
 }
+#: Scoring protocols a results file may record (``benchmark.protocol`` defines them).
+PROTOCOL_VERSIONS: tuple[str, ...] = ("marbench-v1", "aapm-ctmar-2024")
 
 
 class _Model(BaseModel):
@@ -231,7 +236,7 @@ class ComparisonRecord(_Model):
     """
 
     scored: Literal["method", "gsi"]
-    reference: Literal["gsi", "ideal"]
+    reference: Literal["gsi", "ideal", "reference"]
     available: bool
     reason: str | None = None
     n_slices: int

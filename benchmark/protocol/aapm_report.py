@@ -101,7 +101,7 @@ def aapm_table(runs: Sequence[tuple[str, Results]], paper: bool = False) -> Comp
                         "derived structures: compare the spread, not the numbers")
     return ComparisonTable(headers=[SCORE_LABELS[k] for k in keys],
                            higher_is_better=[False] * len(keys),
-                           groups=["aapm score (0-4)"] * len(keys), rows=rows,
+                           groups=["0-4"] * len(keys), rows=rows,
                            clinical_reference=_comparison(first).rsplit("_vs_", 1)[1],
                            warnings=warnings)
 

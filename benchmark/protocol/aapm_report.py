@@ -172,12 +172,12 @@ def save_run_figure(case: Any, method_name: str, anchor_name: str, kind: str,
         return (f"CT# RMSE {v['aapm_ct_rmse_hu']:.1f} HU, SSIM {v['aapm_ssim']:.3f}\n"
                 f"streak {v['aapm_streak_hu']:.0f} HU")
 
-    cells = [PanelImage("uncorrected", case.images["uncorrected"], cap(case.uncorrected_values)
-                        + "\nthe score-4 anchor"),
-             PanelImage(f"{anchor_name} (anchor)", case.images[anchor_name],
-                        cap(case.anchor_values) + "\nthe score-2 anchor"),
-             PanelImage(method_name, case.images["method"],
-                        cap(case.values) + f"\naapm score {case.values['aapm_score']:.2f}"),
+    cells = [PanelImage("uncorrected (score-4 anchor)", case.images["uncorrected"],
+                        cap(case.uncorrected_values)),
+             PanelImage(f"{anchor_name} (score-2 anchor)", case.images[anchor_name],
+                        cap(case.anchor_values)),
+             PanelImage(f"{method_name}: aapm score {case.values['aapm_score']:.2f}",
+                        case.images["method"], cap(case.values)),
              PanelImage(kind, case.images[kind])]
     return save_panel([PanelRow(case.label, cells)], path,
                       title=f"{method_name} under aapm-ctmar-2024 (slice with the most metal)")

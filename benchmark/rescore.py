@@ -69,14 +69,14 @@ def rescore(run_dir: Path | str, data: str | Path, out: Path | str, *,
         RescoreError: no predictions, another protocol version, or the predictions file
             differs from its recorded sha256.
     """
-    from .metrics import MARBENCH_V1
+    from .protocol import PROTOCOL_VERSIONS, get_protocol
     from .run import run_benchmark
 
     run_dir = Path(run_dir)
     sub = Results.load(run_dir)
-    if sub.protocol.version != MARBENCH_V1.version:
-        raise RescoreError(f"{run_dir}: protocol {sub.protocol.version!r} is not this "
-                           f"harness's {MARBENCH_V1.version!r}")
+    if sub.protocol.version not in PROTOCOL_VERSIONS:
+        raise RescoreError(f"{run_dir}: protocol {sub.protocol.version!r} is not one this "
+                           f"harness scores ({', '.join(PROTOCOL_VERSIONS)})")
     if sub.predictions is None:
         raise RescoreError(f"{run_dir}: results.json records no predictions; run "
                            "`marbench run` with --predictions")
@@ -89,6 +89,6 @@ def rescore(run_dir: Path | str, data: str | Path, out: Path | str, *,
     return run_benchmark(f"{__name__}:ReplayPredictions", data, split=sub.dataset.split,
                          out=out, config=sub.dataset.config, revision=revision, lpips=lpips,
                          clinical=clinical, figure=False, save_predictions=False,
-                         device=device,
+                         device=device, protocol=get_protocol(sub.protocol.version),
                          options={"predictions": str(run_dir / sub.predictions.path)},
                          **kwargs)

@@ -66,6 +66,7 @@ from .results import (
     GSI_VS_IDEAL,
     METHOD_VS_GSI,
     METHOD_VS_IDEAL,
+    METHOD_VS_REFERENCE,
     CodeRecord,
     ComparisonRecord,
     DataFileRecord,
@@ -331,7 +332,7 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                   lpips: str | Path | LPIPSMetric | None = "auto", *, config: str = "pairs",
                   revision: str | None = None, options: dict[str, Any] | None = None,
                   train_split: str | None = None, seed: int = 0, clinical: bool = True,
-                  protocol: Protocol = MARBENCH_V1, figure: bool = True,
+                  protocol: Protocol | Any = MARBENCH_V1, figure: bool = True,
                   data_cache_dir: Path | str | None = None, verbose: bool = True,
                   console: Any = None, verify_manifest: bool = True,
                   segmenter: str | Path | None = None,
@@ -359,7 +360,9 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
             ``ctx.train_data`` (a :class:`benchmark.data.PairsSplit`).
         seed: seeds torch before ``prepare`` (``ctx.seed``).
         clinical: also compute the clinical metrics (they dominate scoring time on CPU).
-        protocol: the scoring protocol (results of different versions are not comparable).
+        protocol: the scoring protocol, a settings object or its version
+            (``"marbench-v1"``, ``"aapm-ctmar-2024"``; see :mod:`benchmark.protocol`);
+            results of different versions are not comparable.
         figure: write ``figure.png``.
         data_cache_dir: ``datasets`` cache for the Arrow copies of the split.
         verbose: show a progress bar and print a summary table on ``console``.
@@ -394,8 +397,12 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         TimeRemainingColumn,
     )
 
+    from .protocol import AAPM_VERSION, get_protocol
+
     t_start = time.perf_counter()
     console = console or Console()
+    protocol = get_protocol(protocol)
+    aapm = protocol.version == AAPM_VERSION
     dev = _resolve_device(device)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
@@ -414,6 +421,12 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         console.print(f"[yellow]warning[/] {escape(str(data))}: no manifest.json; the "
                       "results record no manifest sha256 and cannot be compared with "
                       "confidence", highlight=False)
+    if not aapm and not pairs.has_gsi:
+        from .data import DatasetError
+
+        raise DatasetError(f"{pairs.where} has no GSI images, which protocol "
+                           f"{protocol.version} scores against; score it with --protocol "
+                           f"{AAPM_VERSION}")
     train = (open_split(data, train_split, config=config, revision=revision,
                         cache_dir=data_cache_dir) if train_split else None)
 
@@ -429,9 +442,13 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
     prepare_s = time.perf_counter() - t0
     k = int(getattr(mar, "neighbour_slices", 0) or 0)
 
+    if aapm:  # the AAPM challenge's metrics only: no LPIPS, no segmenter
+        lpips, segmenter = None, None
     lpips_metric, lpips_reason = _lpips_metric(lpips, dev)
     has_ideal = pairs.has_ideal
-    seg_model, seg_record = _segmenter(segmenter, pairs, dev)
+    seg_model, seg_record = (_segmenter(segmenter, pairs, dev) if not aapm else
+                             (None, SegmentationRecord(available=False, reason="not part of "
+                                                       f"protocol {AAPM_VERSION}")))
     if seg_record.note:
         console.print(f"[yellow]warning[/] {escape(seg_record.note)}", highlight=False)
 
@@ -442,8 +459,17 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         return Scorer(protocol, lpips=lpips_metric, clinical=clinical, device=dev,
                       reference=reference, states=cache)
 
-    scorers = {METHOD_VS_GSI: scorer("gsi")}
-    if has_ideal:
+    anchors = None
+    if aapm:  # one comparison, against the protocol's reference (benchmark.protocol.aapm_run)
+        from .protocol.aapm_run import AAPMAnchors
+
+        anchors = AAPMAnchors(protocol, split=pairs, device=dev, seed=seed)
+        scorers = {anchors.comparison: Scorer(protocol, lpips=None, clinical=False, device=dev,
+                                              reference=anchors.kind, states=cache,
+                                              resources={"aapm": anchors})}
+    else:
+        scorers = {METHOD_VS_GSI: scorer("gsi")}
+    if has_ideal and not aapm:
         scorers[METHOD_VS_IDEAL] = scorer("ideal")
         scorers[GSI_VS_IDEAL] = scorer("ideal")
 
@@ -453,6 +479,8 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
     # nothing), never a mix of old files beside no results.json.
     stage = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{time.time_ns()}"
     stage.mkdir(parents=True)
+    if anchors is not None:
+        anchors.open(stage)
     try:
         writer = _PredictionWriter(stage / "predictions"
                                    / f"{_safe_name(split)}-00000-of-00001.parquet")
@@ -472,19 +500,24 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                     if save_predictions:
                         writer.write(batch.input.patient_id, batch.input.slice_index, pred_i16)
                     t0 = time.perf_counter()
-                    records = _score_batch(batch, pred_hu, scorers, cache)
+                    records = (anchors.score_batch(scorers[anchors.comparison], batch, pred_hu)
+                               if anchors is not None
+                               else _score_batch(batch, pred_hu, scorers, cache))
                     if seg_model is not None:
                         _segment_batch(seg_model, batch, pred_hu, records, dev, cache,
                                        seg_record)
                     cache.release(set(batch.input.patient_id))
                     slices.extend(records)
                     score_s += time.perf_counter() - t0
-                    if figure:
+                    if figure and not aapm:
                         _offer_figure(picker, batch, pred_i16, len(slices) - batch.input.batch_size)
                     progress.advance(task, batch.input.batch_size)
             predictions = writer.close(stage) if save_predictions else None
+            aapm_files = anchors.finish(stage, name, figure) if anchors is not None else []
         except BaseException:
             writer.abort()
+            if anchors is not None:
+                anchors.abort()
             raise
         finally:
             cache.close()  # what was computed is kept, also when the run stopped early
@@ -501,14 +534,17 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                        or (spec_.group == "segmentation" and seg_model is not None)}
         if lpips_reason is not None and "lpips" in missing:
             missing["lpips"] = lpips_reason
-        if not clinical:
+        if not clinical and not aapm:
             for k_, spec in declared.items():
                 if spec.group == "clinical":
                     missing[k_] = "clinical metrics disabled by the user (--no-clinical)"
         no_ideal = ("the split has no ideal images (real data: only simulated data has the "
                     "artifact-free ground truth)")
-        comparisons: dict[str, ComparisonRecord] = {}
+        comparisons: dict[str, ComparisonRecord] = (
+            anchors.comparisons(scorers[anchors.comparison]) if anchors is not None else {})
         for key, (scored, reference) in COMPARISONS.items():
+            if anchors is not None or key == METHOD_VS_REFERENCE:
+                continue  # aapm-ctmar-2024 has one comparison; marbench-v1 no `reference`
             sc = scorers.get(key)
             n = sum(1 for s in slices if key in s.scores)
             if sc is None or n == 0:
@@ -524,11 +560,14 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         metric_order = list(declared)
         atomic_write_text(stage / "per_slice.csv", _per_slice_csv(slices, metric_order))
         fig_path = (_write_figure(picker.chosen(), slices, name, stage / "figure.png")
-                    if figure else None)
+                    if figure and not aapm else
+                    (stage / "figure.png" if aapm and "figure.png" in aapm_files else None))
 
         results = Results(
             created_utc=datetime.now(timezone.utc),  # noqa: UP017 (py3.10 has no datetime.UTC)
-            protocol=ProtocolRecord(version=protocol.version, settings=protocol.to_dict(),
+            protocol=ProtocolRecord(version=protocol.version,
+                                    settings=(protocol.to_dict() if anchors is None else
+                                              {**protocol.to_dict(), "run": anchors.settings()}),
                                     lpips_weights_fingerprint=(lpips_metric.weights_fingerprint
                                                                if lpips_metric else None)),
             dataset=DatasetRecord(
@@ -566,7 +605,8 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         console.print(summary_table(results))
         by_reason: dict[str, list[str]] = {}
         for key, why in missing.items():
-            by_reason.setdefault(why, []).append(key)
+            if key in results.metrics:  # only the protocol's own metrics
+                by_reason.setdefault(why, []).append(key)
         for why, keys in by_reason.items():
             console.print(f"[yellow]missing[/] {', '.join(keys)}: {escape(why)}",
                           highlight=False)
@@ -575,7 +615,7 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
             parts = [f"{image} {_fmt(v.get('miou'), 3)}" for image, v in seg.summary.items()]
             console.print("segmentation mIoU (frozen segmenter, dataset level): "
                           + ", ".join(parts), highlight=False)
-        elif seg is not None:
+        elif seg is not None and not aapm:
             console.print(f"[yellow]missing[/] segmentation: {escape(seg.reason or '')}",
                           highlight=False)
         console.print(escape(cache.describe()) + (f" ({escape(cache.note)})" if cache.note
@@ -694,7 +734,8 @@ def _segmentation_record(skeleton: SegmentationRecord,
 
 
 #: What a run writes into its output folder.
-RUN_OUTPUTS = ("results.json", "per_slice.csv", "figure.png", "predictions")
+RUN_OUTPUTS = ("results.json", "per_slice.csv", "figure.png", "predictions",
+               "aapm_structures.parquet", "structures.png")
 
 
 def _publish(stage: Path, out_dir: Path) -> None:
@@ -873,7 +914,8 @@ def summary_table(results: Results) -> Any:
                     f"{results.dataset.n_slices_scored} slices, {results.protocol.version}")
     t.add_column("metric", no_wrap=True)
     t.add_column("", no_wrap=True)
-    short = {METHOD_VS_GSI: "vs GSI", METHOD_VS_IDEAL: "vs ideal", GSI_VS_IDEAL: "GSI vs ideal"}
+    short = {METHOD_VS_GSI: "vs GSI", METHOD_VS_IDEAL: "vs ideal", GSI_VS_IDEAL: "GSI vs ideal",
+             METHOD_VS_REFERENCE: "vs reference"}
     for k in comps:
         t.add_column(short[k], justify="right", no_wrap=True)
     for m, d in results.metrics.items():

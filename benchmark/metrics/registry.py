@@ -46,6 +46,8 @@ NEEDS: dict[str, str] = {
     "lpips_weights": "the real ImageNet AlexNet backbone of LPIPS (`marbench weights lpips`)",
     "labels": "the dataset's `labels` column",
     "segmenter": "a frozen segmenter (--segmenter)",
+    "anchor_method": "the protocol's anchor method (NMAR), created by name through the method "
+                     "registry, and the uncorrected image",
 }
 
 #: Entry-point group through which other packages declare metrics.
@@ -282,5 +284,59 @@ for _spec in (
                  "of unions across the split) of a frozen GSI-trained segmenter applied to "
                  "the image, against the dataset's labels", label=f"IoU {t}", **_SEG)
       for k, t in zip(SEG_CLASSES, SEG_CLASS_TITLES, strict=True)),
+):
+    register_metric(_spec)
+
+# -- protocol aapm-ctmar-2024 (the AAPM CT-MAR Grand Challenge's scores): ten raw values, the
+#    eight 0-4 sub-scores and the final score, all from one computation per batch
+#    (benchmark.protocol.aapm_run:score_view; the maths in benchmark.protocol.aapm).
+_AAPM = {"group": "aapm", "references": ("reference", "ideal", "gsi"),
+         "needs": ("metal_mask", "pixel_spacing_mm", "anchor_method"),
+         "compute": "benchmark.protocol.aapm_run:score_view", "protocols": ("aapm-ctmar-2024",)}
+for _spec in (
+    MetricSpec("aapm_ct_rmse_hu", False, "HU", "AAPM 1: CT-number RMSE in the body outside the "
+               "metal dilated twice", label="RMSE HU", table=False, **_AAPM),
+    MetricSpec("aapm_noise_sd_hu", False, "HU", "AAPM 2: SD in the homogeneous soft-tissue disc "
+               "least affected by the metal", label="noise HU", table=False, **_AAPM),
+    MetricSpec("aapm_sharpness", True, "", "AAPM 3: 90th percentile of the Sobel magnitude in the "
+               "bone and fat edge ROIs, relative to the reference", label="sharpness ratio",
+               table=False, **_AAPM),
+    MetricSpec("aapm_streak_hu", False, "HU", "AAPM 4: mean of the top 5 % minus mean of the "
+               "bottom 5 % of (image - reference) in the streak ROI", label="streak HU",
+               table=False, **_AAPM),
+    MetricSpec("aapm_ssim", True, "", "AAPM 5: SSIM (sigma 1.5, data range 5000 HU, dilated metal "
+               "set to 100 HU) over the body outside the dilated metal", label="masked SSIM",
+               table=False, **_AAPM),
+    MetricSpec("aapm_metal_volume_change", False, "", "AAPM 7a: |1 - metal area / true metal "
+               "area|, metal = HU above the case's threshold in the metal region",
+               label="metal vol.", table=False, **_AAPM),
+    MetricSpec("aapm_metal_dice", True, "", "AAPM 7b: Dice of the metal against the true metal",
+               label="metal Dice", table=False, **_AAPM),
+    MetricSpec("aapm_bone_volume_change", False, "", "AAPM 6a: |1 - bone area / reference bone "
+               "area|, bone = 150..2500 HU outside the dilated metal", label="bone vol.",
+               table=False, **_AAPM),
+    MetricSpec("aapm_bone_dice", True, "", "AAPM 6b: Dice of bone against the reference's",
+               label="bone Dice", table=False, **_AAPM),
+    MetricSpec("aapm_range_shift_pct", False, "%", "AAPM 8: largest proton range (water-"
+               "equivalent thickness) change along the beam paths, relative to the longest path",
+               label="range shift %", table=False, **_AAPM),
+    MetricSpec("aapm_score_ct", False, "", "AAPM score 1, CT-number accuracy (0 = reference, "
+               "2 = NMAR, 4 = uncorrected)", label="CT#", **_AAPM),
+    MetricSpec("aapm_score_noise", False, "", "AAPM score 2, noise (0 = the reference's noise, "
+               "4 = twice it)", label="noise", **_AAPM),
+    MetricSpec("aapm_score_sharpness", False, "", "AAPM score 3, sharpness (1-4 = the reference "
+               "blurred by 0.4 / 0.5 / 0.75 / 1.0 px)", label="sharpness", **_AAPM),
+    MetricSpec("aapm_score_streak", False, "", "AAPM score 4, streak amplitude", label="streak",
+               **_AAPM),
+    MetricSpec("aapm_score_ssim", False, "", "AAPM score 5, SSIM", label="SSIM", **_AAPM),
+    MetricSpec("aapm_score_metal", False, "", "AAPM score 7, metal integrity (mean of the volume "
+               "and Dice scores)", label="metal", **_AAPM),
+    MetricSpec("aapm_score_bone", False, "", "AAPM score 6, bone integrity (mean of the volume "
+               "and Dice scores)", label="bone", **_AAPM),
+    MetricSpec("aapm_score_proton", False, "", "AAPM score 8, proton range (a 0-2 % shift -> 0-4)",
+               label="proton", **_AAPM),
+    MetricSpec("aapm_score", False, "", "AAPM final score: the mean of the eight sub-scores "
+               "(0 = as the reference, about 2 = NMAR, 4 = uncorrected)", label="final",
+               **_AAPM),
 ):
     register_metric(_spec)

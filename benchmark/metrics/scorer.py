@@ -4,6 +4,7 @@ registry holds for the protocol (plug-ins included) and keeps one row per slice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -34,18 +35,22 @@ class Scorer:
         states: a reference-state cache (:class:`benchmark.refcache.ReferenceCache`) or
             ``None`` (everything computed here).
         only: compute only these metric names (others are not reported at all).
+        resources: further shared objects the computations may use (e.g. ``"aapm"``: the
+            anchor provider of protocol aapm-ctmar-2024).
     """
 
     def __init__(self, protocol: Protocol = MARBENCH_V1, *,
                  lpips: LPIPSMetric | str | None = "auto", clinical: bool = True,
                  device: torch.device | str = "cpu", reference: str = "gsi",
                  states: ReferenceStates | None = None,
-                 only: Sequence[str] | None = None) -> None:
+                 only: Sequence[str] | None = None,
+                 resources: dict[str, Any] | None = None) -> None:
         self.protocol = protocol
         self.device = torch.device(device)
         self.clinical = clinical
         self.reference = reference
         self.states = states
+        self.resources = dict(resources or {})
         self.missing: dict[str, str] = {}
         self.lpips: LPIPSMetric | None = None
         if isinstance(lpips, LPIPSMetric):
@@ -134,7 +139,8 @@ class Scorer:
             metal_mask=metal_mask, pixel_spacing_mm=spacing, protocol=self.protocol,
             reference=self.reference,
             slice_ids=list(keys) if keys is not None else [(str(i), 0) for i in ids],
-            resources={"lpips": self.lpips} if self.lpips is not None else {},
+            resources={**self.resources,
+                       **({"lpips": self.lpips} if self.lpips is not None else {})},
             device=self.device, rows=None if rows is None else list(rows),
             batch_size=batch_size, memo=memo, states=self.states)
         values = compute_metrics(list(self.metrics.values()), view)

@@ -163,9 +163,11 @@ def save_structures_figure(reference_hu: np.ndarray, s: CaseStructures, path: Pa
     return path
 
 
-def save_run_figure(case: Any, method_name: str, anchor_name: str, kind: str,
+def save_run_figure(case: Any, label: str, method_name: str, anchor_name: str, kind: str,
                     path: Path) -> Path:
-    """uncorrected | anchor | method | reference on the figure slice, with final scores."""
+    """uncorrected | anchor | method | reference on the figure slice, with their raw values
+    and the method's final score (``case``: the run's figure case, with ``images``,
+    ``anchors`` and ``values``)."""
     from ..figures import PanelImage, PanelRow, save_panel
 
     def cap(v: dict[str, float]) -> str:
@@ -173,11 +175,11 @@ def save_run_figure(case: Any, method_name: str, anchor_name: str, kind: str,
                 f"streak {v['aapm_streak_hu']:.0f} HU")
 
     cells = [PanelImage("uncorrected (score-4 anchor)", case.images["uncorrected"],
-                        cap(case.uncorrected_values)),
+                        cap(case.anchors.uncorrected)),
              PanelImage(f"{anchor_name} (score-2 anchor)", case.images[anchor_name],
-                        cap(case.anchor_values)),
+                        cap(case.anchors.anchor)),
              PanelImage(f"{method_name}: aapm score {case.values['aapm_score']:.2f}",
                         case.images["method"], cap(case.values)),
              PanelImage(kind, case.images[kind])]
-    return save_panel([PanelRow(case.label, cells)], path,
+    return save_panel([PanelRow(label, cells)], path,
                       title=f"{method_name} under aapm-ctmar-2024 (slice with the most metal)")

@@ -121,6 +121,44 @@ class CaseAnchors:
     noise_baseline_from: str
     sharpness_blurred: list[float] = field(default_factory=list)
 
+    def to_state(self) -> dict[str, np.ndarray]:
+        """Named arrays (what :mod:`benchmark.refcache` stores exactly); inverse of
+        :meth:`from_state`."""
+        s = self.structures
+        keys = list(METRIC_KEYS)
+        return {
+            "bits": s.to_bits(),
+            "knots": np.array([self.knots[k] for k in keys], np.float64),
+            "anchor": np.array([self.anchor[k] for k in keys], np.float64),
+            "uncorrected": np.array([self.uncorrected[k] for k in keys], np.float64),
+            "noise_baseline_hu": np.asarray(self.noise_baseline_hu, np.float64),
+            "noise_from_uncorrected": np.asarray(self.noise_baseline_from == "uncorrected"),
+            "sharpness_blurred": np.asarray(self.sharpness_blurred, np.float64),
+            "metal_threshold_hu": np.asarray(s.metal_threshold_hu, np.float64),
+            "pixel_mm": np.asarray(s.pixel_mm, np.float64),
+            "beam_angles_deg": np.asarray(s.beam_angles_deg, np.float64),
+            "notes": np.asarray(list(s.notes), dtype=str),
+        }
+
+    @classmethod
+    def from_state(cls, st: dict[str, np.ndarray]) -> CaseAnchors:
+        keys = list(METRIC_KEYS)
+        angles = tuple(float(a) for a in np.asarray(st["beam_angles_deg"]).reshape(-1))
+        structures = CaseStructures.from_bits(
+            np.asarray(st["bits"], np.uint32), len(angles), beam_angles_deg=angles,
+            metal_threshold_hu=float(st["metal_threshold_hu"]), pixel_mm=float(st["pixel_mm"]),
+            notes=[str(n) for n in np.asarray(st["notes"]).reshape(-1)])
+        knots = np.asarray(st["knots"], np.float64)
+        return cls(structures=structures,
+                   knots={k: [float(v) for v in knots[i]] for i, k in enumerate(keys)},
+                   anchor={k: float(v) for k, v in zip(keys, st["anchor"], strict=True)},
+                   uncorrected={k: float(v) for k, v in zip(keys, st["uncorrected"],
+                                                            strict=True)},
+                   noise_baseline_hu=float(st["noise_baseline_hu"]),
+                   noise_baseline_from=("uncorrected" if bool(st["noise_from_uncorrected"])
+                                        else "reference"),
+                   sharpness_blurred=[float(v) for v in np.asarray(st["sharpness_blurred"])])
+
     def to_json(self) -> dict[str, Any]:
         """Plain values (NaN as None) for the structures file."""
         def clean(v: Any) -> Any:

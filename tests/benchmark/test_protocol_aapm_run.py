@@ -54,22 +54,14 @@ def aapm_data(tmp_path_factory):
     return root, cases
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
-
-
 @pytest.fixture(scope="module")
-def runs(aapm_data, tmp_path_factory):
+def runs(aapm_data):
+    """identity, then LI (which finds the anchors in the reference cache)."""
     root, _ = aapm_data
-    out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
-        for method in ("identity", "li"):
-            out[method] = run_benchmark(method, root / "data", config="aapm",
-                                        out=root / f"run-{method}",
-                                        protocol="aapm-ctmar-2024", verbose=False)
-    return out
+    return {method: run_benchmark(method, root / "data", config="aapm",
+                                  out=root / f"run-{method}", protocol="aapm-ctmar-2024",
+                                  verbose=False, reference_cache=root / "refcache")
+            for method in ("identity", "li")}
 
 
 def _arrays_scores(cases, method: str) -> list[dict[str, float]]:
@@ -117,6 +109,14 @@ def test_imported_folder_scores_as_the_arrays_do(runs, aapm_data, method):
     assert 0.0 <= s.mean <= 4.0
 
 
+def test_anchors_are_made_once_and_shared_through_the_reference_cache(runs):
+    # identity made the three cases' anchors (NMAR, structures, axes); LI reused them, and
+    # its scores equal a fresh computation (test_imported_folder_scores_as_the_arrays_do).
+    assert runs["identity"].timing.reference_states_computed == 3
+    assert runs["li"].timing.reference_states_reused == 3
+    assert runs["li"].timing.reference_states_computed == 0
+
+
 def test_uncorrected_scores_4_and_li_does_better_on_streaks(runs):
     ident = runs["identity"].comparisons["method_vs_reference"].summary
     li = runs["li"].comparisons["method_vs_reference"].summary
@@ -146,7 +146,8 @@ def test_rescore_reproduces_an_aapm_run(runs, aapm_data):
     from benchmark.rescore import rescore
 
     root, _ = aapm_data
-    again = rescore(root / "run-li", root / "data", root / "rescored", verbose=False)
+    again = rescore(root / "run-li", root / "data", root / "rescored", verbose=False,
+                    reference_cache=None)  # anchors made afresh: the same numbers
     assert again.protocol.version == "aapm-ctmar-2024"
     for a, b in zip(runs["li"].per_slice, again.per_slice, strict=True):
         for k, v in a.scores["method_vs_reference"].items():

@@ -171,7 +171,7 @@ def save_run_figure(case: Any, label: str, method_name: str, anchor_name: str, k
     from ..figures import PanelImage, PanelRow, save_panel
 
     def cap(v: dict[str, float]) -> str:
-        return (f"CT# RMSE {v['aapm_ct_rmse_hu']:.1f} HU, SSIM {v['aapm_ssim']:.3f}\n"
+        return (f"RMSE {v['aapm_ct_rmse_hu']:.1f} HU, SSIM {v['aapm_ssim']:.3f}, "
                 f"streak {v['aapm_streak_hu']:.0f} HU")
 
     cells = [PanelImage("uncorrected (score-4 anchor)", case.images["uncorrected"],
@@ -181,5 +181,5 @@ def save_run_figure(case: Any, label: str, method_name: str, anchor_name: str, k
              PanelImage(f"{method_name}: aapm score {case.values['aapm_score']:.2f}",
                         case.images["method"], cap(case.values)),
              PanelImage(kind, case.images[kind])]
-    return save_panel([PanelRow(label, cells)], path,
+    return save_panel([PanelRow(label, cells)], path, cell_inches=3.2,
                       title=f"{method_name} under aapm-ctmar-2024 (slice with the most metal)")

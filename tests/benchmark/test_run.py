@@ -434,7 +434,8 @@ def test_cli_run_and_compare(dataset, identity_run, tmp_path):
     first, _ = identity_run
     r = runner.invoke(app, ["compare", "--markdown", str(first / "results.json"), str(out)])
     assert r.exit_code == 0, r.output
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("|")]
+    table = r.stdout.split("\n\n")[0]  # the significance sections follow a blank line
+    lines = [ln for ln in table.splitlines() if ln.startswith("|")]
     # header, separator, one row per results file, then GSI against the ideal image.
     assert len(lines) == 2 + 2 + 1
     assert "PSNR ↑ (vs GSI)" in lines[0] and "LPIPS ↓ (vs GSI)" in lines[0]

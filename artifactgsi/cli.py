@@ -59,7 +59,8 @@ def simulate(
     patients: int = typer.Option(None, help="patients with implants [default: 6]"),
     slices: int = typer.Option(None, help="slices per series [default: 16]"),
     size: int = typer.Option(128, help="image matrix in pixels (both series)"),
-    seed: int = typer.Option(0, help="dataset seed (results are deterministic on CPU)"),
+    seed: int = typer.Option(None, help="dataset seed (results are deterministic on CPU) "
+                             "[default: the preset's, else 0]"),
     clean_patients: int = typer.Option(None, help="patients without implant (ordinary only) "
                                        "[default: 2]"),
     thickness: float = typer.Option(2.5, help="slice thickness and spacing in mm"),
@@ -94,10 +95,12 @@ def simulate(
         patients = p.implant_patients if patients is None else patients
         clean_patients = p.clean_patients if clean_patients is None else clean_patients
         slices = p.slices if slices is None else slices
+        seed = p.seed if seed is None and p.seed is not None else seed
         mix = p.mix_for(patients) if p.implant_mix and patients >= 0 else None
     patients = 6 if patients is None else patients
     clean_patients = 2 if clean_patients is None else clean_patients
     slices = 16 if slices is None else slices
+    seed = 0 if seed is None else seed
     cfg = SimConfig(patients=patients, slices=slices, size=size, seed=seed,
                     clean_patients=clean_patients, thickness_mm=thickness, device=device,
                     gsi=gsi, scanner=scanner, split_hint=split_hint, implant_mix=mix,

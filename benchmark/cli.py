@@ -127,6 +127,10 @@ def run(
                                  help="scoring protocol: marbench-v1 (the paper's) or "
                                       "aapm-ctmar-2024 (the AAPM CT-MAR Grand Challenge's "
                                       "8 metrics and 0-4 scores; docs/protocol.md)"),
+    reference_cache: str = typer.Option(
+        "auto", "--reference-cache",
+        help="where the work on the references is kept between runs: a folder, 'off', or "
+             "'auto' ($MARBENCH_REFERENCE_CACHE, else the user's cache folder)"),
 ) -> None:
     """Run a method over a split, score it (marbench-v1, or --protocol aapm-ctmar-2024) and
     write OUT/results.json, per_slice.csv, figure.png and predictions/."""
@@ -142,7 +146,8 @@ def run(
                       batch_size=batch_size, save_predictions=predictions, lpips=lpips,
                       config=config, revision=revision, options=options,
                       train_split=train_split, seed=seed, clinical=clinical,
-                      verify_manifest=not no_verify, segmenter=segmenter, protocol=protocol)
+                      verify_manifest=not no_verify, segmenter=segmenter, protocol=protocol,
+                      reference_cache=reference_cache)
     except (MARBenchError, DatasetFolderError, ImportError, TypeError, ValueError,
             FileNotFoundError) as e:
         raise _error(str(e)) from None

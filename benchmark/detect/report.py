@@ -112,3 +112,53 @@ def plot_report(report: dict[str, Any], path: Path | str) -> Path:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def detect_compare_table(runs: list[tuple[str, Any]]) -> str:
+    """``marbench compare --table detect``: one row per run (a ``Results`` with a ``detect``
+    block), one column per metric of the registry's ``detect`` group as the runs recorded it,
+    each with its 95 % bootstrap interval. Runs scored on different lesion studies or with
+    other observer settings are flagged (not comparable).
+
+    Raises:
+        ValueError: no run has a detect block.
+    """
+    have = [(label, r) for label, r in runs if r.detect is not None and r.detect.available]
+    if not have:
+        raise ValueError("none of the runs has lesion detectability scores; run them with "
+                         "`marbench run ... --lesions DIR` (docs/detect.md)")
+    names: list[str] = []
+    defs: dict[str, Any] = {}
+    for _, r in have:
+        for name, d in r.metrics.items():
+            rd = d.resolved(name)
+            if rd.group == "detect" and name not in defs:
+                names.append(name)
+                defs[name] = rd
+    head = ["method"] + [f"{defs[n].label} {'↑' if defs[n].higher_is_better else '↓'}"
+                         for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = have[0][1].detect
+    warnings = []
+    for label, r in have:
+        det = r.detect
+        cells = [_ci(det.summary.get(n), det.intervals.get(n), 3 if "area" in n else 2)
+                 for n in names]
+        lines.append(f"| {r.method.name} | " + " | ".join(cells) + " |")
+        for what, a, b in (("lesion study", first.study.get("study_sha256"),
+                            det.study.get("study_sha256")),
+                           ("observer settings", first.settings, det.settings)):
+            if a != b:
+                warnings.append(f"{label}: its {what} differs from {have[0][0]}'s; these "
+                                "numbers are not comparable")
+    skipped = [label for label, r in runs if r.detect is None or not r.detect.available]
+    out = "\n".join(lines) + "\n"
+    study = first.study
+    out += (f"\nLesion study {study.get('path')} ({study.get('n_patients')} patients, "
+            f"{study.get('n_lesions')} lesions); 95 % bootstrap intervals over patients. "
+            "Paired tests between methods: `marbench detect run`.\n")
+    for w in warnings:
+        out += f"warning: {w}\n"
+    for s in skipped:
+        out += f"no lesion study scores: {s}\n"
+    return out

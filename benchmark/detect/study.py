@@ -46,6 +46,7 @@ from artifactgsi.lesion_study import SCANS, LesionStudy
 from artifactgsi.phantoms.lesions import Lesion, LesionType
 
 from ..errors import MARBenchError
+from ..metrics.registry import metrics_in_group
 from .channels import channelize, make_channels
 from .cho import (
     auc_empirical,
@@ -67,13 +68,10 @@ CALIBRATION_BIN_HU = 20.0
 #: Pixels a calibration bin needs (fewer: the bin is interpolated from its neighbours).
 CALIBRATION_MIN_PIXELS = 30
 
-#: The study's headline values, as the metric registry declares them.
-SUMMARY_METRICS: dict[str, bool] = {  # name -> higher_is_better
-    "detect_auc": True,
-    "detect_auc_near": True,
-    "halluc_fpf_near": False,
-    "halluc_area_near": False,
-}
+#: The study's headline values: the metric registry's ``detect`` group, name ->
+#: higher_is_better (:meth:`DetectionStudy._values` computes each of them).
+SUMMARY_METRICS: dict[str, bool] = {k: s.higher_is_better
+                                    for k, s in metrics_in_group("detect").items()}
 
 
 class DetectError(MARBenchError, ValueError):
@@ -425,10 +423,11 @@ class DetectionStudy:
     def score_method(self, method: Any, options: dict[str, Any] | None = None,
                      device: str = "cpu", batch_size: int = 4, seed: int = 0,
                      progress: Callable[[int], None] | None = None,
-                     label: str | None = None) -> DetectRow:
+                     label: str | None = None, prepared: bool = False) -> DetectRow:
         """Create (a registered name or ``"pkg.module:Class"``, through the registry; or an
-        instance), prepare and run a method, and score its images; the row is named ``label``
-        or the method's name."""
+        instance), prepare (unless ``prepared``: an instance whose ``prepare`` was called) and
+        run a method, and score its images; the row is named ``label`` or the method's name.
+        """
         import torch
 
         from ..method import MARMethod, PrepareContext
@@ -444,14 +443,15 @@ class DetectionStudy:
         else:
             mar, requested = create_method(str(method), **(options or {})), str(method)
         name = mar.name or requested
-        torch.manual_seed(seed)
-        ctx = PrepareContext(device=_resolve_device(device), cache_dir=_method_cache_dir(name),
-                             seed=seed)
-        try:
-            mar.prepare(ctx)
-        except (Exception, SystemExit) as e:
-            raise MethodRunError(f"method {name!r}: prepare() raised {type(e).__name__}: "
-                                 f"{e}") from e
+        if not prepared:
+            torch.manual_seed(seed)
+            ctx = PrepareContext(device=_resolve_device(device),
+                                 cache_dir=_method_cache_dir(name), seed=seed)
+            try:
+                mar.prepare(ctx)
+            except (Exception, SystemExit) as e:
+                raise MethodRunError(f"method {name!r}: prepare() raised "
+                                     f"{type(e).__name__}: {e}") from e
         images, reduce_s = self.method_images(mar, name, device, batch_size, progress)
         row = self.score_images(label or name, images)
         row.info = {"kind": "method", "requested": requested,
@@ -737,13 +737,14 @@ def run_study(study: LesionStudy | Path | str, methods: Sequence[tuple[Any, dict
 
 def detect_record(study: LesionStudy | Path | str, method: Any,
                   options: dict[str, Any] | None = None, settings: DetectSettings | None = None,
-                  device: str = "cpu", batch_size: int = 4) -> dict[str, Any]:
+                  device: str = "cpu", batch_size: int = 4, prepared: bool = False
+                  ) -> dict[str, Any]:
     """One method's detectability block for its ``results.json``: the study's identity, the
     settings, the summary metrics with intervals, per band and group values, and the per
     lesion statistics (so that runs can be compared lesion by lesion)."""
     ds = DetectionStudy(study, settings)
     row = ds.score_method(method, options, device=device, batch_size=batch_size,
-                          seed=ds.settings.seed)
+                          seed=ds.settings.seed, prepared=prepared)
     block = ds.summarize(row)
     return {"available": True, "study": ds.describe(), "settings": ds.settings.to_dict(),
             **{k: block[k] for k in ("summary", "intervals", "bands", "groups", "lesions",

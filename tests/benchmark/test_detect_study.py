@@ -257,3 +257,41 @@ def test_cli_run_and_option_routing(study, tmp_path):
     res = CliRunner().invoke(app, ["run", "--study", str(tmp_path / "missing"), "--method",
                                    "identity"])
     assert res.exit_code == 2 and "study.json" in res.output
+
+
+@pytest.mark.slow
+def test_results_json_carries_the_registry_detect_metrics(study, tiny_built, tmp_path):
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+    from benchmark.metrics.registry import metrics_in_group
+    from benchmark.results import Results, comparison_table, table_columns
+    from benchmark.run import run_benchmark
+
+    res = run_benchmark("identity", str(tiny_built.built), "test", tmp_path / "id", lpips=None,
+                        clinical=False, figure=False, verbose=False, lesions=study)
+    declared = metrics_in_group("detect")
+    assert res.detect is not None and res.detect.available
+    assert set(res.detect.summary) == set(declared)
+    for name, spec in declared.items():
+        assert res.metrics[name].group == "detect"
+        assert res.metrics[name].higher_is_better == spec.higher_is_better
+    # The same numbers as the study gives the same method.
+    ds = DetectionStudy(study)
+    est = ds.estimates(ds.score_method("identity"))
+    for name in declared:
+        assert res.detect.summary[name] == pytest.approx(est[name])
+    again = Results.load(tmp_path / "id")
+    assert again.detect == res.detect
+    # Study-level metrics stay out of the per-slice table ...
+    assert not any(g == "detect" for g, _, _ in table_columns(again))
+    assert "AUC" not in comparison_table([("id", again)]).headers
+    # ... and have their own.
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "id"), "--table", "detect"])
+    assert out.exit_code == 0, out.output
+    assert "AUC near" in out.output and "| identity |" in out.output
+    plain = run_benchmark("identity", str(tiny_built.built), "test", tmp_path / "plain",
+                          lpips=None, clinical=False, figure=False, verbose=False)
+    assert plain.detect is None
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "plain"), "--table", "detect"])
+    assert out.exit_code == 2 and "--lesions" in out.output

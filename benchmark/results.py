@@ -644,6 +644,27 @@ def table_columns(results: Results) -> list[tuple[str, str, MetricDefinition]]:
     return cols
 
 
+def study_scores(results: Results) -> dict[str, tuple[float | None, list[float] | None]]:
+    """``{metric: (value, 95 % interval)}`` of the metrics the run reduced over a whole study
+    rather than per slice (today the lesion study's ``detect`` block); empty without one."""
+    det = results.detect
+    if det is None or not det.available:
+        return {}
+    return {m: (v, det.intervals.get(m)) for m, v in det.summary.items()}
+
+
+def study_columns(runs: Iterable[Results]) -> list[tuple[str, MetricDefinition]]:
+    """The study-level metrics (:func:`study_scores`) any of ``runs`` has, with their recorded
+    declarations, in recorded order: the columns of a board's task-based table."""
+    out: dict[str, MetricDefinition] = {}
+    for r in runs:
+        scores = study_scores(r)
+        for name, d in r.metrics.items():
+            if name in scores and name not in out:
+                out[name] = d.resolved(name)
+    return list(out.items())
+
+
 class TableCell(BaseModel):
     """One number of the comparison table (``None``: not available)."""
 

@@ -290,6 +290,25 @@ def test_results_json_carries_the_registry_detect_metrics(study, tiny_built, tmp
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "id"), "--table", "detect"])
     assert out.exit_code == 0, out.output
     assert "AUC near" in out.output and "| identity |" in out.output
+    # On the board: a task-based table with the recorded declarations and values.
+    from leaderboard.board import Board
+    from leaderboard.cli import app as board_app
+    from leaderboard.render import render_board
+
+    board = tmp_path / "board"
+    assert CliRunner().invoke(board_app, ["init", str(board), "--reference",
+                                          str(tmp_path / "id")]).exit_code == 0
+    (tmp_path / "id" / "card.yaml").write_text(
+        "name: identity\nauthors: [Test]\ncode: https://example.org\nlicence: MIT\n"
+        "track: classic\nno_test_patients: true\n")
+    res = CliRunner().invoke(board_app, ["submit", str(tmp_path / "id"), "--board", str(board)])
+    assert res.exit_code == 0, res.output
+    render_board(Board.open(board), tmp_path / "site", cd=False)
+    html = (tmp_path / "site" / "index.html").read_text()
+    table = html.split("Task-based scores (lesion study)")[1].split("</table>")[0]
+    for name, spec in declared.items():
+        assert f'title="{name}: ' in table and spec.title in table
+    assert f"{again.detect.summary['detect_auc']:.4f}" in table
     plain = run_benchmark("identity", str(tiny_built.built), "test", tmp_path / "plain",
                           lpips=None, clinical=False, figure=False, verbose=False)
     assert plain.detect is None

@@ -102,10 +102,12 @@ def plot_report(report: dict[str, Any], path: Path | str) -> Path:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
     axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[0].legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9,
+               frameon=False)
     fig.suptitle(f"Lesion detectability: {report['study']['n_patients']} patients, "
                  f"{report['study']['n_lesions']} lesions", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

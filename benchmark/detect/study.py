@@ -19,8 +19,9 @@ Definitions (docs/detect.md):
   ``width_factor`` lesion diameters, one per lesion type and distance band, trained and tested
   on different patients (``folds``-fold cross-validation by patient); the test statistics of
   all folds are pooled (each standardized by its training fold).
-- **AUC**: empirical (Mann-Whitney) AUC of the pooled test statistics; **d'** from their means
-  and variances, and ``AUC(d') = Phi(d'/sqrt 2)``.
+- **AUC**: empirical (Mann-Whitney) AUC of the pooled test statistics; **d'** from the test
+  statistics' means and variances in each implant cell (weighted mean over the cells), and
+  ``AUC(d') = Phi(d'/sqrt 2)``.
 - **Hallucination**: :mod:`benchmark.detect.hallucination` (the false-positive fraction at the
   operating point set on the ideal images; the band-pass difference map).
 - **Intervals and tests**: patients are resampled with replacement (``bootstrap`` times, one
@@ -525,7 +526,12 @@ class DetectionStudy:
                 groups.append(entry)
                 continue
             ok = idx[np.isfinite(row.t_present[idx]) & np.isfinite(row.t_absent[idx])]
-            dp = dprime_from_statistics(row.t_present[ok], row.t_absent[ok])
+            # d' per implant cell (each has its own template and scale), weighted by size.
+            cells = [cell for c, cell in self.cells.items() if c[:2] == (t, b)]
+            dps = [(dprime_from_statistics(row.t_present[cell], row.t_absent[cell]), len(cell))
+                   for cell in cells]
+            dps = [(d, n) for d, n in dps if math.isfinite(d)]
+            dp = (sum(d * n for d, n in dps) / sum(n for _, n in dps)) if dps else math.nan
             entry.update({
                 "auc": est[f"auc/{t}/{b}"], "auc_ci": ci(f"auc/{t}/{b}"),
                 "auc_check": auc_empirical(row.t_present[ok], row.t_absent[ok]),

@@ -131,6 +131,9 @@ def run(
         "auto", "--reference-cache",
         help="where the work on the references is kept between runs: a folder, 'off', or "
              "'auto' ($MARBENCH_REFERENCE_CACHE, else the user's cache folder)"),
+    lesions: Path = typer.Option(None, "--lesions",
+                                 help="lesion study folder (marbench detect make): also score "
+                                      "lesion detectability and hallucination"),
 ) -> None:
     """Run a method over a split, score it (marbench-v1, or --protocol aapm-ctmar-2024) and
     write OUT/results.json, per_slice.csv, figure.png and predictions/."""
@@ -147,7 +150,7 @@ def run(
                       config=config, revision=revision, options=options,
                       train_split=train_split, seed=seed, clinical=clinical,
                       verify_manifest=not no_verify, segmenter=segmenter, protocol=protocol,
-                      reference_cache=reference_cache)
+                      reference_cache=reference_cache, lesions=lesions)
     except (MARBenchError, DatasetFolderError, ImportError, TypeError, ValueError,
             FileNotFoundError) as e:
         raise _error(str(e)) from None
@@ -159,8 +162,10 @@ def compare(
     markdown: bool = typer.Option(False, "--markdown", help="print one markdown table"),
     std: bool = typer.Option(False, "--std", help="show mean ± std over slices"),
     table: str = typer.Option("image", "--table",
-                              help="image (paper Table 3 layout) or segmentation (Table 2: "
-                                   "IoU per class and mIoU, per implant type too)"),
+                              help="image (paper Table 3 layout), segmentation (Table 2: "
+                                   "IoU per class and mIoU, per implant type too) or detect "
+                                   "(lesion detectability and hallucination, runs made with "
+                                   "--lesions)"),
     paper: bool = typer.Option(False, "--paper",
                                help="with --table segmentation: the paper's rows beside; for "
                                     "aapm-ctmar-2024 runs: the challenge's published rows"),
@@ -197,8 +202,18 @@ def compare(
             unverified.append(f"{f}: {check.note}")
             unverified_rows.add(len(runs))
         runs.append((label, r))
-    if table not in ("image", "segmentation"):
-        raise _error(f"--table {table!r}: choose image or segmentation")
+    if table not in ("image", "segmentation", "detect"):
+        raise _error(f"--table {table!r}: choose image, segmentation or detect")
+    if table == "detect":  # study-level scores: any protocol
+        from .detect.report import detect_compare_table
+
+        labelled = [(lab if i not in unverified_rows else f"{lab} (unverified)", r)
+                    for i, (lab, r) in enumerate(runs)]
+        try:
+            typer.echo(detect_compare_table(labelled), nl=False)
+        except ValueError as e:
+            raise _error(str(e)) from None
+        return
     versions = sorted({r.protocol.version for _, r in runs})
     if len(versions) > 1:
         raise _error(f"the runs were scored under different protocols ({', '.join(versions)});"

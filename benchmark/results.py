@@ -17,7 +17,8 @@ datasets). A results file (``results.json``) says exactly what was scored and ho
   ``method_vs_gsi`` (the paper's protocol), ``method_vs_ideal`` and ``gsi_vs_ideal``
   (simulated data only: is the method closer to the truth than GSI is?);
 - ``per_slice``: every slice's values, keyed by comparison then metric;
-- ``predictions``: the int16 Parquet file of the method's output and its sha256.
+- ``predictions``: the int16 Parquet file of the method's output and its sha256;
+- ``detect``: with ``--lesions``, lesion detectability and hallucination on a lesion study.
 
 Floats that are infinite (PSNR of identical images) or NaN (a metric undefined on a slice)
 are written as the JSON strings ``"Infinity"`` / ``"NaN"`` so the file stays standard JSON.
@@ -361,6 +362,38 @@ class PredictionsRecord(_Model):
     dtype: Literal["int16"] = "int16"
 
 
+class DetectRecord(_Model):
+    """Task-based evaluation on a lesion study (``marbench run --lesions DIR``; the study and
+    its definitions: docs/detect.md).
+
+    Attributes:
+        available: whether it was computed; else ``reason`` says why.
+        study: the lesion study's identity (folder, ``study.json`` sha256, counts, types,
+            bands) and the observer's geometry.
+        settings: the observer and statistics settings.
+        summary: the registry's ``detect`` metrics (name -> value; ``None``: not defined).
+        intervals: their 95 % bootstrap intervals over patients (``None``: none).
+        bands, groups: values per distance band and per (lesion type, band).
+        lesions: per lesion: id, patient, type, band, the cross-validated observer's
+            statistics on the present and absent ROI, and its false-positive flag (so runs can
+            be compared lesion by lesion).
+        map_counts: per patient and band, flagged and total pixels of the hallucination map.
+        seconds: time the study took (the method's runs included).
+    """
+
+    available: bool
+    reason: str | None = None
+    study: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    summary: dict[str, float | None] = Field(default_factory=dict)
+    intervals: dict[str, list[float] | None] = Field(default_factory=dict)
+    bands: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    groups: list[dict[str, Any]] = Field(default_factory=list)
+    lesions: list[dict[str, Any]] = Field(default_factory=list)
+    map_counts: list[dict[str, Any]] = Field(default_factory=list)
+    seconds: float | None = None
+
+
 class Results(_Model):
     """Everything one benchmark run records (see the module docstring)."""
 
@@ -378,10 +411,16 @@ class Results(_Model):
     predictions: PredictionsRecord | None = None
     figure: str | None = None
     segmentation: SegmentationRecord | None = None
+    detect: DetectRecord | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Results:
         """Cross-field checks, so a hand-edited or truncated file is refused."""
+        if self.detect is not None and self.detect.available:
+            unknown = set(self.detect.summary) - set(self.metrics)
+            if unknown:
+                raise ValueError(f"detect.summary: metrics {sorted(unknown)} are not defined "
+                                 "in 'metrics'")
         for key, comp in self.comparisons.items():
             if key not in COMPARISONS:
                 raise ValueError(f"comparisons: unknown key {key!r}; expected one of "
@@ -589,16 +628,41 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def table_columns(results: Results) -> list[tuple[str, str, MetricDefinition]]:
     """The metrics a comparison table shows, from the recorded declarations: ``(group,
-    metric, definition)`` with ``table`` set, per-slice groups only (segmentation has its own
-    table), groups in :data:`GROUPS` order then plug-in groups, each in recorded order."""
+    metric, definition)`` with ``table`` set, per-slice metrics only (segmentation and the
+    lesion study have their own tables), groups in :data:`GROUPS` order then plug-in groups,
+    each in recorded order."""
     order = {g: i for i, g in enumerate(GROUPS)}
     cols = []
     for name, d in results.metrics.items():
         r = d.resolved(name)
+        spec = METRICS.get(name)
+        if spec is not None and not spec.per_slice:  # study-level: their own tables
+            continue
         if r.table and r.group != "segmentation":
             cols.append((str(r.group), name, r))
     cols.sort(key=lambda c: order.get(c[0], len(GROUPS)))
     return cols
+
+
+def study_scores(results: Results) -> dict[str, tuple[float | None, list[float] | None]]:
+    """``{metric: (value, 95 % interval)}`` of the metrics the run reduced over a whole study
+    rather than per slice (today the lesion study's ``detect`` block); empty without one."""
+    det = results.detect
+    if det is None or not det.available:
+        return {}
+    return {m: (v, det.intervals.get(m)) for m, v in det.summary.items()}
+
+
+def study_columns(runs: Iterable[Results]) -> list[tuple[str, MetricDefinition]]:
+    """The study-level metrics (:func:`study_scores`) any of ``runs`` has, with their recorded
+    declarations, in recorded order: the columns of a board's task-based table."""
+    out: dict[str, MetricDefinition] = {}
+    for r in runs:
+        scores = study_scores(r)
+        for name, d in r.metrics.items():
+            if name in scores and name not in out:
+                out[name] = d.resolved(name)
+    return list(out.items())
 
 
 class TableCell(BaseModel):

@@ -71,6 +71,7 @@ from .results import (
     ComparisonRecord,
     DataFileRecord,
     DatasetRecord,
+    DetectRecord,
     HardwareRecord,
     MethodRecord,
     MetricDefinition,
@@ -336,7 +337,8 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                   data_cache_dir: Path | str | None = None, verbose: bool = True,
                   console: Any = None, verify_manifest: bool = True,
                   segmenter: str | Path | None = None,
-                  reference_cache: str | Path | None = "auto") -> Results:
+                  reference_cache: str | Path | None = "auto",
+                  lesions: str | Path | None = None) -> Results:
     """Run ``method`` over ``data``/``split``, score it, write ``out/``, return the results.
 
     Args:
@@ -377,6 +379,9 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
             (:mod:`benchmark.refcache`): ``"auto"`` (``$MARBENCH_REFERENCE_CACHE`` or the
             user's cache folder), a folder, or ``None`` / ``"off"`` (computed in memory for
             this run only). Scores are the same either way.
+        lesions: a lesion study folder (``marbench detect make``): the method also runs on
+            its paired scans and results.json gets lesion detectability and hallucination
+            (``detect``; docs/detect.md).
 
     Raises:
         benchmark.registry.UnknownMethodError: unknown name (with "did you mean").
@@ -413,6 +418,10 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
         raise ValueError(f"options must be JSON values (numbers, strings, lists, dicts): "
                          f"{e}") from None
 
+    if lesions is not None:  # refuse a bad study folder now, not after the whole run
+        from artifactgsi.lesion_study import LesionStudy
+
+        LesionStudy(lesions, verify=False)
     mar: MARMethod = create_method(method, **(options or {}))
     name = mar.name or method
     pairs: PairsSplit = open_split(data, split, config=config, revision=revision,
@@ -557,6 +566,10 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                                                     available=True, n_slices=n,
                                                     summary=_summaries(sc), missing=dict(missing))
 
+        detect = None
+        if lesions is not None:
+            detect, detect_defs = _detect(lesions, mar, dev, batch_size)
+            metric_defs.update(detect_defs)
         metric_order = list(declared)
         atomic_write_text(stage / "per_slice.csv", _per_slice_csv(slices, metric_order))
         fig_path = (_write_figure(picker.chosen(), slices, name, stage / "figure.png")
@@ -596,6 +609,7 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
             predictions=predictions,
             segmentation=_segmentation_record(seg_record, slices),
             figure=None if fig_path is None else fig_path.relative_to(stage).as_posix(),
+            detect=detect,
         )
         results.save(stage / "results.json")
         _publish(stage, out_dir)
@@ -622,6 +636,20 @@ def run_benchmark(method: str, data: str | Path, split: str = "test",
                                                    else ""), highlight=False)
         console.print(f"results: {escape(str(out_dir / 'results.json'))}", highlight=False)
     return results
+
+
+def _detect(lesions: str | Path, mar: MARMethod, dev: torch.device, batch_size: int
+            ) -> tuple[DetectRecord, dict[str, MetricDefinition]]:
+    """The prepared method on a lesion study (:mod:`benchmark.detect`): the ``detect`` block
+    and the definitions of the registry's ``detect`` metrics."""
+    from .detect.study import detect_record
+    from .metrics.registry import metrics_in_group
+
+    t0 = time.perf_counter()
+    block = detect_record(lesions, mar, device=str(dev), batch_size=batch_size, prepared=True)
+    record = DetectRecord(**block, seconds=round(time.perf_counter() - t0, 2))
+    return record, {k: MetricDefinition.from_spec(s)
+                    for k, s in metrics_in_group("detect").items()}
 
 
 #: Environment variable naming the default segmenter (model folder or Hub repo id).

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from benchmark.results import MetricDefinition, study_columns, study_scores
+
 from .board import Board, Entry, RankedMetric
 from .significance import MetricStats, compare_methods
 
@@ -63,11 +65,23 @@ class Tab:
 
 
 @dataclass
+class StudyRow:
+    """An entry's study-level scores (``benchmark.results.study_scores``): value, interval."""
+
+    name: str
+    key: str
+    cells: list[tuple[float | None, list[float] | None]]
+
+
+@dataclass
 class BoardView:
     board: Board
     metrics: list[RankedMetric]
     tabs: list[Tab]
     excluded: list[tuple[Entry, str, list[str]]] = field(default_factory=list)
+    # Metrics reduced over a whole study (the lesion study), as the entries recorded them.
+    study_columns: list[tuple[str, MetricDefinition]] = field(default_factory=list)
+    study_rows: list[StudyRow] = field(default_factory=list)
     built_utc: datetime = field(
         default_factory=lambda: datetime.now(timezone.utc))  # noqa: UP017 (py3.10)
 
@@ -140,4 +154,12 @@ def build_view(board: Board) -> BoardView:
         rows.sort(key=lambda r: (r.rank, r.name))
         tabs.append(Tab(id=tab_id, title=title, n_slices=int(sel.sum()),
                         n_patients=len(set(patients[sel])), rows=rows, stats=stats))
-    return BoardView(board=board, metrics=list(cfg.metrics), tabs=tabs, excluded=excluded)
+    study_cols = study_columns(e.results for e in ranked if e.results is not None)
+    study_rows = []
+    for e in ranked:
+        scores = study_scores(e.results) if e.results is not None else {}
+        if scores and e.card is not None:
+            study_rows.append(StudyRow(name=e.card.name, key=e.key,
+                                       cells=[scores.get(m, (None, None)) for m, _ in study_cols]))
+    return BoardView(board=board, metrics=list(cfg.metrics), tabs=tabs, excluded=excluded,
+                     study_columns=study_cols, study_rows=study_rows)

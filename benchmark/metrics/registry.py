@@ -48,6 +48,7 @@ NEEDS: dict[str, str] = {
     "segmenter": "a frozen segmenter (--segmenter)",
     "anchor_method": "the protocol's anchor method (NMAR), created by name through the method "
                      "registry, and the uncorrected image",
+    "lesion_study": "a lesion study (--lesions DIR; made by `marbench detect make`)",
 }
 
 #: Entry-point group through which other packages declare metrics.
@@ -338,5 +339,28 @@ for _spec in (
     MetricSpec("aapm_score", False, "", "AAPM final score: the mean of the eight sub-scores "
                "(0 = as the reference, about 2 = NMAR, 4 = uncorrected)", label="final",
                **_AAPM),
+):
+    register_metric(_spec)
+
+# -- task-based evaluation (docs/detect.md): a channelized Hotelling observer on the paired
+#    scans of a lesion study, reduced over the whole study by benchmark.detect.study (the
+#    values live in results.json's ``detect`` block, with intervals and per-lesion values).
+_DETECT = {"group": "detect", "references": ("ideal",), "needs": ("lesion_study",),
+           "per_slice": False}
+for _spec in (
+    MetricSpec("detect_auc", True, "", "lesion detectability: AUC of a channelized Hotelling "
+               "observer (Laguerre-Gauss channels, background known, cross-validated by "
+               "patient), lesion-present vs lesion-absent, mean over lesion types and distance "
+               "bands from the metal", label="AUC", **_DETECT),
+    MetricSpec("detect_auc_near", True, "", "the same AUC in the distance band nearest the "
+               "metal (0-15 mm by default), mean over lesion types", label="AUC near",
+               **_DETECT),
+    MetricSpec("halluc_fpf_near", False, "", "hallucination: fraction of lesion-absent ROIs in "
+               "the nearest band in which the observer reports a lesion at the operating point "
+               "set on the ideal images (0 for the ideal image)", label="FPF near", **_DETECT),
+    MetricSpec("halluc_area_near", False, "", "hallucination: fraction of the body within the "
+               "nearest band where the lesion-scale band-pass of (image - ideal) reaches the "
+               "faintest lesion contrast but that of the uncorrected input does not",
+               label="halluc. area near", **_DETECT),
 ):
     register_metric(_spec)

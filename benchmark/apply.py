@@ -297,7 +297,7 @@ def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *
 def _prepare(mar: Any, name: str, dev: torch.device) -> None:
     """``mar.prepare`` with no training data; a failure (e.g. no weights) names the method."""
     from .method import PrepareContext
-    from .run import _method_cache_dir
+    from .run.calls import method_cache_dir as _method_cache_dir
 
     try:
         mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
@@ -711,7 +711,7 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
     """
     from .figures import PanelImage, PanelRow, save_panel
     from .registry import create_method
-    from .run import _safe_name
+    from .run.calls import safe_name as _safe_name
 
     out = Path(out)
     _prepare_out(out, overwrite)

@@ -26,7 +26,7 @@ Usage: python benchmarks/bench_run.py [--sizes 128 256 512] [--slices 8] [--thre
 from __future__ import annotations
 
 import argparse
-import inspect
+import importlib.util
 import json
 import tempfile
 import time
@@ -46,25 +46,39 @@ def _timed(store: dict[str, float], key: str, fn):  # type: ignore[no-untyped-de
     return wrapper
 
 
-def _instrument(store: dict[str, float]) -> None:
-    """Time each metric computation and the segmenter, in this code version's terms."""
-    import benchmark.run as run
+def _instrument(store: dict[str, float]):  # type: ignore[no-untyped-def]
+    """Time each metric computation and the segmenter, in this code version's terms; returns
+    a function that undoes it."""
+    import importlib
+
+    undo = []
+
+    def patch(module, attr: str, key: str) -> None:  # type: ignore[no-untyped-def]
+        orig = getattr(module, attr)
+        undo.append((module, attr, orig))
+        setattr(module, attr, _timed(store, key, orig))
 
     try:  # the registry-driven scorer: one entry per declared computation
-        import benchmark.metrics.compute as compute
-
+        compute = importlib.import_module("benchmark.metrics.compute")
         orig = compute.resolve_compute
+        undo.append((compute, "resolve_compute", orig))
 
         def resolve(spec):  # type: ignore[no-untyped-def]
-            name = str(spec.compute).rpartition(":")[2]
-            return _timed(store, name, orig(spec))
+            return _timed(store, str(spec.compute).rpartition(":")[2], orig(spec))
         compute.resolve_compute = resolve
     except ImportError:  # older code: the two metric families are module functions
-        import benchmark.metrics as metrics
+        metrics = importlib.import_module("benchmark.metrics")
+        patch(metrics, "image_metrics", "score_image")
+        patch(metrics, "clinical_metrics", "score_clinical")
+    try:
+        patch(importlib.import_module("benchmark.run.runner"), "segment_batch", "segmenter")
+    except ImportError:  # older code: one module
+        patch(importlib.import_module("benchmark.run"), "_segment_batch", "segmenter")
 
-        metrics.image_metrics = _timed(store, "score_image", metrics.image_metrics)
-        metrics.clinical_metrics = _timed(store, "score_clinical", metrics.clinical_metrics)
-    run._segment_batch = _timed(store, "segmenter", run._segment_batch)
+    def restore() -> None:
+        for module, attr, orig in reversed(undo):
+            setattr(module, attr, orig)
+    return restore
 
 
 def _floor(folder: Path, segmenter: str | None, eval_size: int) -> float:
@@ -111,7 +125,7 @@ def main() -> None:
     from artifactgsi.testing import write_tiny_pairs
     from benchmark.run import run_benchmark
 
-    has_cache = "reference_cache" in inspect.signature(run_benchmark).parameters
+    has_cache = importlib.util.find_spec("benchmark.refcache") is not None
     rows = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
@@ -123,23 +137,17 @@ def main() -> None:
                                              ("warm", tmp_path / "cache")] if has_cache else [])
             for mode, cache in modes:
                 store: dict[str, float] = defaultdict(float)
-                _instrument(store)
+                restore = _instrument(store)
                 kw = {"reference_cache": cache} if has_cache else {}
                 t0 = time.perf_counter()
-                r = run_benchmark("identity", str(folder), out=tmp_path / f"out-{mode}",
-                                  verbose=False, segmenter=args.segmenter, figure=False, **kw)
+                try:
+                    r = run_benchmark("identity", str(folder), out=tmp_path / f"out-{mode}",
+                                      verbose=False, segmenter=args.segmenter, figure=False,
+                                      **kw)
+                finally:
+                    restore()
                 wall = time.perf_counter() - t0
                 n = r.dataset.n_slices_scored
-                import importlib
-
-                import benchmark.run as run_mod
-                importlib.reload(run_mod)  # drop the instrumentation before the next mode
-                try:
-                    import benchmark.metrics.compute as compute
-                    importlib.reload(compute)
-                except ImportError:
-                    import benchmark.metrics as metrics
-                    importlib.reload(metrics)
                 rows.append({"size": size, "mode": mode, "slices": n,
                              "score_s_per_slice": r.timing.score_s / n,
                              "wall_s_per_slice": wall / n,

@@ -381,7 +381,8 @@ class DetectionStudy:
         import torch
 
         from ..method import MARInput
-        from ..run import _reduce, _resolve_device
+        from ..run.calls import reduce_batch as _reduce
+        from ..run.calls import resolve_device as _resolve_device
 
         dev = _resolve_device(device)
         k = int(getattr(mar, "neighbour_slices", 0) or 0)
@@ -433,7 +434,9 @@ class DetectionStudy:
 
         from ..method import MARMethod, PrepareContext
         from ..registry import create_method
-        from ..run import MethodRunError, _method_cache_dir, _resolve_device
+        from ..run.calls import MethodRunError
+        from ..run.calls import method_cache_dir as _method_cache_dir
+        from ..run.calls import resolve_device as _resolve_device
 
         t0 = time.perf_counter()
         if isinstance(method, MARMethod):

@@ -183,7 +183,8 @@ def test_rerun_reproduces_numbers_and_predictions(identity_run, dataset, tmp_pat
 
 
 def test_figure_shows_the_slices_with_most_metal(identity_run):
-    from benchmark.run import _FigurePicker, _FigureSlice
+    from benchmark.run.outputs import FigurePicker as _FigurePicker
+    from benchmark.run.outputs import FigureSlice as _FigureSlice
 
     picker = _FigurePicker(2)
     counts = {("A", 0): 5, ("A", 1): 9, ("B", 0): 7, ("C", 0): 8, ("C", 1): 1, ("D", 0): 8}

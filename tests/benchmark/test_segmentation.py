@@ -388,7 +388,8 @@ def test_runner_scores_like_the_segmenter_on_its_own_and_names_a_foreign_segment
     segmenter trained on another dataset is scored with a recorded, printed caveat."""
     from types import SimpleNamespace
 
-    from benchmark.run import _segmenter, run_benchmark
+    from benchmark.run import run_benchmark
+    from benchmark.run.scoring import load_segmenter_for as _segmenter
 
     res = run_benchmark("identity", str(seg_data), "test", tmp_path / "run", lpips=None,
                         clinical=False, figure=False, verbose=False, segmenter=trained)

@@ -266,16 +266,3 @@ def validate_output(method_name: str, batch: MARInput, out: object) -> torch.Ten
             f"method {method_name!r}: output has {n_nan} NaN and {n_inf} inf pixel(s) in "
             f"{where(idx)}")
     return img
-
-
-
-
-def __getattr__(name: str) -> Any:
-    # The registry moved to benchmark.registry; old imports keep working.
-    if name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import registry
-
-    if name in registry.__all__:
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

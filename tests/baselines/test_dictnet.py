@@ -325,7 +325,7 @@ def test_clean_target_uses_ideal_and_is_recorded(data, cache, tmp_path):
 
 
 def test_methods_are_registered():
-    from benchmark.method import get_method
+    from benchmark.registry import get_method
 
     assert get_method("dicdnet") is DICDNet
     assert get_method("oscnet") is OSCNet

@@ -154,7 +154,7 @@ def test_refuses_to_run_untrained(tmp_path, monkeypatch):
 def test_entry_points():
     import importlib.metadata as md
 
-    from benchmark.method import get_method
+    from benchmark.registry import get_method
 
     assert get_method("unet") is UNetMAR
     trainers = {e.name: e.value for e in md.entry_points(group="marbench.trainers")}

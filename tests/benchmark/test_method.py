@@ -10,18 +10,14 @@ import pytest
 import torch
 
 from baselines.identity import Identity
-from benchmark.method import (
+from benchmark.method import MARInput, MARMethod, MAROutput, MethodOutputError, validate_output
+from benchmark.registry import (
     ENTRY_POINT_GROUP,
     DuplicateMethodError,
-    MARInput,
-    MARMethod,
-    MAROutput,
-    MethodOutputError,
     MethodRegistry,
     UnknownMethodError,
     create_method,
     get_method,
-    validate_output,
 )
 
 PLUGIN_SRC = Path(__file__).parent / "plugin_pkg" / "marbench_demo_plugin"
@@ -206,7 +202,7 @@ def test_broken_entry_point_is_listed_with_its_reason(plugin_site: Path):
 def test_identity_is_registered_through_this_projects_entry_point():
     import importlib.metadata as md
 
-    from benchmark.method import list_methods
+    from benchmark.registry import list_methods
 
     eps = md.distribution("artifactgsi").entry_points.select(group=ENTRY_POINT_GROUP)
     if "identity" not in eps.names:

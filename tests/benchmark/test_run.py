@@ -318,7 +318,7 @@ def test_broken_methods_fail_naming_method_and_slice(dataset, tmp_path, monkeypa
 
 
 def test_unknown_method_suggests_the_closest_name(dataset, tmp_path):
-    from benchmark.method import UnknownMethodError
+    from benchmark.registry import UnknownMethodError
     from benchmark.run import run_benchmark
 
     with pytest.raises(UnknownMethodError, match="Did you mean 'identity'"):

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from .errors import MARBenchError
 from .method import MARMethod, _option_parameters
+from .targets import import_target
 
 __all__ = [
     "COMMAND_GROUP", "ENTRY_POINT_GROUP", "REGISTRY", "TRAINER_GROUP", "DuplicateMethodError",
@@ -97,20 +98,7 @@ def _spec_of(cls: type) -> str:
 
 def load_spec(spec: str) -> type[MARMethod]:
     """Import ``"pkg.module:Class"`` (``Class`` may be dotted) and check it is a MARMethod."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"method spec {spec!r} must look like 'pkg.module:Class'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise ImportError(f"method spec {spec!r}: cannot import module {module_name!r} ({e}); "
-                          "is its package installed in this environment?") from e
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise ImportError(f"method spec {spec!r}: module {module_name!r} has no "
-                              f"attribute {attr!r}") from e
+    obj = import_target(spec, f"method spec {spec!r}")
     if not (isinstance(obj, type) and issubclass(obj, MARMethod)):
         raise TypeError(f"method spec {spec!r} names {obj!r}, which is not a subclass of "
                         "benchmark.method.MARMethod")
@@ -345,14 +333,7 @@ class TrainerInfo:
     source: str
 
     def load(self) -> Callable[..., Path]:
-        module_name, _, attr = self.target.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as e:
-            raise ImportError(f"trainer {self.name!r} ({self.source}): cannot load "
-                              f"{self.target!r}: {e}") from e
+        obj = import_target(self.target, f"trainer {self.name!r} ({self.source})")
         if not callable(obj):
             raise TypeError(f"trainer {self.name!r}: {self.target!r} is not callable")
         return obj

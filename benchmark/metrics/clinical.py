@@ -138,7 +138,7 @@ def noise_sd(image_hu: np.ndarray, roi: np.ndarray | None) -> float:
 
 
 def streak_amplitude(image_hu: np.ndarray, reference_hu: np.ndarray, roi: np.ndarray,
-                     tail_fraction: float) -> float:
+                     tail_fraction: float = 0.05) -> float:
     """|mean of the highest - mean of the lowest ``tail_fraction``| of (image - reference) in
     ``roi``, in HU. Each tail holds ``int(n * tail_fraction)`` pixels (as AAPM); NaN if 0."""
     d = np.sort(image_hu[roi].astype(np.float64) - reference_hu[roi].astype(np.float64))
@@ -149,8 +149,8 @@ def streak_amplitude(image_hu: np.ndarray, reference_hu: np.ndarray, roi: np.nda
 
 
 def masked_ssim(image_hu: np.ndarray, reference_hu: np.ndarray, dilated_metal: np.ndarray,
-                region: np.ndarray, *, data_range: float, metal_fill_hu: float,
-                sigma: float) -> float:
+                region: np.ndarray, *, data_range: float = 5000.0,
+                metal_fill_hu: float = 100.0, sigma: float = 1.5) -> float:
     """AAPM's masked SSIM: dilated metal set to ``metal_fill_hu`` in both images, then the
     skimage SSIM map (Gaussian ``sigma``, population covariance, ``data_range`` in HU)
     averaged over ``region``; NaN if it is empty."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MARBenchError
+from ..targets import import_target
 
 __all__ = ["GROUPS", "METRICS", "NEEDS", "SEG_CLASSES", "SEG_CLASS_TITLES",
            "METRIC_ENTRY_POINTS", "MetricComputationError", "MetricSpec", "UnknownMetricError",
@@ -215,12 +216,9 @@ def resolve_compute(spec: MetricSpec) -> Any:
     """
     if spec.compute is None:
         raise MetricComputationError(f"metric {spec.name!r} declares no computation")
-    module, _, attr = spec.compute.partition(":")
     try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
+        obj = import_target(spec.compute, f"metric {spec.name!r}")
+    except (ImportError, ValueError) as e:
         raise MetricComputationError(f"metric {spec.name!r}: its computation {spec.compute!r} "
                                      f"does not import ({type(e).__name__}: {e})") from e
     if not callable(obj):

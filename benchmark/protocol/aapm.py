@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..metrics import clinical as _clinical
+
 __all__ = [
     "AAPM_CTMAR_2024", "AAPMProtocol", "METRIC_KEYS", "SCORE_KEYS", "SUBSCORES",
     "beam_frame", "beam_wet_mm", "bone_integrity", "ct_rmse", "dice_volume_change",
@@ -224,36 +226,12 @@ def sharpness_ratio(image_hu: np.ndarray, reference_hu: np.ndarray,
     return float(np.mean(ratios)) if ratios else math.nan
 
 
-def streak_amplitude(image_hu: np.ndarray, reference_hu: np.ndarray, roi: np.ndarray,
-                     tail_fraction: float = 0.05) -> float:
-    """Metric 4, HU: |mean of the highest - mean of the lowest ``tail_fraction``| of
-    (image - reference) in ``roi``; each tail holds ``int(n * tail_fraction)`` pixels (as the
-    challenge), NaN when that is 0."""
-    d = np.sort(image_hu[roi].astype(np.float64) - reference_hu[roi].astype(np.float64))
-    k = int(d.size * tail_fraction)
-    if k == 0:
-        return math.nan
-    return float(abs(d[-k:].mean() - d[:k].mean()))
-
-
-def masked_ssim(image_hu: np.ndarray, reference_hu: np.ndarray, dilated_metal: np.ndarray,
-                region: np.ndarray, *, sigma: float = 1.5, data_range: float = 5000.0,
-                metal_fill_hu: float = 100.0) -> float:
-    """Metric 5, unitless: the dilated metal set to ``metal_fill_hu`` in both images, the
-    skimage SSIM map (Gaussian weights of ``sigma``, population covariance, K1 0.01, K2 0.03,
-    ``data_range`` HU) averaged over ``region``; NaN if the region is empty."""
-    from skimage.metrics import structural_similarity
-
-    if not region.any():
-        return math.nan
-    a = reference_hu.astype(np.float64, copy=True)
-    b = image_hu.astype(np.float64, copy=True)
-    a[dilated_metal] = metal_fill_hu
-    b[dilated_metal] = metal_fill_hu
-    _, smap = structural_similarity(a, b, gaussian_weights=True, sigma=sigma,
-                                    use_sample_covariance=False, data_range=data_range,
-                                    full=True)
-    return float(smap[region].mean())
+# Metric 4 (streak amplitude, HU: |mean of the highest - mean of the lowest 5 %| of
+# (image - reference) in the ROI) and metric 5 (masked SSIM: the dilated metal set to 100 HU
+# in both images, skimage's Gaussian SSIM map at data range 5000 HU averaged over the region)
+# are the same computations as marbench-v1's clinical metrics: one implementation, shared.
+streak_amplitude = _clinical.streak_amplitude
+masked_ssim = _clinical.masked_ssim
 
 
 def dice_volume_change(mask: np.ndarray, reference_mask: np.ndarray) -> tuple[float, float]:

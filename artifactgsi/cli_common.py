@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -225,13 +226,22 @@ def cli_errors(*kinds: type[BaseException], path: Path | str | None = None) -> I
 
 
 def _raise_exit(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    # Worker processes (build / simulate --workers) end now, as they did when their parent
+    # died at once: a process pool would otherwise run every queued task before it unwinds.
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None:
+        for child in mp.active_children():
+            with contextlib.suppress(Exception):
+                child.terminate()
     raise SystemExit(128 + signum)
 
 
 def exit_on_sigterm() -> None:
     """Make SIGTERM raise ``SystemExit(143)`` in this process (main thread only; elsewhere a
     no-op), so ``finally`` blocks and ``except BaseException`` clean-ups run as they do for
-    Ctrl-C. Python's default is to die at once, leaving temporary folders behind."""
+    Ctrl-C. Python's default is to die at once, leaving temporary folders behind. Worker
+    processes of this process are terminated first; a second SIGTERM kills at once."""
     if threading.current_thread() is not threading.main_thread():
         return
     with contextlib.suppress(ValueError, OSError):

@@ -521,6 +521,9 @@ def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool =
     try:
         return _simulate_into(cfg, raw, workers, resume, console)
     except BaseException:
+        # Half-written patients of this run (also of worker processes ended by SIGTERM).
+        for stale in raw.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         _remove_empty(created)
         raise
 

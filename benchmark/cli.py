@@ -128,6 +128,8 @@ def run(
     from .run import run_benchmark
 
     lpips: Any = None if no_lpips else (lpips_weights or "auto")
+    if out is not None and out.exists() and not out.is_dir():  # before minutes of scoring
+        raise print_error(f"--out {out}: exists and is not a folder; give a folder")
     with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out):
         options = parse_key_values(option)
         check_device(device)

@@ -521,7 +521,13 @@ def test_a_bogus_device_is_a_line(tmp_path, pairs, command):
     assert not (tmp_path / "o").exists()
 
 
-def test_run_out_naming_a_file_is_a_line(pairs, tmp_path):
+def test_run_out_naming_a_file_is_a_line_before_any_scoring(pairs, tmp_path, monkeypatch):
+    import benchmark.run as run
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored although --out cannot be written")
+
+    monkeypatch.setattr(run, "run_benchmark", never)
     f = tmp_path / "afile"
     f.write_text("x")
     assert "not a folder" in _clean_failure(_marbench("run", "-m", "identity", "-d",

@@ -499,7 +499,7 @@ def test_simulate_without_permission_is_a_line_and_leaves_no_empty_folder(tmp_pa
     (["--size", "200000"], "--size must be within 32..1024"),
     (["--patients", "1000000000000"], "at most 100000"),
     (["--slices", "100000"], "--slices must be within 1..2000"),
-])
+], ids=["size", "patients", "slices"])
 def test_simulate_sizes_that_cannot_work_are_refused_at_once(tmp_path, args, words):
     start = time.monotonic()
     text = _clean_failure(_artifactgsi("simulate", "--out", str(tmp_path / "raw"), *args))

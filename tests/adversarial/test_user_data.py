@@ -466,12 +466,12 @@ def test_zero_or_negative_pixel_spacing_is_a_clean_error(tmp_path, spacing):
 
 
 def test_marbench_run_on_a_full_disk_names_the_output(pairs, tmp_path, monkeypatch):
-    import benchmark.run as run
+    import benchmark.run.runner as runner
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(run, "atomic_write_text", full)
+    monkeypatch.setattr(runner, "atomic_write_text", full)
     out = tmp_path / "run"
     text = _clean_failure(_marbench("run", "-m", "identity", "-d", str(pairs), "--out",
                                     str(out), "--no-lpips", "--no-clinical"))

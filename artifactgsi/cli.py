@@ -13,6 +13,14 @@ from pathlib import Path
 
 import typer
 
+from .cli_common import (
+    cli_errors,
+    describe_error,
+    exit_on_sigterm,
+    fail,
+    read_secret,
+)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help=__doc__.split("\n\n")[0] + "\n\nQuick start: artifactgsi simulate --out "
                        "data/raw && artifactgsi build data/raw data/built")
@@ -22,20 +30,28 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     """Errors of a Hub call a user can act on (no network, unknown repo or revision...)."""
     import huggingface_hub.errors as hf
 
-    from .hub import DatasetFolderError
+    from .errors import ArtifactGSIError
 
     names = ("HfHubHTTPError", "LocalEntryNotFoundError", "RevisionResolutionError",
              "OfflineModeIsEnabled")
-    return (DatasetFolderError, OSError, *(getattr(hf, n) for n in names if hasattr(hf, n)))
+    return (ArtifactGSIError, OSError, *(getattr(hf, n) for n in names if hasattr(hf, n)))
 
 
-def _fail(msg: str) -> None:
-    """Print ``msg`` as an error (literally: paths with ``[...]`` are not rich markup), exit 2."""
-    from rich.console import Console
-    from rich.markup import escape
+def _hub_message(err: BaseException, path: Path | None = None) -> str:
+    """The error printer's line, prefixed by the class name of ``huggingface_hub``'s errors
+    (``RepositoryNotFoundError: ...`` says more than the bare message)."""
+    from .errors import ArtifactGSIError
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
-    raise typer.Exit(2)
+    line = describe_error(err, path)
+    if isinstance(err, ArtifactGSIError) or (isinstance(err, OSError) and err.errno):
+        return line
+    return f"{type(err).__name__}: {line}"
+
+
+@app.callback()
+def _main() -> None:
+    """A terminated command (SIGTERM) unwinds like an interrupted one and cleans up."""
+    exit_on_sigterm()
 
 
 def _looks_like_path(text: str) -> bool:
@@ -82,35 +98,30 @@ def simulate(
     from rich.console import Console
 
     from .physics.scan import GSIProtocol
-    from .presets import PresetError, load_preset
+    from .presets import load_preset
     from .simulate import SimConfig, simulate_dataset
 
-    gsi = GSIProtocol() if kev is None else replace(GSIProtocol(), kev=kev)
-    mix = None
-    if preset is not None:
-        try:
-            p = load_preset(preset)
-        except PresetError as e:
-            _fail(str(e))
-        patients = p.implant_patients if patients is None else patients
-        clean_patients = p.clean_patients if clean_patients is None else clean_patients
-        slices = p.slices if slices is None else slices
-        seed = p.seed if seed is None and p.seed is not None else seed
-        mix = p.mix_for(patients) if p.implant_mix and patients >= 0 else None
-    patients = 6 if patients is None else patients
-    clean_patients = 2 if clean_patients is None else clean_patients
-    slices = 16 if slices is None else slices
-    seed = 0 if seed is None else seed
-    cfg = SimConfig(patients=patients, slices=slices, size=size, seed=seed,
-                    clean_patients=clean_patients, thickness_mm=thickness, device=device,
-                    gsi=gsi, scanner=scanner, split_hint=split_hint, implant_mix=mix,
-                    preset=p.name if preset is not None else "")
-    try:
+    with cli_errors(ValueError, path=out):
         if kev is not None and not 40 <= kev <= 140:
             raise ValueError(f"--kev must be within 40..140 keV, got {kev}")
+        gsi = GSIProtocol() if kev is None else replace(GSIProtocol(), kev=kev)
+        mix = None
+        if preset is not None:
+            p = load_preset(preset)
+            patients = p.implant_patients if patients is None else patients
+            clean_patients = p.clean_patients if clean_patients is None else clean_patients
+            slices = p.slices if slices is None else slices
+            seed = p.seed if seed is None and p.seed is not None else seed
+            mix = p.mix_for(patients) if p.implant_mix and patients >= 0 else None
+        patients = 6 if patients is None else patients
+        clean_patients = 2 if clean_patients is None else clean_patients
+        slices = 16 if slices is None else slices
+        seed = 0 if seed is None else seed
+        cfg = SimConfig(patients=patients, slices=slices, size=size, seed=seed,
+                        clean_patients=clean_patients, thickness_mm=thickness, device=device,
+                        gsi=gsi, scanner=scanner, split_hint=split_hint, implant_mix=mix,
+                        preset=p.name if preset is not None else "")
         stats = simulate_dataset(cfg, out, workers=workers)
-    except ValueError as e:
-        _fail(str(e))
     Console().print(f"[green]wrote[/] {stats['patients']} patients to {out} "
                     f"({stats['simulated']} simulated in {stats['seconds']:.1f} s)")
 
@@ -124,10 +135,8 @@ def preview(
     """Write a PNG panel ordinary | GSI | clean | labels at WL 500 / WW 2000."""
     from .preview import preview_patient
 
-    try:
+    with cli_errors(RuntimeError, ValueError, path=out):
         path = preview_patient(patient, out or patient / "preview.png", slice_index)
-    except (OSError, RuntimeError, ValueError) as e:
-        _fail(str(e))
     typer.echo(str(path))
 
 
@@ -148,13 +157,11 @@ def build(
 
     from .build import build_dataset
 
-    try:
-        secret = secret_file.read_bytes() if secret_file else None
+    with cli_errors(ValueError, path=out):
+        secret = read_secret(secret_file) if secret_file else None
         # Warnings are printed once, by the builder, as they are found.
         report = build_dataset(raw, out, workers=workers, resume=resume, overwrite=overwrite,
                                seed=seed, secret=secret)
-    except (ValueError, OSError) as e:
-        _fail(str(e))
     c = Console()
     rows = ", ".join(f"{cfg}/{split} {n}" for cfg, splits in report.rows.items()
                      for split, n in splits.items())
@@ -181,12 +188,10 @@ def import_aapm_cmd(
 
     from .formats.aapm import import_aapm
 
-    try:
+    with cli_errors(ValueError, path=out):
         report = import_aapm(src, out, split=split, image_size=image_size,
                              require_sinograms=require_sinograms, limit=limit,
                              overwrite=overwrite)
-    except (ValueError, OSError) as e:
-        _fail(str(e))
     c = Console()
     for w in report.warnings:
         c.print(f"[yellow]warning[/]: {escape(w)}")
@@ -205,7 +210,7 @@ def info(
 
     path = Path(dataset)
     if not path.exists() and _looks_like_path(dataset):
-        _fail(f"{dataset}: no such folder (give a built dataset folder, or a Hub repo id such "
+        fail(f"{dataset}: no such folder (give a built dataset folder, or a Hub repo id such "
               "as namespace/name)")
     try:
         if not path.exists():
@@ -215,7 +220,7 @@ def info(
         print_info(_info(path))
     except (ValueError, *_hub_errors()) as e:
         hint = "" if path.exists() else f"{dataset}: no such folder; as a Hub repo id: "
-        _fail(f"{hint}{type(e).__name__}: {e}")
+        fail(f"{hint}{_hub_message(e)}")
 
 
 @app.command()
@@ -230,7 +235,7 @@ def download(
     try:
         typer.echo(str(_download(repo_id, revision, local_dir)))
     except _hub_errors() as e:
-        _fail(f"{type(e).__name__}: {e}")
+        fail(_hub_message(e, local_dir))
 
 
 @app.command()
@@ -246,7 +251,7 @@ def push(
     try:
         typer.echo(_push(out, repo_id, private=not public, revision=revision))
     except _hub_errors() as e:
-        _fail(f"{type(e).__name__}: {e}")
+        fail(_hub_message(e, out))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ reader (the benchmark's data loader, the methods' training code) uses this one d
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,111 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactGSIError
-from .schema import HU_IMAGE_COLUMNS, IMPLANT_TYPES
+from .schema import HU_IMAGE_COLUMNS, IMPLANT_TYPES, MASK_COLUMNS
 
 
 class DatasetNotFoundError(ArtifactGSIError, FileNotFoundError):
     """A built dataset folder that does not exist (names it)."""
+
+
+class DatasetContentError(ArtifactGSIError, ValueError):
+    """A file of a built dataset holds something the schema does not allow, or a split's
+    files disagree with the card or the manifest (names the file and the problem)."""
+
+
+# ----------------------------------------------------------------------------- read checks
+
+#: The builder's shard names: ``<config>/<split>-00000-of-00003.parquet``.
+_SHARD_RE = re.compile(r"(?P<split>[^/]+)-\d{5}-of-\d{5}\.parquet")
+
+
+def check_split(folder: Path, config: str, split: str, files: Sequence[str],
+                where: str = "") -> None:
+    """Check one split of a built dataset where it is read, before any number is computed.
+
+    - the card (``README.md``, whose ``data_files`` chose ``files``) is the one the manifest
+      lists (size and sha256), so a card edited to point a split at other files is refused
+      while the manifest's sha256 would still claim the original data;
+    - ``files`` are the split's own: a builder shard name must name ``split``, and where the
+      manifest records each config's splits (``configs.<config>.<split>.files`` and
+      ``rows``), the files and the row count must be those;
+    - image columns hold int16 HU (``ordinary``, ``gsi``, ``ideal``) and uint8 masks
+      (``metal_mask``, ``labels``), as :func:`artifactgsi.schema.features_for` declares;
+    - ``pixel_spacing_mm`` is a finite number > 0 on every row.
+
+    Args:
+        folder: the dataset folder; files: the split's Parquet files, relative POSIX paths.
+
+    Raises:
+        DatasetContentError: naming the file (or the card / manifest) and the problem.
+    """
+    import json
+
+    import pyarrow.parquet as pq
+
+    from . import settings
+    from .hub import manifest_entry_problems
+
+    folder = Path(folder)
+    where = where or str(folder)
+    manifest_path = folder / settings.MANIFEST_FILENAME
+    manifest = (json.loads(manifest_path.read_text(encoding="utf-8"))
+                if manifest_path.is_file() else None)
+    if manifest is not None:
+        card = [e for e in manifest.get("files", []) if isinstance(e, dict)
+                and e.get("path") == settings.CARD_FILENAME]
+        problems, _ = manifest_entry_problems(folder, card)
+        if problems:
+            raise DatasetContentError(
+                f"{folder / settings.CARD_FILENAME}: the dataset card differs from the one "
+                f"{settings.MANIFEST_FILENAME} lists ({problems[settings.CARD_FILENAME]}); its "
+                "data_files decide which files each split reads, so an edited card would "
+                "score other data under the same manifest. Rebuild or re-download the dataset")
+    for rel in files:
+        m = _SHARD_RE.fullmatch(rel.rsplit("/", 1)[-1])
+        if m is not None and m.group("split") != split:
+            raise DatasetContentError(
+                f"{folder / rel}: a shard of split {m.group('split')!r}, but the card lists it "
+                f"for split {split!r} of config {config!r}; a split must read its own files")
+    recorded = (manifest or {}).get("configs", {})
+    entry = recorded.get(config, {}).get(split) if isinstance(recorded, dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("files"), list):
+        if sorted(entry["files"]) != sorted(files):
+            raise DatasetContentError(
+                f"{where}: split {split!r} of config {config!r} reads {sorted(files)}, but "
+                f"{settings.MANIFEST_FILENAME} records {sorted(entry['files'])} for it")
+        rows = sum(pq.read_metadata(folder / rel).num_rows for rel in files)
+        if isinstance(entry.get("rows"), int) and rows != entry["rows"]:
+            raise DatasetContentError(
+                f"{where}: split {split!r} of config {config!r} has {rows} rows, "
+                f"{settings.MANIFEST_FILENAME} records {entry['rows']}")
+    for rel in files:
+        path = folder / rel
+        schema = pq.read_schema(path)
+        for col, want in [*((c, "int16") for c in HU_IMAGE_COLUMNS),
+                          *((c, "uint8") for c in MASK_COLUMNS)]:
+            if col not in schema.names:
+                continue
+            kind = schema.field(col).type
+            while hasattr(kind, "value_type"):  # list<list<int16>> -> int16
+                kind = kind.value_type
+            if str(kind) != want:
+                what = "HU" if want == "int16" else "mask values"
+                raise DatasetContentError(
+                    f"{path}: column {col!r} holds {kind} {what}; the dataset stores {want} "
+                    f"(exact HU, -32768..32767). A converted or edited file would change every "
+                    "score: rebuild the dataset")
+        if "pixel_spacing_mm" in schema.names:
+            values = pq.read_table(path, columns=["pixel_spacing_mm"]).column(
+                "pixel_spacing_mm").to_pylist()
+            bad = [(i, v) for i, v in enumerate(values)
+                   if isinstance(v, bool) or not isinstance(v, int | float)
+                   or not math.isfinite(v) or v <= 0]
+            if bad:
+                i, v = bad[0]
+                raise DatasetContentError(
+                    f"{path}: pixel_spacing_mm is {v!r} on row {i} ({len(bad)} row(s) in "
+                    "all); a pixel size must be a positive number of mm")
 
 
 class SliceIndex:
@@ -201,5 +303,5 @@ def print_info(summary: dict[str, Any], console=None) -> None:
         console.print(r)
 
 
-__all__ = ["DatasetNotFoundError", "SliceIndex", "info", "neighbour_stack", "print_info",
-           "quality_stats"]
+__all__ = ["DatasetContentError", "DatasetNotFoundError", "SliceIndex", "check_split", "info",
+           "neighbour_stack", "print_info", "quality_stats"]

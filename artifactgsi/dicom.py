@@ -475,6 +475,12 @@ def _check_file(path: Path, ds: Any) -> None:
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type:
         raise DicomError(f"{path}: a LOCALIZER (scout) image, not an axial slice")
+    for kw, tag in (("FloatPixelData", "7FE0,0008"), ("DoubleFloatPixelData", "7FE0,0009")):
+        if kw in ds:
+            raise DicomError(f"{path}: the image is stored as {kw} ({tag}), floating-point "
+                             "values; a CT Image holds integer Pixel Data (7FE0,0010) with a "
+                             "rescale to HU. Export the series as CT images from the scanner "
+                             "or PACS")
     if "PixelData" not in ds:
         last = list(ds.keys())[-1] if len(ds) else None
         raise DicomError(f"{path}: no pixel data (the file ends after element {last}; if it "
@@ -484,6 +490,7 @@ def _check_file(path: Path, ds: Any) -> None:
                "PixelRepresentation", "PhotometricInterpretation"):
         if ds.get(kw) in (None, ""):
             raise DicomError(f"{path}: missing {kw}")
+    _pixel_spacing(path, ds)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomError(f"{path}: SamplesPerPixel {ds.SamplesPerPixel}: not a grey-scale CT")
     _check_pixel_encoding(path, ds, ts)
@@ -533,6 +540,20 @@ def _rescale(path: Path, ds: Any) -> tuple[float, float]:
     return slope, intercept
 
 
+def _pixel_spacing(path: Path, ds: Any) -> list[float]:
+    """PixelSpacing (row, column) in mm, checked: two finite numbers > 0 (a zero or negative
+    spacing would make every length and area, and the projector's grid, meaningless)."""
+    try:
+        values = [float(v) for v in ds.PixelSpacing]
+    except (TypeError, ValueError):
+        raise DicomError(f"{path}: PixelSpacing {ds.get('PixelSpacing')!r} is not two "
+                         "numbers") from None
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise DicomError(f"{path}: PixelSpacing {values} mm: the pixel size must be two "
+                         "positive numbers (row, column spacing in mm)")
+    return values
+
+
 def _check_pixel_encoding(path: Path, ds: Any, ts: str) -> None:
     """Refuse pixel encodings whose HU the reader would get wrong; check the rescale."""
     photometric = str(ds.PhotometricInterpretation).strip().upper()
@@ -569,6 +590,18 @@ def _slice_hu(path: Path, ds: Any) -> np.ndarray:
         raise DicomError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: "
                          f"{err})") from None
     return np.asarray(apply_modality_lut(stored, ds), np.float64)
+
+
+def _int16_hu(path: Path, ds: Any, hu: np.ndarray) -> np.ndarray:
+    """``(H, W)`` HU of one file as int16, checked: whole numbers (a fractional rescale slope
+    gives HU that int16 cannot hold exactly) within -32768..32767."""
+    rounded = np.rint(hu)
+    if np.abs(hu - rounded).max(initial=0.0) > 1e-3:
+        raise DicomError(f"{path}: HU are not integers after rescale (RescaleSlope "
+                         f"{float(ds.RescaleSlope):g}); cannot store them exactly as int16")
+    if rounded.size and (rounded.min() < -32768 or rounded.max() > 32767):
+        raise DicomError(f"{path}: HU {rounded.min():.0f}..{rounded.max():.0f} exceed int16")
+    return rounded.astype(np.int16)
 
 
 def _thickness(ds: Any) -> float:
@@ -632,6 +665,19 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
         raise DicomError(f"{folder}: {len(uids)} series in one folder (SeriesInstanceUID "
                          f"{listing}); put each series in its own folder")
 
+    # One instance, one file: a second file with the same SOP Instance UID is a copy or an
+    # export that reused UIDs; which of the two a reference means is undefined.
+    sops: dict[str, Path] = {}
+    for f, ds in zip(files, headers, strict=True):
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        if not sop_uid:
+            raise DicomError(f"{f}: missing SOPInstanceUID (every DICOM instance has one)")
+        if sop_uid in sops:
+            raise DicomError(f"{f}: SOPInstanceUID {sop_uid} is also that of "
+                             f"{sops[sop_uid].name}: two files claim to be the same image (a "
+                             "copy, or an export that reused UIDs); remove the duplicate")
+        sops[sop_uid] = f
+
     # Geometry: every slice must share orientation, matrix, spacing and in-plane position.
     first, f0 = headers[0], files[0]
     iop0 = np.array([float(v) for v in first.ImageOrientationPatient])
@@ -689,28 +735,24 @@ def read_series(folder: Path, key: bytes | None = None) -> Series:
                          "thickness)")
 
     # Pixels: each file's own rescale slope and intercept is applied (they may differ).
+    # One slice at a time, straight to int16: the float HU of a whole series would need 8 to
+    # 24 bytes per voxel, the volume needs 2.
     ts = str(first.file_meta.get("TransferSyntaxUID", ""))
-    if ts in PYDICOM_TRANSFER_SYNTAXES:
-        hu = np.stack([_slice_hu(f, ds) for f, ds in zip(files, headers, strict=True)])
-    else:  # compressed: SimpleITK/GDCM decodes and applies each file's rescale
-        try:
-            img = sitk.ReadImage([str(f) for f in files], sitk.sitkFloat64)
-        except RuntimeError as err:
-            raise DicomError(f"{folder}: SimpleITK could not read the series: "
-                             f"{str(err).strip().splitlines()[-1]}") from None
-        hu = sitk.GetArrayFromImage(img)  # (S, H, W)
-    if hu.shape != (len(files), *shape0):
-        raise DicomError(f"{folder}: read {hu.shape}, expected {(len(files), *shape0)}")
-    rounded = np.rint(hu)
-    frac = np.abs(hu - rounded).max(axis=(1, 2))
-    if frac.max() > 1e-3:
-        b = int(np.argmax(frac))
-        raise DicomError(f"{files[b]}: HU are not integers after rescale (RescaleSlope "
-                         f"{float(headers[b].RescaleSlope):g}); cannot store them exactly as "
-                         "int16")
-    if rounded.min() < -32768 or rounded.max() > 32767:
-        raise DicomError(f"{folder}: HU {rounded.min():.0f}..{rounded.max():.0f} exceed int16")
-    vol = rounded.astype(np.int16)
+    vol = np.empty((len(files), *shape0), np.int16)
+    for i, (f, ds) in enumerate(zip(files, headers, strict=True)):
+        if ts in PYDICOM_TRANSFER_SYNTAXES:
+            hu = _slice_hu(f, ds)
+        else:  # compressed: SimpleITK/GDCM decodes and applies the file's rescale
+            try:
+                hu = sitk.GetArrayFromImage(sitk.ReadImage(str(f), sitk.sitkFloat64))
+            except RuntimeError as err:
+                raise DicomError(f"{f}: SimpleITK could not read the file: "
+                                 f"{str(err).strip().splitlines()[-1]}") from None
+        if hu.size != vol[i].size:
+            raise DicomError(f"{f}: read {hu.shape}, expected {shape0}")
+        vol[i] = _int16_hu(f, ds, hu.reshape(shape0))
+        if "PixelData" in ds:  # decoded: the header is all that is needed from here on
+            del ds.PixelData
     # Canonical orientation: columns along +x, rows along +y (flip mirrored axes).
     x0, y0 = float(ipp[order[0], 0]), float(ipp[order[0], 1])
     px = ps0[1]

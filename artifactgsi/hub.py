@@ -311,6 +311,36 @@ def validate_folder(folder: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Hub
 # ---------------------------------------------------------------------------------------------
+class HubRepoIdError(ArtifactGSIError, ValueError):
+    """A Hub repo id that the Hub would refuse (names it and the rule)."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if the Hub accepts its form (``name`` or ``namespace/name``; letters,
+    digits, ``-``, ``_``, ``.``; at most 96 characters); else :class:`HubRepoIdError`."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubRepoIdError(f"{repo_id!r} is not a Hub repo id: {err}") from None
+    return repo_id
+
+
+def _transfer_failed(err: BaseException, what: str) -> HubTransferError | None:
+    """A :class:`HubTransferError` for ``what`` if ``err`` is a connection failure, else
+    ``None``."""
+    from huggingface_hub import constants
+
+    cause = _transport_error(err)
+    if cause is None:
+        return None
+    return HubTransferError(
+        f"{what} {constants.ENDPOINT} stopped: the connection failed ({type(cause).__name__}: "
+        f"{cause}); check the network (or HF_ENDPOINT) and run the same command again")
+
+
 def download(
     repo_id: str | None = None,
     revision: str | None = None,
@@ -343,7 +373,7 @@ def download(
     """
     from huggingface_hub import constants
 
-    repo_id = repo_id or settings.default_repo_id()
+    repo_id = check_repo_id(repo_id or settings.default_repo_id())
     try:
         return _download(repo_id, revision, local_dir, token)
     except Exception as err:
@@ -446,11 +476,26 @@ def push(
 
     Raises:
         ManifestError, DatasetCardError: the folder is not valid; nothing was uploaded.
+        HubRepoIdError: ``repo_id`` is not a valid repo id; nothing was uploaded.
+        HubTransferError: the Hub could not be reached or the connection dropped; a commit
+            is all or nothing, so running the command again is safe.
     """
+    folder = Path(folder)
+    check_repo_id(repo_id)
+    validate_folder(folder)
+    try:
+        return _push(folder, repo_id, private, token, revision, commit_message)
+    except Exception as err:
+        failed = _transfer_failed(err, f"pushing {folder} to {repo_id} on")
+        if failed is None:
+            raise
+        raise failed from None
+
+
+def _push(folder: Path, repo_id: str, private: bool, token: str | bool | None,
+          revision: str | None, commit_message: str | None) -> str:
     from huggingface_hub import HfApi
 
-    folder = Path(folder)
-    validate_folder(folder)
     listed = [entry["path"] for entry in read_manifest(folder)["files"]]
     api = HfApi(token=token)
     repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)

@@ -43,6 +43,14 @@ SCANNER_MANUFACTURER = SCANNER_PROFILES[DEFAULT_SCANNER].manufacturer
 SCANNER_MODEL = SCANNER_PROFILES[DEFAULT_SCANNER].model
 #: ``split_hint`` values a simulation may give its implant patients (see docs/simulator.md).
 SIM_SPLIT_HINTS = ("", "train", "test", "generalization")
+#: Limits beyond which a simulation cannot work on any machine this runs on: the projector's
+#: cached system matrix grows with size^3 (about 0.75 GB at 512 px, 6 GB at 1024 px, 48 GB at
+#: 2048 px), every patient takes seconds to minutes, and a series holds at most this many
+#: slices.
+MAX_SIZE_PX = 1024
+MAX_PATIENTS = 100_000
+MAX_SLICES = 2_000
+MAX_THICKNESS_MM = 50.0
 
 
 @dataclass(frozen=True)
@@ -87,9 +95,17 @@ class SimConfig:
             (self.patients >= 0, f"--patients must be >= 0, got {self.patients}"),
             (self.clean_patients >= 0, f"--clean-patients must be >= 0, got {self.clean_patients}"),
             (self.patients + self.clean_patients > 0, "nothing to simulate: 0 patients"),
-            (self.slices >= 1, f"--slices must be >= 1, got {self.slices}"),
-            (self.size >= 32, f"--size must be >= 32 pixels, got {self.size}"),
-            (self.thickness_mm > 0, f"slice thickness must be > 0 mm, got {self.thickness_mm}"),
+            (self.patients + self.clean_patients <= MAX_PATIENTS,
+             f"--patients + --clean-patients is {self.patients + self.clean_patients}; at "
+             f"most {MAX_PATIENTS} can be simulated (each patient takes seconds to minutes)"),
+            (1 <= self.slices <= MAX_SLICES,
+             f"--slices must be within 1..{MAX_SLICES}, got {self.slices}"),
+            (32 <= self.size <= MAX_SIZE_PX,
+             f"--size must be within 32..{MAX_SIZE_PX} pixels, got {self.size} (the "
+             "projector's memory grows with the cube of the size: 6 GB at 1024 px)"),
+            (0 < self.thickness_mm <= MAX_THICKNESS_MM,
+             f"slice thickness must be within 0..{MAX_THICKNESS_MM:g} mm, got "
+             f"{self.thickness_mm}"),
             (self.supersample >= 1, f"supersample must be >= 1, got {self.supersample}"),
             (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
             (self.split_hint in SIM_SPLIT_HINTS, f"--split-hint must be one of "
@@ -488,19 +504,41 @@ def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool =
     Patients whose folder already exists with its ``truth.json`` are kept (``resume``): an
     interrupted run continues where it stopped and gives the same result.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     cfg.validate()
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     raw = Path(raw)
+    # Folders this call creates are removed again if it fails before writing anything in them.
+    created = [d for d in (raw, *raw.parents) if not d.exists()]
     try:
         raw.mkdir(parents=True, exist_ok=True)
         probe = raw / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
+        _remove_empty(created)
         raise ValueError(f"output folder {raw} is not writable: {e.strerror or e}") from None
+    try:
+        return _simulate_into(cfg, raw, workers, resume, console)
+    except BaseException:
+        # Half-written patients of this run (also of worker processes ended by SIGTERM).
+        for stale in raw.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders of ``folders`` (deepest first) that are empty."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:  # not empty, or already gone: keep what is there
+            break
+
+
+def _simulate_into(cfg: SimConfig, raw: Path, workers: int, resume: bool, console) -> dict:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     for stale in raw.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     plans = plan_patients(cfg)

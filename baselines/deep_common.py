@@ -893,15 +893,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="config override (repeatable); values are read as JSON when they "
                    "parse (numbers, true/false), else as text")
     a = p.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for item in a.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"-O {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except ValueError:
-            overrides[key] = value
+    from artifactgsi.cli_common import KeyValueError, parse_key_values
+
+    try:
+        overrides = parse_key_values(a.option, option="-O")
+    except KeyValueError as e:
+        p.error(str(e))
     module, _, attr = TRAINERS[a.name].partition(":")
     trainer = getattr(importlib.import_module(module), attr)
     folder = trainer(a.config, a.data, Path(a.out), resume=a.resume, overrides=overrides)

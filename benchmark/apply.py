@@ -31,7 +31,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,9 @@ from .errors import MARBenchError
 
 __all__ = [
     "ApplyError", "ApplyResult", "MissingImplantTypeError", "OutputExistsError",
-    "apply_to_series", "method_needs_implant_type", "reference_free_measures",
-    "run_reference_free", "select_series",
+    "apply_to_series", "check_report_target", "check_separate", "iter_reduced",
+    "method_needs_implant_type", "reference_free_measures", "run_reference_free",
+    "select_series",
 ]
 
 #: Added to the source SeriesNumber to number the derived series.
@@ -225,61 +226,65 @@ def _resample(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
                                            align_corners=False, antialias=True)
 
 
-def _neighbours(vol: torch.Tensor, idx: Sequence[int], k: int) -> torch.Tensor:
-    """(S, H, W) -> (B, 2k+1, H, W) stacks around slices ``idx`` (edge slices repeated)."""
-    s = vol.shape[0]
-    rows = [[min(max(i + d, 0), s - 1) for d in range(-k, k + 1)] for i in idx]
-    return vol[torch.tensor(rows)]
+def iter_reduced(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *,
+                 implant_type: str = "none", patient_id: str = "input",
+                 batch_size: int = 4, device: str | torch.device = "cpu",
+                 threshold_hu: float | None = None
+                 ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+    """Run a prepared method over a volume, one batch at a time.
 
-
-def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *,
-                  implant_type: str = "none", patient_id: str = "input",
-                  batch_size: int = 4, device: str | torch.device = "cpu",
-                  threshold_hu: float | None = None) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Run a prepared method over a volume.
+    Only the batch (and its neighbour slices) is converted to float32 and handed to the
+    method, so the memory this adds to the volume is bounded by the slices in flight
+    (``batch_size`` plus neighbours), not by the length of the series.
 
     Args:
         method: a prepared :class:`benchmark.method.MARMethod`.
-        volume_hu: (S, H, W) HU (any numeric dtype).
+        volume_hu: (S, H, W) HU (any numeric dtype; int16 from the reader).
         pixel_spacing_mm: in-plane pixel size of ``volume_hu``.
         implant_type: given to the method for every slice.
         batch_size: slices per ``reduce`` call.
         device: where the method runs.
         threshold_hu: metal threshold (default: the protocol's).
 
-    Returns:
-        ((S, H, W) float32 corrected HU, (S, H, W) bool metal mask of the input, the pixel
-        size the method ran at if the slices were resampled, else ``None``).
+    Yields:
+        (slice indices, (B, H, W) float32 corrected HU, (B, H, W) bool metal mask of the
+        input), in slice order.
     """
     from artifactgsi.schema import METAL_THRESHOLD_HU, metal_mask
 
     from .method import MARInput, validate_output
 
+    if batch_size < 1:
+        raise ApplyError(f"batch_size must be >= 1, got {batch_size}")
     thr = METAL_THRESHOLD_HU if threshold_hu is None else float(threshold_hu)
     dev = torch.device(device)
-    vol = torch.from_numpy(np.ascontiguousarray(volume_hu, dtype=np.float32))
-    s, h, w = vol.shape
-    target = _trained_spacing(method)
-    resample = target is not None and not math.isclose(target, pixel_spacing_mm, rel_tol=1e-3)
-    spacing = pixel_spacing_mm
-    work = vol
-    if resample:
-        assert target is not None
-        size = (max(1, round(h * pixel_spacing_mm / target)),
-                max(1, round(w * pixel_spacing_mm / target)))
-        work = _resample(vol[:, None], size)[:, 0]
-        spacing = target
+    s, h, w = volume_hu.shape
+    target, size = _work_size(method, pixel_spacing_mm, h, w)
+    spacing = pixel_spacing_mm if target is None else target
     k = int(getattr(method, "neighbour_slices", 0) or 0)
     name = str(getattr(method, "name", "") or type(method).__name__)
-    out = torch.empty_like(vol)
+
+    def slices(rows: Sequence[int]) -> torch.Tensor:
+        """(n, h', w') float32 slices at the method's working size."""
+        img = torch.from_numpy(np.asarray(volume_hu[list(rows)], dtype=np.float32))
+        return img if target is None else _resample(img[:, None], size)[:, 0]
+
     for start in range(0, s, batch_size):
         idx = list(range(start, min(start + batch_size, s)))
-        ordinary = work[idx][:, None].contiguous()
+        source = np.asarray(volume_hu[idx], dtype=np.float32)
+        ordinary = slices(idx)[:, None].contiguous()
+        neighbours = None
+        if k > 0:
+            rows = sorted({min(max(i + d, 0), s - 1) for i in idx for d in range(-k, k + 1)})
+            at = {r: j for j, r in enumerate(rows)}
+            stack = slices(rows)
+            neighbours = stack[torch.tensor([[at[min(max(i + d, 0), s - 1)]
+                                              for d in range(-k, k + 1)] for i in idx])]
         inp = MARInput(ordinary=ordinary, metal_mask=metal_mask(ordinary, thr),
                        pixel_spacing_mm=torch.full((len(idx),), float(spacing)),
                        implant_type=[implant_type] * len(idx),
                        patient_id=[patient_id] * len(idx), slice_index=idx,
-                       neighbours=_neighbours(work, idx, k).contiguous() if k > 0 else None)
+                       neighbours=None if neighbours is None else neighbours.contiguous())
         batch = inp.to(dev)
         try:
             with torch.no_grad():
@@ -288,10 +293,41 @@ def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *
             raise ApplyError(f"method {name!r}: reduce() raised {type(e).__name__} on slices "
                              f"{idx[0]}..{idx[-1]}: {e}") from e
         img = validate_output(name, batch, res).detach().float().cpu()
-        if resample:
+        if target is not None:
             img = _resample(img, (h, w))
-        out[idx] = img[:, 0]
-    return out.numpy(), metal_mask(vol.numpy(), thr), (target if resample else None)
+        yield idx, img[:, 0].numpy(), metal_mask(source, thr)
+
+
+def _work_size(method: Any, pixel_spacing_mm: float, h: int, w: int
+               ) -> tuple[float | None, tuple[int, int]]:
+    """(the method's pixel size if the slices must be resampled to it, else ``None``; the
+    (h, w) the method works at)."""
+    target = _trained_spacing(method)
+    if target is None or math.isclose(target, pixel_spacing_mm, rel_tol=1e-3):
+        return None, (h, w)
+    return target, (max(1, round(h * pixel_spacing_mm / target)),
+                    max(1, round(w * pixel_spacing_mm / target)))
+
+
+def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *,
+                  implant_type: str = "none", patient_id: str = "input",
+                  batch_size: int = 4, device: str | torch.device = "cpu",
+                  threshold_hu: float | None = None) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Run a prepared method over a whole volume (:func:`iter_reduced`, gathered).
+
+    Returns:
+        ((S, H, W) float32 corrected HU, (S, H, W) bool metal mask of the input, the pixel
+        size the method ran at if the slices were resampled, else ``None``).
+    """
+    s, h, w = volume_hu.shape
+    out = np.empty((s, h, w), np.float32)
+    mask = np.empty((s, h, w), bool)
+    for idx, img, m in iter_reduced(method, volume_hu, pixel_spacing_mm,
+                                    implant_type=implant_type, patient_id=patient_id,
+                                    batch_size=batch_size, device=device,
+                                    threshold_hu=threshold_hu):
+        out[idx], mask[idx] = img, m
+    return out, mask, _work_size(method, pixel_spacing_mm, h, w)[0]
 
 
 def _prepare(mar: Any, name: str, dev: torch.device) -> None:
@@ -317,10 +353,10 @@ def _stored_range(ds: Any) -> tuple[int, int, np.dtype]:
     return lo, hi, dtype
 
 
-def _to_stored(hu: np.ndarray, ds: Any, source_stored: np.ndarray) -> tuple[np.ndarray, int]:
+def _to_stored(hu: np.ndarray, ds: Any, source_hu: np.ndarray) -> tuple[np.ndarray, int]:
     """(H, W) HU -> stored values of ``ds``'s representation (inverse rescale, rounded,
-    clipped); pixels equal to the source's PixelPaddingValue keep it. Returns (values, number
-    clipped)."""
+    clipped); pixels whose source value (``source_hu``, (H, W) HU of the source slice) is the
+    source's PixelPaddingValue keep it. Returns (values, number clipped)."""
     slope = float(ds.RescaleSlope)
     intercept = float(ds.RescaleIntercept)
     lo, hi, dtype = _stored_range(ds)
@@ -329,8 +365,8 @@ def _to_stored(hu: np.ndarray, ds: Any, source_stored: np.ndarray) -> tuple[np.n
     stored = np.clip(raw, lo, hi).astype(dtype)
     pad = ds.get("PixelPaddingValue")
     if pad is not None:
-        keep = source_stored == int(pad)
-        stored[keep] = source_stored[keep]
+        # The reader checked that stored * slope + intercept are whole HU: compare in HU.
+        stored[np.asarray(source_hu) == np.rint(int(pad) * slope + intercept)] = int(pad)
     return stored, clipped
 
 
@@ -447,10 +483,43 @@ def _derived_dataset(src: Any, stored: np.ndarray, *, series_uid: str, series_nu
     return ds
 
 
-def _prepare_out(out_dir: Path, overwrite: bool) -> None:
+def check_separate(input_path: Path | str, out_dir: Path | str, *, input_name: str = "INPUT",
+                   out_name: str = "OUTPUT_DIR") -> None:
+    """Refuse an output folder that is, contains, or lies inside the input (symlinks
+    resolved): replacing it would delete the source series, or the patient folder holding
+    it, and writing inside it would mix the derived series into the source.
+
+    Raises:
+        ApplyError: naming both paths.
+    """
+    src = Path(input_path).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    if out == src:
+        why = "is the input folder itself"
+    elif src.is_relative_to(out):
+        why = "contains the input folder"
+    elif out.is_relative_to(src):
+        why = "lies inside the input folder"
+    else:
+        return
+    raise ApplyError(f"{out_name} {out_dir} {why} ({input_name} {input_path}); writing "
+                     f"there{' with --overwrite' if out.exists() else ''} would replace or mix "
+                     "into the source series. Choose a folder outside the input")
+
+
+def check_report_target(input_dir: Path | str, out_dir: Path | str, report: Path | str,
+                        overwrite: bool) -> None:
+    """Check ``--report REPORT`` before anything is written: it must be apart from the
+    input and from the derived series, and new unless ``overwrite``."""
+    check_separate(input_dir, report, out_name="--report")
+    check_separate(out_dir, report, input_name="OUTPUT_DIR", out_name="--report")
+    _prepare_out(Path(report), overwrite, option="--report")
+
+
+def _prepare_out(out_dir: Path, overwrite: bool, option: str = "OUTPUT_DIR") -> None:
     if out_dir.exists():
         if not overwrite:
-            raise OutputExistsError(f"{out_dir} already exists; choose a new OUTPUT_DIR or pass "
+            raise OutputExistsError(f"{out_dir} already exists; choose a new {option} or pass "
                                     "--overwrite to replace it")
         if not out_dir.is_dir():
             raise ApplyError(f"{out_dir} exists and is not a folder")
@@ -489,7 +558,11 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
 
     t0 = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
+    check_separate(input_dir, out_dir)
     _prepare_out(out_dir, overwrite)
+    if deidentify and secret is not None and not secret.strip():
+        raise ApplyError("--secret-file is empty: the pseudonym key must be non-empty bytes "
+                         "(without --secret-file a random key is used, on purpose)")
     mar = create_method(method, **(options or {}))
     name = str(mar.name or method)
     if implant_type is not None and implant_type not in IMPLANT_TYPES:
@@ -503,46 +576,52 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
     series, files = _read_selected(files, input_dir)
 
     import pydicom
+    from pydicom.uid import generate_uid
 
     dev = torch.device(device)
     _prepare(mar, name, dev)
-    corrected, mask, resampled = reduce_volume(
-        mar, series.volume_hu, series.pixel_spacing_mm,
-        implant_type=implant_type or "none", batch_size=batch_size, device=dev,
-        threshold_hu=threshold_hu)
-
-    sources = [pydicom.dcmread(f) for f in files]
+    # Headers only: the pixels come from the reader (which decodes every supported transfer
+    # syntax, JPEG Lossless through SimpleITK's GDCM), so nothing is decoded twice.
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     first = sources[0]
     # The reader flips mirrored axes to columns +x, rows +y; write in the source's layout.
     iop = [float(v) for v in first.ImageOrientationPatient]
-    if iop[0] < 0:
-        corrected = corrected[:, :, ::-1]
-    if iop[4] < 0:
-        corrected = corrected[:, ::-1, :]
+    flip = [ax for ax, v in ((1, iop[0]), (0, iop[4])) if v < 0]  # (H, W) axes to mirror
+    h, w = series.volume_hu.shape[1:]
+    resampled = _work_size(mar, series.pixel_spacing_mm, h, w)[0]
     effective = mar.effective_options()
-    series_desc, derivation = _derivation(
-        mar, effective, str(first.SeriesInstanceUID), resampled,
-        METAL_THRESHOLD_HU if threshold_hu is None else float(threshold_hu))
-    key = (secret or secrets.token_bytes(32)) if deidentify else None
+    thr = METAL_THRESHOLD_HU if threshold_hu is None else float(threshold_hu)
+    series_desc, derivation = _derivation(mar, effective, str(first.SeriesInstanceUID),
+                                          resampled, thr)
+    key = (secret if secret is not None else secrets.token_bytes(32)) if deidentify else None
     series_number = int(first.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
-    from pydicom.uid import generate_uid
-
     new_series = generate_uid()
     date, time_ = _now()
+    # Each batch is written as soon as the method returns it: at most batch_size corrected
+    # slices are held, and the derived series grows in a hidden folder renamed at the end.
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir(parents=True)
-    clipped_total = 0
+    clipped_total = metal_total = 0
     written: list[str] = []
     try:
-        for i, src in enumerate(sources):
-            stored, clipped = _to_stored(corrected[i], src, src.pixel_array)
-            clipped_total += clipped
-            ds = _derived_dataset(src, stored, series_uid=new_series,
-                                  series_number=series_number, series_desc=series_desc,
-                                  derivation=derivation, deid_key=key, date=date, time_=time_)
-            fname = f"IM{i + 1:05d}.dcm"
-            ds.save_as(tmp / fname, enforce_file_format=True)
-            written.append(fname)
+        for idx, corrected, mask in iter_reduced(
+                mar, series.volume_hu, series.pixel_spacing_mm,
+                implant_type=implant_type or "none", batch_size=batch_size, device=dev,
+                threshold_hu=threshold_hu):
+            metal_total += int(mask.sum())
+            for j, i in enumerate(idx):
+                src = sources[i]
+                out_hu = np.flip(corrected[j], tuple(flip)) if flip else corrected[j]
+                src_hu = np.flip(series.volume_hu[i], tuple(flip)) if flip else series.volume_hu[i]
+                stored, clipped = _to_stored(out_hu, src, src_hu)
+                clipped_total += clipped
+                ds = _derived_dataset(src, stored, series_uid=new_series,
+                                      series_number=series_number, series_desc=series_desc,
+                                      derivation=derivation, deid_key=key, date=date,
+                                      time_=time_)
+                fname = f"IM{i + 1:05d}.dcm"
+                ds.save_as(tmp / fname, enforce_file_format=True)
+                written.append(fname)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -557,7 +636,7 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
                        series_uid=new_series, method=name,
                        version=str(getattr(mar, "version", "0")),
                        weights_sha256=getattr(mar, "weights_sha256", None), options=effective,
-                       n_slices=len(written), metal_pixels=int(mask.sum()),
+                       n_slices=len(written), metal_pixels=metal_total,
                        clipped_pixels=clipped_total, resampled_to_mm=resampled,
                        seconds=time.perf_counter() - t0, warnings=warnings)
 
@@ -714,6 +793,7 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
     from .run.calls import safe_name as _safe_name
 
     out = Path(out)
+    check_separate(Path(data_or_series), out, input_name="DATA", out_name="OUT")
     _prepare_out(out, overwrite)
     mar = create_method(method, **(options or {}))
     name = str(mar.name or method)

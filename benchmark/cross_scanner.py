@@ -124,16 +124,13 @@ def scanners(
     from rich.markup import escape
     from rich.table import Table
 
+    from artifactgsi.cli_common import cli_errors, fail
     from artifactgsi.fileio import write_text_atomic
 
     if against not in ("ideal", "gsi"):
-        typer.echo(f"error: --against {against!r}: choose ideal or gsi", err=True)
-        raise typer.Exit(2)
-    try:
+        fail(f"--against {against!r}: choose ideal or gsi")
+    with cli_errors(MARBenchError, ValueError, path=root):
         sr = load_scanner_runs(root)
-    except (MARBenchError, ValueError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     headers, rows = scanner_table(sr, metric, against)
     t = Table(title=f"{metric} against {against}, per scanner profile (gain: over identity "
                     f"on the same scanner)")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from artifactgsi import settings
-from artifactgsi.dataset import SliceIndex
+from artifactgsi.dataset import SliceIndex, check_split
 from artifactgsi.hub import (
     DatasetCardError,
     ManifestError,
@@ -244,6 +244,7 @@ def resolve_source(data: str | Path, config: str, split: str, revision: str | No
     files, digest = _split_files(folder, config, split, where,
                                  require_manifest=require_manifest)
     verify_files(folder, files)
+    check_split(folder, config, split, [f.path for f in files], where)
     return DatasetSource(source=text, folder=folder, repo_id=repo_id, revision=rev,
                          manifest_sha256=digest), files
 

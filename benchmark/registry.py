@@ -25,6 +25,7 @@ import difflib
 import importlib
 import importlib.metadata
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,10 @@ class UnknownMethodError(MARBenchError, LookupError):
 
 class UnknownOptionError(MARBenchError, TypeError):
     """An option the method's constructor does not take."""
+
+
+class OptionTypeError(UnknownOptionError):
+    """An option whose value is of the wrong kind, e.g. ``true`` for a number."""
 
 
 class DuplicateMethodError(MARBenchError, ValueError):
@@ -304,6 +309,23 @@ def check_options(cls: type[MARMethod], options: dict[str, Any], *, label: str =
         if p.default is inspect.Parameter.empty and p.name not in options:
             raise UnknownOptionError(f"method {label!r} needs option {p.name!r} "
                                      f"(give it as -O {p.name}=VALUE)")
+        value = options.get(p.name)
+        if isinstance(value, bool) and _wants_number(p):
+            # Python would take True as 1: `-O bone_hu=true` must not become 1 HU.
+            raise OptionTypeError(f"method {label!r}: option {p.name!r} is a number, got "
+                                  f"{str(value).lower()} (give a number, e.g. -O "
+                                  f"{p.name}={p.default if p.default is not p.empty else 1})")
+
+
+def _wants_number(p: inspect.Parameter) -> bool:
+    """Whether a constructor parameter takes a number and not a bool (from its annotation,
+    a type or, under postponed annotations, its text; else from its default)."""
+    ann = p.annotation
+    text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+    if p.annotation is not inspect.Parameter.empty and text:
+        words = set(re.findall(r"[A-Za-z_]+", str(text)))
+        return "bool" not in words and bool(words & {"int", "float"})
+    return isinstance(p.default, int | float) and not isinstance(p.default, bool)
 
 
 # ----------------------------------------------------------------------------- trainers

@@ -22,10 +22,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 
 def _fail(message: str) -> None:
-    from rich.console import Console
+    from artifactgsi.cli_common import fail
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+    fail(message)
 
 
 def _model_or_train(model: Path | None, input_: str, config: str, data: str, out: Path,

@@ -6,14 +6,22 @@ slice slider; each method's output is a derived DICOM series (:func:`benchmark.a
 apply_to_series`) offered for download as a zip. Everything runs locally; the server listens
 on 127.0.0.1 unless told otherwise.
 
+Everything the viewer writes (derived series, zips, uploads, and gradio's own copies of the
+files it serves) goes into one private work folder (mode 0700, under the system temp folder),
+which is removed when the viewer stops, also on Ctrl-C or SIGTERM: derived series carry the
+patient's name, ID and birth date from the source headers.
+
 Gradio is imported inside :func:`build_app`, so ``marbench`` stays fast to start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,15 +113,58 @@ def load_series(folder: str, methods: list[str], work: Path, implant_type: str |
     return state
 
 
+def private_folder(work: Path | None = None) -> Path:
+    """``work`` (created), or a new folder under the system temp folder; either way readable
+    by its owner only (0700)."""
+    if work is None:
+        return Path(tempfile.mkdtemp(prefix="marbench-view-"))  # mkdtemp: mode 0700
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o700)
+    return work
+
+
+#: The environment variable that tells gradio where to keep uploads and the copies of the
+#: files it serves (default: a world-readable folder under the system temp folder).
+GRADIO_CACHE_ENV = "GRADIO_TEMP_DIR"
+
+
+@contextlib.contextmanager
+def viewer_session(dirs: list[str] | None = None, work: Path | None = None,
+                   methods: list[str] | None = None) -> Iterator[Any]:
+    """:func:`build_app` in a private work folder (:func:`private_folder`) that also holds
+    gradio's cache; on leaving (normally, on an exception, Ctrl-C or SIGTERM turned into
+    ``SystemExit``) the app is closed and the folder removed."""
+    work = private_folder(work)
+    before = os.environ.get(GRADIO_CACHE_ENV)
+    os.environ[GRADIO_CACHE_ENV] = str(work / "gradio")
+    app = None
+    try:
+        app = build_app(dirs, work=work, methods=methods)
+        yield app
+    finally:
+        if app is not None:
+            with contextlib.suppress(Exception):
+                app.close()
+        if before is None:
+            os.environ.pop(GRADIO_CACHE_ENV, None)
+        else:
+            os.environ[GRADIO_CACHE_ENV] = before
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def build_app(dirs: list[str] | None = None, work: Path | None = None,
               methods: list[str] | None = None) -> Any:
     """The Gradio Blocks app (not launched). ``dirs`` are offered as series folders and the
-    first is opened with ``methods`` (default: :data:`DEFAULT_METHODS` that are installed)."""
+    first is opened with ``methods`` (default: :data:`DEFAULT_METHODS` that are installed).
+
+    Outputs go to ``work`` (:func:`private_folder`); :func:`viewer_session` also points
+    gradio's cache there and removes the folder at the end."""
     import gradio as gr
 
     from .registry import REGISTRY
 
-    work = Path(work or tempfile.mkdtemp(prefix="marbench-view-"))
+    work = private_folder(work)
     names = REGISTRY.names()
     chosen = [m for m in (methods or DEFAULT_METHODS) if m in names]
     dirs = [str(d) for d in (dirs or [])]
@@ -194,10 +245,13 @@ def view(
     """Open a local app to compare MAR methods side by side on your own CT series."""
     import socket
 
+    from artifactgsi.cli_common import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM unwinds through viewer_session, which removes the work folder
     if port == 0:
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    app = build_app([str(d) for d in dirs or []], methods=list(method) or None)
-    app.launch(server_name=host, server_port=port, inbrowser=False,
-               allowed_paths=[str(app.marbench_work)])
+    with viewer_session([str(d) for d in dirs or []], methods=list(method) or None) as app:
+        app.launch(server_name=host, server_port=port, inbrowser=False,
+                   allowed_paths=[str(app.marbench_work)])

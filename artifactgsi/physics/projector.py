@@ -143,7 +143,13 @@ def build_system_matrix(
     coords = grid.x_mm().numpy()  # centred grid: identical along y
     n_rows = len(views) * geom.n_det
     views_per_chunk = max(1, _BUILD_CHUNK_STEPS // (geom.n_det * subrays * n))
-    indptr_parts, idx_parts, val_parts = [np.zeros(1, np.int64)], [], []
+    indptr_parts = [np.zeros(1, np.int64)]
+    # Chunks are copied straight into arrays sized for the most entries a ray can have (two
+    # pixels per step, n steps, per sub-ray): only the pages written become resident, and no
+    # list of parts plus their concatenation (twice the matrix) is ever held.
+    max_nnz = n_rows * 2 * n * subrays
+    values = np.empty(max_nnz, dtype)
+    indices = np.empty(max_nnz, np.int32)
     nnz = 0
     for v0 in range(0, len(views), views_per_chunk):
         vs = views[v0:v0 + views_per_chunk]
@@ -165,14 +171,14 @@ def build_system_matrix(
         chunk = sp.coo_matrix((v, (r, c)), shape=(len(vs) * geom.n_det, n * n)).tocsr()
         chunk.sum_duplicates()
         indptr_parts.append(chunk.indptr[1:].astype(np.int64) + nnz)
-        idx_parts.append(chunk.indices.astype(np.int32))
-        val_parts.append(chunk.data.astype(dtype))
+        indices[nnz:nnz + chunk.nnz] = chunk.indices
+        values[nnz:nnz + chunk.nnz] = chunk.data
         nnz += chunk.nnz
+        del r, c, v, parts, chunk
     indptr = np.concatenate(indptr_parts)
     if nnz < 2**31 - 1:
         indptr = indptr.astype(np.int32)
-    mat = sp.csr_matrix((np.concatenate(val_parts), np.concatenate(idx_parts), indptr),
-                        shape=(n_rows, n * n))
+    mat = sp.csr_matrix((values[:nnz], indices[:nnz], indptr), shape=(n_rows, n * n))
     return mat
 
 

@@ -261,15 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="config override (repeatable; JSON values when they parse)")
     a = p.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for item in a.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"-O {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except ValueError:
-            overrides[key] = value
+    from artifactgsi.cli_common import KeyValueError, parse_key_values
+
+    try:
+        overrides = parse_key_values(a.option, option="-O")
+    except KeyValueError as e:
+        p.error(str(e))
     folder = train(a.config, a.data, Path(a.out), resume=a.resume, overrides=overrides)
     if os.environ.get("RANK", "0") == "0":
         print(folder)

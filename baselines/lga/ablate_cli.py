@@ -28,19 +28,12 @@ def ablate(
 ) -> None:
     """Train and score the five rows of the paper's Table 1 for LGA (Baseline, +ARVAE,
     +ARVAE+Loss, +ARVAE+AN, full) and print them beside the paper's numbers."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    from artifactgsi.hub import DatasetFolderError
+    from artifactgsi.cli_common import cli_errors
     from baselines.lga.ablate import run_ablation
     from baselines.lga.train import TrainError
     from benchmark.errors import MARBenchError
 
     lpips: Any = None if no_lpips else (lpips_weights or "auto")
-    try:
+    with cli_errors(MARBenchError, TrainError, ValueError, path=out):
         run_ablation(config, data, out, rows=rows, max_steps=max_steps, resume=resume,
                      split=split, device=device, lpips=lpips, limit=limit)
-    except (MARBenchError, DatasetFolderError, TrainError, FileNotFoundError,
-            ValueError) as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}")
-        raise typer.Exit(2) from None

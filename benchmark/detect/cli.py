@@ -10,7 +10,6 @@ Only typer is imported here; the work is done in :mod:`artifactgsi.lesion_study`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
+    from artifactgsi.cli_common import print_error
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code)
+    return print_error(message, code)
 
 
 def parse_bands(text: str) -> tuple[tuple[float, float], ...]:
@@ -54,15 +51,10 @@ def split_method_options(methods: list[str], items: list[str]) -> list[tuple[str
     from benchmark.registry import get_method
 
     opts: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    from artifactgsi.cli_common import parse_key_values
+
     for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"-O {item!r}: expected KEY=VALUE or METHOD.KEY=VALUE")
-        try:
-            val: Any = json.loads(value)
-        except json.JSONDecodeError:
-            val = value
+        ((key, val),) = parse_key_values([item], option="-O").items()
         target, dot, name = key.rpartition(".")
         if dot and target in opts:
             opts[target][name] = val

@@ -15,17 +15,11 @@ from pathlib import Path
 
 import typer
 
+from artifactgsi.cli_common import cli_errors, print_error
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Expert reading study: blinded packs, an offline rating form, and "
                        "scores with reader agreement.")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code)
 
 
 @app.command("pack", context_settings={"allow_extra_args": True})
@@ -55,18 +49,17 @@ def pack_cmd(
     Every method's image of each case is written under an opaque id (PNG at two windows and
     the int16 slice), with balanced reading lists holding repeats and the offline rating form;
     the unblinding key is written apart from the reader material."""
-    from benchmark.expert.pack import PackError, make_pack
+    from benchmark.errors import MARBenchError
+    from benchmark.expert.pack import make_pack
 
     extra = [a for a in ctx.args]
     bad = [a for a in extra if a.startswith("-")]
     if bad:
-        raise _fail(f"unknown option(s) {bad}; see `marbench expert pack --help`")
-    try:
+        raise print_error(f"unknown option(s) {bad}; see `marbench expert pack --help`")
+    with cli_errors(MARBenchError, ValueError, path=out):
         res = make_pack([*results, *map(Path, extra)], out, data=data, cases=cases,
                         readers=readers, repeat=repeat, seed=seed, reference=reference,
                         min_metal_pixels=min_metal_pixels, title=title)
-    except (PackError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     strata = ", ".join(f"{k} {v}" for k, v in sorted(res.strata.items()))
     typer.echo(f"pack {res.pack_id}: {res.n_cases} cases ({strata}) x {res.n_methods} methods, "
                f"{res.n_readers} reading list(s) of {res.n_items_per_reader} images "
@@ -96,14 +89,11 @@ def score_cmd(
 
     Means with bootstrap CIs, Wilcoxon + Holm between methods, ICC(2,1) / ICC(2,k) and
     ordinal Krippendorff alpha between readers, self-agreement from repeated images."""
-    from benchmark.expert.score import RatingsError, markdown, score_pack
+    from benchmark.errors import MARBenchError
+    from benchmark.expert.score import markdown, score_pack
 
-    try:
+    with cli_errors(MARBenchError, ValueError, path=out or pack):
         report, jp, mp = score_pack(pack, ratings, key=key, out=out, paper=paper,
                                     n_boot=n_boot, seed=seed, min_self_alpha=min_self_alpha)
-    except RatingsError as e:
-        raise _fail(str(e)) from None
-    except (FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     typer.echo(markdown(report))
     typer.echo(f"wrote {jp} and {mp}")

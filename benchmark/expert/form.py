@@ -90,9 +90,14 @@ def form_payload(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> dic
 
 
 def render_form(payload: dict[str, Any]) -> str:
-    """The template with the payload in place (``</`` escaped so no string ends the script)."""
+    """The template with the payload in place.
+
+    ``<``, ``>`` and ``&`` are written as JSON ``\\u`` escapes (they can only occur inside
+    strings), so no text of the pack (a title, an id) can end the script element or switch
+    the HTML parser's script states (``</script>``, ``<!--<script>``)."""
     template = resources.files("benchmark.expert").joinpath("form.html").read_text("utf-8")
-    blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    blob = (json.dumps(payload, separators=(",", ":"))
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     if template.count("__PACK_JSON__") != 1:
         raise RuntimeError("form.html: the template must hold __PACK_JSON__ exactly once")
     return template.replace("__PACK_JSON__", blob)

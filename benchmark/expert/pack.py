@@ -28,7 +28,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmark.errors import MARBenchError
 
 #: Format tags of the files a pack holds.
 MANIFEST_FORMAT = "marbench-expert-pack/1"
@@ -53,7 +58,7 @@ MANIFEST_FILE = "manifest.json"
 FORM_FILE = "form.html"
 
 
-class PackError(ValueError):
+class PackError(MARBenchError, ValueError):
     """The pack cannot be built as asked (the message names the input and the fix)."""
 
 
@@ -367,6 +372,72 @@ def _dump(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
+def check_new_pack(out: Path) -> None:
+    """Refuse an ``--out`` that already holds a pack (its ``key.json`` or its ``reader/``
+    folder): a new key would make the ratings of the first study impossible to unblind, also
+    after ``reader/`` was moved out to the readers."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PackError(f"--out {out}: exists and is not a folder")
+    for name in (KEY_FILE, READER_DIR):
+        if (out / name).exists() or (out / name).is_symlink():
+            raise PackError(f"--out {out} already holds a pack ({out / name} exists); choose a "
+                            "new --out. A pack's key is never replaced: ratings made on the "
+                            "first pack could not be unblinded any more")
+
+
+def _existing_parent(out: Path) -> Path:
+    """The folder the pack is staged in: ``out``'s parent (same file system, so the final
+    move is a rename), created if needed."""
+    parent = Path(out).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def _write_image(img_dir: Path, iid: str, case_id: str, kind: str, arr: np.ndarray
+                 ) -> dict[str, Any]:
+    """Write one image's PNGs and int16 ``.npy``; its manifest entry."""
+    files: dict[str, str] = {}
+    for name, level, width in WINDOWS:
+        fn = f"{iid}-{name}.png"
+        write_png(img_dir / fn, window_u8(arr, level, width))
+        files[f"{name}_png"] = f"images/{fn}"
+    np.save(img_dir / f"{iid}.npy", arr.astype("<i2"), allow_pickle=False)
+    files["int16_npy"] = f"images/{iid}.npy"
+    return {"id": iid, "case": case_id, "kind": kind, "shape": list(arr.shape),
+            "files": files, "sha256": {k: _sha256(img_dir.parent / v) for k, v in files.items()}}
+
+
+def _same_mtime(folder: Path, seconds: float) -> None:
+    """Give every file and folder under ``folder`` the same access and modification time."""
+    for path in sorted(folder.rglob("*"), reverse=True):  # children before their folder
+        os.utime(path, (seconds, seconds), follow_symlinks=False)
+    os.utime(folder, (seconds, seconds))
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move a finished pack (``stage/key.json``, ``stage/reader/``) to ``out``.
+
+    A new or empty ``out`` is replaced by ``stage`` in one rename. Into an existing folder
+    holding other files, the key is linked (a hard link never replaces an existing file), then
+    ``reader/`` renamed; if that fails, the key linked here is removed again."""
+    out = Path(out)
+    check_new_pack(out)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    os.link(stage / KEY_FILE, out / KEY_FILE)
+    try:
+        if (out / READER_DIR).exists():
+            raise PackError(f"--out {out}: {out / READER_DIR} appeared while the pack was made")
+        os.rename(stage / READER_DIR, out / READER_DIR)
+    except BaseException:
+        (out / KEY_FILE).unlink()
+        raise
+
+
 def make_pack(results: Sequence[Path | str], out: Path | str, *, data: str | Path | None = None,
               cases: int = 20, readers: int = 3, repeat: float = 0.1, seed: int = 0,
               reference: bool = True, min_metal_pixels: int = 1,
@@ -390,10 +461,7 @@ def make_pack(results: Sequence[Path | str], out: Path | str, *, data: str | Pat
     out = Path(out)
     if readers < 1:
         raise PackError(f"--readers must be >= 1, got {readers}")
-    reader_dir = out / READER_DIR
-    if reader_dir.exists() and any(reader_dir.iterdir()):
-        raise PackError(f"{reader_dir} already holds a pack; choose a new --out (a pack is "
-                        "never overwritten: its key would no longer match ratings made on it)")
+    check_new_pack(out)
     runs = load_runs(results)
     first = runs[0].results
     rng = np.random.default_rng(seed)
@@ -441,25 +509,14 @@ def make_pack(results: Sequence[Path | str], out: Path | str, *, data: str | Pat
     secret = secrets.token_bytes(32)
     pack_id = "pk" + secrets.token_hex(6)
     case_objs = [Case(_hid(secret, "c", "case", p, i), p, i, t, m) for p, i, t, m in chosen]
-    img_dir = reader_dir / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    images: list[dict[str, Any]] = []
     key_images: dict[str, dict[str, Any]] = {}
     arrays: dict[str, np.ndarray] = {}
+    case_of: dict[str, str] = {}
 
     def add_image(iid: str, case: Case, arr: np.ndarray, kind: str, label: str | None) -> None:
-        files: dict[str, str] = {}
-        for name, level, width in WINDOWS:
-            fn = f"{iid}-{name}.png"
-            write_png(img_dir / fn, window_u8(arr, level, width))
-            files[f"{name}_png"] = f"images/{fn}"
-        np.save(img_dir / f"{iid}.npy", arr.astype("<i2"), allow_pickle=False)
-        files["int16_npy"] = f"images/{iid}.npy"
-        images.append({"id": iid, "case": case.case_id, "kind": kind,
-                       "shape": list(arr.shape), "files": files,
-                       "sha256": {k: _sha256(reader_dir / v) for k, v in files.items()}})
         key_images[iid] = {"case": case.case_id, "kind": kind, "method": label}
         arrays[iid] = arr
+        case_of[iid] = case.case_id
 
     ref_of: dict[str, str] = {}
     grid: dict[tuple[int, int], str] = {}  # (case index, method index) -> image id
@@ -472,68 +529,85 @@ def make_pack(results: Sequence[Path | str], out: Path | str, *, data: str | Pat
             iid = image_id(secret, k[0], k[1], r.label)
             add_image(iid, case, pr[k], "rated", r.label)
             grid[(ci, mi)] = iid
-    # Images in the manifest sorted by id: the file order says nothing about the method.
-    images.sort(key=lambda d: d["id"])
 
-    lists_reader: list[dict[str, Any]] = []
-    lists_key: list[dict[str, Any]] = []
-    n_rep = 0
-    for li in range(readers):
-        order = add_repeats(reading_order(len(case_objs), len(runs), rng), repeat, len(runs),
-                            rng)
-        n_rep = sum(1 for o in order if o[4] is not None)
-        items_r, items_k = [], []
-        for pos, (ci, mi, cycle, slot, rep) in enumerate(order):
-            item = _hid(secret, "t", "item", li + 1, pos)
-            iid = grid[(ci, mi)]
-            items_r.append({"item": item, "image": iid})
-            items_k.append({"item": item, "image": iid, "position": pos + 1, "cycle": cycle,
-                            "slot": slot, "repeat_of": None if rep is None
-                            else items_r[rep]["item"]})
-        lists_reader.append({"list": li + 1, "items": items_r})
-        lists_key.append({"list": li + 1, "items": items_k})
+    # Everything is written into a hidden folder beside OUT and moved in place at the end:
+    # a failed pack leaves nothing, and the key is never written over an existing one.
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.pack-", dir=_existing_parent(out)))
+    try:
+        reader_dir = stage / READER_DIR
+        img_dir = reader_dir / "images"
+        img_dir.mkdir(parents=True)
+        # The images are written in the order of their ids (keyed HMACs: a random order
+        # unrelated to case or method), so creation order, inode numbers and a tar of the
+        # folder say nothing about which method made an image; all get one mtime below.
+        images = [_write_image(img_dir, iid, case_of[iid], key_images[iid]["kind"], arrays[iid])
+                  for iid in sorted(arrays)]
 
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    key = {
-        "format": KEY_FORMAT, "pack_id": pack_id, "created_utc": created,
-        "secret_hex": secret.hex(), "seed": seed, "repeat_fraction": repeat,
-        "dataset": {"source": str(source), "split": first.dataset.split,
-                    "config": first.dataset.config,
-                    "manifest_sha256": first.dataset.manifest_sha256},
-        "methods": [{"label": r.label, "name": r.results.method.name,
-                     "version": r.results.method.version,
-                     "options": r.results.method.options,
-                     "results": str(r.results_path.resolve()),
-                     "predictions_sha256": r.results.predictions.sha256}
-                    for r in runs],
-        "cases": [{"case": c.case_id, "patient_id": c.patient_id,
-                   "slice_index": c.slice_index, "implant_type": c.implant_type,
-                   "metal_pixels": c.metal_pixels, "reference_image": ref_of.get(c.case_id)}
-                  for c in case_objs],
-        "images": key_images,
-        "reading_lists": lists_key,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    key_path = out / KEY_FILE
-    _dump(key_path, key)
-    manifest = {
-        "format": MANIFEST_FORMAT, "pack_id": pack_id, "created_utc": created,
-        "title": title, "key_sha256": _sha256(key_path),
-        "criteria": list(CRITERIA), "scale": [1, 5],
-        "windows": [{"name": n, "level_hu": lv, "width_hu": w} for n, lv, w in WINDOWS],
-        "reference": reference, "n_cases": len(case_objs), "n_methods": len(runs),
-        "n_readers": readers, "pixel_spacing_mm": None,
-        "references": ref_of,
-        "images": images,
-        "reading_lists": lists_reader,
-        "form": FORM_FILE,
-    }
-    spacing = batch.input.pixel_spacing_mm
-    if len(spacing) and bool((spacing == spacing[0]).all()):
-        manifest["pixel_spacing_mm"] = float(spacing[0])
-    manifest_path = reader_dir / MANIFEST_FILE
-    _dump(manifest_path, manifest)
-    form_path = write_form(manifest, arrays, reader_dir / FORM_FILE)
+        lists_reader: list[dict[str, Any]] = []
+        lists_key: list[dict[str, Any]] = []
+        n_rep = 0
+        for li in range(readers):
+            order = add_repeats(reading_order(len(case_objs), len(runs), rng), repeat,
+                                len(runs), rng)
+            n_rep = sum(1 for o in order if o[4] is not None)
+            items_r, items_k = [], []
+            for pos, (ci, mi, cycle, slot, rep) in enumerate(order):
+                item = _hid(secret, "t", "item", li + 1, pos)
+                iid = grid[(ci, mi)]
+                items_r.append({"item": item, "image": iid})
+                items_k.append({"item": item, "image": iid, "position": pos + 1,
+                                "cycle": cycle, "slot": slot, "repeat_of": None if rep is None
+                                else items_r[rep]["item"]})
+            lists_reader.append({"list": li + 1, "items": items_r})
+            lists_key.append({"list": li + 1, "items": items_k})
+
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        key = {
+            "format": KEY_FORMAT, "pack_id": pack_id, "created_utc": created,
+            "secret_hex": secret.hex(), "seed": seed, "repeat_fraction": repeat,
+            "dataset": {"source": str(source), "split": first.dataset.split,
+                        "config": first.dataset.config,
+                        "manifest_sha256": first.dataset.manifest_sha256},
+            "methods": [{"label": r.label, "name": r.results.method.name,
+                         "version": r.results.method.version,
+                         "options": r.results.method.options,
+                         "results": str(r.results_path.resolve()),
+                         "predictions_sha256": r.results.predictions.sha256}
+                        for r in runs],
+            "cases": [{"case": c.case_id, "patient_id": c.patient_id,
+                       "slice_index": c.slice_index, "implant_type": c.implant_type,
+                       "metal_pixels": c.metal_pixels,
+                       "reference_image": ref_of.get(c.case_id)}
+                      for c in case_objs],
+            "images": key_images,
+            "reading_lists": lists_key,
+        }
+        key_path = stage / KEY_FILE
+        _dump(key_path, key)
+        manifest = {
+            "format": MANIFEST_FORMAT, "pack_id": pack_id, "created_utc": created,
+            "title": title, "key_sha256": _sha256(key_path),
+            "criteria": list(CRITERIA), "scale": [1, 5],
+            "windows": [{"name": n, "level_hu": lv, "width_hu": w} for n, lv, w in WINDOWS],
+            "reference": reference, "n_cases": len(case_objs), "n_methods": len(runs),
+            "n_readers": readers, "pixel_spacing_mm": None,
+            "references": ref_of,
+            "images": images,
+            "reading_lists": lists_reader,
+            "form": FORM_FILE,
+        }
+        spacing = batch.input.pixel_spacing_mm
+        if len(spacing) and bool((spacing == spacing[0]).all()):
+            manifest["pixel_spacing_mm"] = float(spacing[0])
+        _dump(reader_dir / MANIFEST_FILE, manifest)
+        write_form(manifest, arrays, reader_dir / FORM_FILE)
+        _same_mtime(stage, datetime.fromisoformat(created).timestamp())
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    reader_dir, key_path = out / READER_DIR, out / KEY_FILE
+    manifest_path, form_path = reader_dir / MANIFEST_FILE, reader_dir / FORM_FILE
+
     strata: dict[str, int] = defaultdict(int)
     for c in case_objs:
         strata[c.implant_type] += 1

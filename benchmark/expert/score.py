@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.errors import MARBenchError
 from benchmark.expert import pack as packmod
 from benchmark.expert.form import RATING_COLUMNS, RATINGS_FORMAT
 
@@ -55,7 +56,7 @@ _REQUIRED = ("pack_id", "reading_list", "reader_id", "item", "image", "readabili
 # ----------------------------------------------------------------------------- errors
 
 
-class RatingsError(ValueError):
+class RatingsError(MARBenchError, ValueError):
     """Ratings or key that cannot be scored; ``problems`` lists each offending row."""
 
     title = "the ratings cannot be scored"
@@ -233,13 +234,29 @@ def read_ratings_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if missing:
         raise RatingsFormatError([f"{path}: missing column(s) {', '.join(missing)}; columns "
                                   f"are {reader.fieldnames}; expected {', '.join(RATING_COLUMNS)}"])
-    return [(f"{path}:{i + 2}", r) for i, r in enumerate(reader)]
+    return [(f"{path}:{i + 2}", {k: _unquote_cell(v) if k in _TEXT_COLUMNS else v
+                                 for k, v in r.items()}) for i, r in enumerate(reader)]
+
+
+#: Free-text columns of the form's CSV export: a cell that a spreadsheet would read as a
+#: formula is exported with a leading ``'`` (OWASP's CSV injection advice); read back, the
+#: quote is dropped so that the CSV and JSON exports of one reader agree.
+_TEXT_COLUMNS = ("reader_id", "comment", "experience_years")
+
+
+def _unquote_cell(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > 1 and value[0] == "'" \
+            and value[1] in "=+-@\t\r":
+        return value[1:]
+    return value
 
 
 def _score(value: Any) -> int | None | str:
-    """An integer score, ``None`` for empty, or the offending text."""
+    """An integer score, ``None`` for empty, or the offending text (``true`` is not 1)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, bool):
+        return repr(value)
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -314,7 +331,8 @@ def validate(pack: Pack, files: Sequence[Path | str]) -> list[RatingRow]:
             continue
         list_of_reader[reader].add(ln)
         try:
-            seconds = float(r.get("seconds")) if str(r.get("seconds", "")).strip() else None
+            seconds = (float(r.get("seconds")) if str(r.get("seconds", "")).strip()
+                       and not isinstance(r.get("seconds"), bool) else None)
         except (TypeError, ValueError):
             seconds = None
         row = RatingRow(where, reader, str(r.get("experience_years", "") or ""), ln, item, image,
@@ -562,6 +580,12 @@ def _paper_name(method: str) -> str | None:
     return None
 
 
+def _md(text: Any) -> str:
+    """Text for a markdown table cell: ``|`` escaped, line breaks as spaces (a reader id or
+    label holding them must not split or end the row)."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())
+
+
 def _f(v: Any, d: int = 2) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
@@ -584,8 +608,9 @@ def markdown(report: Report) -> str:
         head += [f"paper {c}" for c in crit]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in report.methods:
-        cells = [m] + [f"{_f(report.table[m][c]['mean'])} [{_f(report.table[m][c]['ci_low'])}, "
-                       f"{_f(report.table[m][c]['ci_high'])}]" for c in crit]
+        cells = [_md(m)] + [f"{_f(report.table[m][c]['mean'])} "
+                            f"[{_f(report.table[m][c]['ci_low'])}, "
+                            f"{_f(report.table[m][c]['ci_high'])}]" for c in crit]
         if report.paper is not None:
             pn = _paper_name(m)
             cells += [_f(report.paper[pn][c]) if pn else "" for c in crit]
@@ -604,7 +629,7 @@ def markdown(report: Report) -> str:
     for c in crit:
         for o in report.paired[c]:
             mark = " *" if o.get("significant") else ""
-            lines.append(f"| {c} | {o['a']} | {o['b']} | {o['mean_diff']:+.2f} | "
+            lines.append(f"| {c} | {_md(o['a'])} | {_md(o['b'])} | {o['mean_diff']:+.2f} | "
                          f"{_f(o['statistic'], 1)} | {_p(o['p'])} | {_p(o['p_holm'])}{mark} |")
     lines += ["", "## Inter-reader agreement", "",
               "| criterion | ICC(2,1) [95 % CI] | ICC(2,k) [95 % CI] | k | Krippendorff alpha "
@@ -626,11 +651,11 @@ def markdown(report: Report) -> str:
     for reader, e in report.intra.items():
         cells = [f"{_f(e[c]['exact'])} / {_f(e[c]['alpha'])}" for c in crit]
         flag = ("POOR self-agreement: " + ", ".join(e["poor_criteria"])) if e["poor"] else ""
-        lines.append(f"| {reader} | {info[reader]['reading_list']} | "
-                     f"{info[reader]['experience_years'] or '?'} | {e['n_repeats']} | "
+        lines.append(f"| {_md(reader)} | {info[reader]['reading_list']} | "
+                     f"{_md(info[reader]['experience_years'] or '?')} | {e['n_repeats']} | "
                      + " | ".join(cells) + f" | {flag} |")
     if report.notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in report.notes]
+        lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in report.notes]
     return "\n".join(lines) + "\n"
 
 

@@ -75,8 +75,9 @@ def _text(result) -> str:
     return " ".join(result.output.split())
 
 
-def _scores(results) -> list[dict]:
-    return [s.scores for s in results.per_slice]
+def _scores(results) -> str:
+    """Every per-slice value, exactly (repr: NaN, an undefined metric, equals NaN)."""
+    return repr([s.scores for s in results.per_slice])
 
 
 # ----------------------------------------------------------------------------- class 3

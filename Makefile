@@ -5,11 +5,17 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data
-# Demo size: small enough for a 2-core CPU; 20 implant patients (16 train, 4 test) give the
-# toy LGA enough training patients not to memorise them.
+# The demo's data: the `standard` preset (the paper's size: 115 implant + 42 clean patients,
+# 8 slices each, an 80/20 patient split stratified by implant family: 23 test patients, so
+# differences between methods can reach significance) at 128 px, the CPU scale.
+# DEMO_PRESET= (empty) makes the small set of DEMO_PATIENTS implant patients instead.
+DEMO_PRESET ?= standard
 DEMO_PATIENTS ?= 20
 DEMO_SLICES ?= 12
 DEMO_SIZE ?= 128
+WORKERS ?= 2
+DEMO_SIM = $(if $(DEMO_PRESET),--preset $(DEMO_PRESET),--patients $(DEMO_PATIENTS) \
+	--slices $(DEMO_SLICES) --clean-patients 2) --size $(DEMO_SIZE) --workers $(WORKERS)
 # 1: the demo scores the toy LGA. By default it uses the weights shipped in
 # $(DEMO_LGA_WEIGHTS), which `make lga-train` made on the demo's training patients (the same
 # patients on every build: the split does not depend on the pseudonymisation key); training
@@ -38,7 +44,7 @@ SEG = $(if $(filter 1,$(DEMO_SEG_TRAIN)),$(DATA)/seg-run/model,$(DEMO_SEG_WEIGHT
 train_once = test -f $(2)/model/config.json || $(BIN)/marbench train $(1) --data $(DATA)/built \
 	--out $(2) $(3) $$(test -f $(2)/config.json && echo --resume)
 
-.PHONY: setup demo test test-fast lint bench clean table3 expert-demo board dudodp-demo scanners lga-train seg-train
+.PHONY: setup demo test test-fast lint bench clean table3 expert-demo board dudodp-demo scanners lga-train seg-train standard
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -54,8 +60,8 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/artifactgsi simulate --out $(DATA)/raw --patients $(DEMO_PATIENTS) --slices $(DEMO_SLICES) --size $(DEMO_SIZE) --clean-patients 2
-	$(BIN)/artifactgsi preview $(DATA)/raw/SIM0000000 --out $(DATA)/preview.png
+	$(BIN)/artifactgsi simulate --out $(DATA)/raw $(DEMO_SIM)
+	$(BIN)/artifactgsi preview $$(ls -d $(DATA)/raw/SIM* | head -1) --out $(DATA)/preview.png
 	$(BIN)/artifactgsi build $(DATA)/raw $(DATA)/built --overwrite
 	$(BIN)/artifactgsi info $(DATA)/built
 	# The segmenter: the shipped one, or (DEMO_SEG_TRAIN=1) one trained here on the GSI images
@@ -72,7 +78,9 @@ demo: setup
 	    -O weights=$(LGA_WEIGHTS) --segmenter $(SEG) || exit 1; fi
 	files=""; for m in identity li nmar $(DEMO_DEEP) lga; do \
 	  f=$(DATA)/results/$$m/results.json; if [ -f $$f ]; then files="$$files $$f"; fi; done; \
-	$(BIN)/marbench compare $$files && $(BIN)/marbench compare --table segmentation $$files
+	$(BIN)/marbench compare $$files && $(BIN)/marbench compare --table segmentation $$files && \
+	$(BIN)/marbench compare --markdown $$files > $(DATA)/results/compare.md && \
+	sed -n '/^\*\*/,$$p' $(DATA)/results/compare.md
 	$(MAKE) board
 
 # The toy LGA on the demo build (lga-cpu; about an hour on 2 cores): an interrupted training
@@ -83,6 +91,36 @@ lga-train: setup
 # The demo's segmenter (seg-cpu on the GSI images of the demo build's train split).
 seg-train: setup
 	$(call train_once,segmenter,$(DATA)/seg-run,--config $(DEMO_SEG_CONFIG) --input gsi)
+
+# The standard preset at STANDARD_SIZE px (128: the CPU scale, as the demo; 256 or 512: the
+# paper's) simulated, built and scored for identity, LI, NMAR, LGA and every learned baseline
+# that `make demo DEEP=...` / `make table3` trained, under marbench-v1 and aapm-ctmar-2024,
+# with the patient-level significance and power tables and a board. An interrupted run
+# resumes; finished runs are reused.
+STANDARD_SIZE ?= 128
+STD = $(DATA)/standard-$(STANDARD_SIZE)
+standard: setup
+	$(BIN)/artifactgsi simulate --preset standard --size $(STANDARD_SIZE) --out $(STD)/raw --workers $(WORKERS)
+	test -f $(STD)/built/manifest.json || $(BIN)/artifactgsi build $(STD)/raw $(STD)/built
+	for m in identity li nmar lga unet dicdnet oscnet oscnet_plus dudodp; do opt=""; \
+	  case $$m in identity|li|nmar) ;; lga) opt="-O weights=$(LGA_WEIGHTS)";; \
+	    *) test -f $(DATA)/$$m-run/model/config.json || continue; opt="-O weights=$(DATA)/$$m-run/model";; esac; \
+	  test -f $(STD)/results/$$m/results.json || $(BIN)/marbench run --method $$m $$opt --data $(STD)/built \
+	    --out $(STD)/results/$$m --segmenter $(SEG) || exit 1; \
+	  test -f $(STD)/aapm/$$m/results.json || $(BIN)/marbench run --method $$m $$opt --data $(STD)/built \
+	    --out $(STD)/aapm/$$m --protocol aapm-ctmar-2024 || exit 1; done
+	$(BIN)/marbench compare --markdown $(STD)/results/*/results.json > $(STD)/compare.md
+	$(BIN)/marbench compare --table segmentation --markdown $(STD)/results/*/results.json > $(STD)/segmentation.md
+	$(BIN)/marbench compare --paper --markdown $(STD)/aapm/*/results.json > $(STD)/aapm.md
+	$(BIN)/marbench power $(STD)/results/*/results.json --metric method_vs_ideal.psnr > $(STD)/power-ideal.md
+	rm -rf $(STD)/board $(STD)/site
+	$(BIN)/leaderboard init $(STD)/board --reference $(STD)/results/identity --title "MARBench standard ($(STANDARD_SIZE) px)"
+	for d in $(STD)/results/*/; do m=$$(basename $$d); card=leaderboard/cards/$$m.yaml; test -f $$card || continue; \
+	  $(BIN)/marbench submit $$d --board $(STD)/board --card $$card || exit 1; done
+	$(BIN)/leaderboard verify $(STD)/board --data $(STD)/built
+	$(BIN)/leaderboard render $(STD)/board --out $(STD)/site
+	cat $(STD)/compare.md $(STD)/aapm.md
+	@echo "tables: $(STD)/*.md; board page: $(STD)/site/index.html"
 
 # The demo's runs on a local leaderboard: submitted, verified by re-scoring, rendered.
 board: setup

@@ -12,14 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.deep_common import (
-    ConfigError,
-    ImageSizeMismatchError,
-    IncompatibleWeightsError,
-    NormalisationMismatchError,
-    WeightsError,
-    li_image,
-)
+from baselines.deep_common import li_image
 from baselines.dictnet import (
     DICDNet,
     OSCNet,
@@ -30,6 +23,13 @@ from baselines.dictnet import (
 )
 from baselines.dictnet.filters import fourier_basis
 from baselines.dictnet.model import DictNet, load_dictnet, load_dictnet_config
+from benchmark.learn.errors import (
+    ConfigError,
+    ImageSizeMismatchError,
+    IncompatibleWeightsError,
+    NormalisationMismatchError,
+    WeightsError,
+)
 from benchmark.method import MARInput, PrepareContext, validate_output
 
 pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
@@ -220,11 +220,16 @@ def test_trained_weights_record_target_data_and_size(trained, data):
     info = meta["training"]
     assert meta["family"] == "dictnet" and meta["config"]["variant"] == "oscnet"
     assert info["target"] == "gsi" and info["target_column"] == "gsi"
-    assert info["image_size"] == 32
-    assert info["normalisation"] == {"kind": "hu_window", "hu_min": -1024.0,
-                                     "hu_max": 3071.0, "scale": 255.0}
-    assert info["data_manifest_sha256"] and len(info["data_manifest_sha256"]) == 64
-    assert info["parameters"] == load_dictnet(trained).parameter_count()
+    assert info["image_size"] == meta["model"]["image_size"] == 32
+    assert meta["model"]["normalisation"] == {"kind": "hu_window", "hu_min": -1024.0,
+                                              "hu_max": 3071.0, "range": [0.0, 255.0]}
+    assert info["dataset_manifest_sha256"] and len(info["dataset_manifest_sha256"]) == 64
+    assert meta["model"]["parameters"] == load_dictnet(trained).parameter_count()
+    assert info["config_name"] == "oscnet-tiny" and meta["format"] == "marbench-weights/1"
+    # The card names the weights' sha256 and the training data's manifest sha256.
+    card = (trained / "README.md").read_text()
+    assert load_dictnet(trained).weights_sha256 in card
+    assert info["dataset_manifest_sha256"] in card
     lines = [json.loads(s) for s in (trained.parent / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in lines] == [2, 4]
     assert all(np.isfinite(e["val_psnr"]) for e in lines)
@@ -284,7 +289,7 @@ def test_refusals(trained, data, tmp_path, cache):
     odd.mkdir()
     (odd / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
     meta = json.loads((trained / "config.json").read_text())
-    meta["training"]["normalisation"]["kind"] = "attenuation"
+    meta["model"]["normalisation"]["kind"] = "attenuation"
     (odd / "config.json").write_text(json.dumps(meta))
     with pytest.raises(NormalisationMismatchError, match="'attenuation'"):
         OSCNet(weights=str(odd)).prepare(PrepareContext())

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.errors import MARBenchError
+
 #: Format tags of the files a pack holds.
 MANIFEST_FORMAT = "marbench-expert-pack/1"
 KEY_FORMAT = "marbench-expert-key/1"
@@ -53,7 +55,7 @@ MANIFEST_FILE = "manifest.json"
 FORM_FILE = "form.html"
 
 
-class PackError(ValueError):
+class PackError(MARBenchError, ValueError):
     """The pack cannot be built as asked (the message names the input and the fix)."""
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.errors import MARBenchError
 from benchmark.expert import pack as packmod
 from benchmark.expert.form import RATING_COLUMNS, RATINGS_FORMAT
 
@@ -55,7 +56,7 @@ _REQUIRED = ("pack_id", "reading_list", "reader_id", "item", "image", "readabili
 # ----------------------------------------------------------------------------- errors
 
 
-class RatingsError(ValueError):
+class RatingsError(MARBenchError, ValueError):
     """Ratings or key that cannot be scored; ``problems`` lists each offending row."""
 
     title = "the ratings cannot be scored"

@@ -170,22 +170,29 @@ def shipped_predictions(data: Path) -> dict[str, Any]:
 
 
 def run(families: list[str], data_root: Path | None) -> dict[str, Any]:
+    """Train ``families`` and apply the shipped weights on the tiny dataset under
+    ``data_root`` (built there if needed); torch's thread count and the ``datasets`` cache
+    are restored afterwards."""
+    import datasets
+
     from artifactgsi.testing import tiny_built_dataset
 
+    threads, hf_cache = torch.get_num_threads(), datasets.config.HF_DATASETS_CACHE
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="learn-curves-") as tmp:
-        work = Path(tmp)
-        os.environ["HF_DATASETS_CACHE"] = str(work / "hf-datasets")
-        import datasets
-
-        datasets.config.HF_DATASETS_CACHE = str(work / "hf-datasets")
-        built = tiny_built_dataset(data_root or work / "tiny").built
-        result: dict[str, Any] = {"torch": torch.__version__, "families": {}}
-        for name in families:
-            print(f"[curves] {name} ...", flush=True)
-            result["families"][name] = train_family(name, built, work)
-        print("[curves] shipped weights ...", flush=True)
-        result["shipped"] = shipped_predictions(built)
+    try:
+        with tempfile.TemporaryDirectory(prefix="learn-curves-") as tmp:
+            work = Path(tmp)
+            datasets.config.HF_DATASETS_CACHE = str(work / "hf-datasets")
+            built = tiny_built_dataset(data_root or work / "tiny").built
+            result: dict[str, Any] = {"torch": torch.__version__, "families": {}}
+            for name in families:
+                print(f"[curves] {name} ...", flush=True)
+                result["families"][name] = train_family(name, built, work)
+            print("[curves] shipped weights ...", flush=True)
+            result["shipped"] = shipped_predictions(built)
+    finally:
+        torch.set_num_threads(threads)
+        datasets.config.HF_DATASETS_CACHE = hf_cache
     return result
 
 

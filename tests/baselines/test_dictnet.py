@@ -335,3 +335,27 @@ def test_methods_are_registered():
     assert get_method("dicdnet") is DICDNet
     assert get_method("oscnet") is OSCNet
     assert get_method("oscnet_plus") is OSCNetPlus
+
+
+def test_weights_of_the_earlier_deep_format_still_load(tmp_path):
+    """A ``marbench-deep/1`` folder (parameters and normalisation, with ``scale``, inside
+    ``training``; ``data_manifest_sha256``) loads with the same tensors and record."""
+    model = tiny("oscnet")
+    model.training_info = {"image_size": 24, "target": "gsi"}
+    folder = model.save_pretrained(tmp_path / "w")
+    meta = json.loads((folder / "config.json").read_text())
+    old = {"format": "marbench-deep/1", "family": "dictnet", "config": meta["config"],
+           "training": {"image_size": 24, "target": "gsi", "data_manifest_sha256": "ab" * 32,
+                        "parameters": model.parameter_count(),
+                        "normalisation": {"kind": "hu_window", "hu_min": -1024.0,
+                                          "hu_max": 3071.0, "scale": 255.0}}}
+    (folder / "config.json").write_text(json.dumps(old))
+    loaded = load_dictnet(folder)
+    assert loaded.format == "marbench-deep/1" and loaded.image_size == 24
+    assert loaded.training_info["dataset_manifest_sha256"] == "ab" * 32
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    old["training"]["normalisation"]["scale"] = 100.0
+    (folder / "config.json").write_text(json.dumps(old))
+    with pytest.raises(NormalisationMismatchError, match="was edited"):
+        load_dictnet(folder)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .learn.checkpoint import cpu_state_dict
+from .learn.checkpoint import load_weights, save_weights
 from .learn.loop import Report, Trainer, epoch_batches, epoch_validated
 from .learn.rng import EpochSampler, seed_everything, step_generator
 from .learn.run import Run
@@ -129,8 +129,6 @@ def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out
         ``out / "model"`` (load with :func:`~benchmark.segmentation.load_segmenter` or
         ``Segmenter.from_pretrained``).
     """
-    from safetensors.torch import load_file, save_file
-
     cfg, cfg_name = SegConfig.load_named(config, overrides)
     out = Path(out)
     run = Run(out, cfg, resume=resume, tag="seg", mixed_precision=cfg.mixed_precision)
@@ -187,8 +185,7 @@ def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out
 
     def keep_best(metric: float, scores: dict[str, Any]) -> None:
         trainer.state["best_scores"] = scores
-        ckpt.mkdir(parents=True, exist_ok=True)
-        save_file(cpu_state_dict(model, float32=True), str(best_path))
+        save_weights(best_path, model)
 
     def report(r: Report) -> dict[str, Any]:
         epoch = math.ceil(r.step / spe)
@@ -203,8 +200,7 @@ def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out
                 validates=lambda s: epoch_validated(s, spe, total, cfg.val_every),
                 validate=evaluate, on_best=keep_best, report=report, progress="seg")
     if best_path.is_file():
-        best = load_file(str(best_path), device=str(run.device))
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in best.items()})
+        load_weights(best_path, model)
     st = trainer.state
     model.meta.update({"validation": st["best_scores"], "trained_steps": st["best_step"],
                        "total_steps": total, "train_seconds": round(st["seconds"], 1),

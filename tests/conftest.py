@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from tests.helpers.fakehub import FakeHub, make_dataset_folder
+from tests.helpers.files import private_datasets_cache
 
 # Tests never read or write the user's reference cache (benchmark.refcache): one private
 # folder per test session, unless a test points elsewhere.
@@ -69,12 +70,15 @@ def tiny_built(tmp_path_factory):
 @pytest.fixture(scope="module")
 def isolated_datasets_cache(tmp_path_factory):
     """A private ``datasets`` cache for one test module (it caches local folders by name)."""
-    import datasets
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
-                   str(tmp_path_factory.mktemp("hf_datasets_cache")))
+    with private_datasets_cache(tmp_path_factory.mktemp("hf_datasets_cache")):
         yield
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(tmp_path_factory, write_tiny_pairs) -> Path:
+    """:func:`artifactgsi.testing.write_tiny_pairs` at 32 px, 4 slices per patient, for one
+    test module."""
+    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
 
 
 # ----------------------------------------------------------------------------- fake Hub

@@ -164,7 +164,6 @@ class DictNet(DeepModel):
 
     family = "dictnet"
     config_class = DictNetConfig
-    uses_li = True
 
     def __init__(self, config: DictNetConfig) -> None:
         super().__init__(config)

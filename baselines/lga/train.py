@@ -51,7 +51,7 @@ from baselines.lga.data import PairVolumes, VAEVolumes, open_clean
 from baselines.lga.invariance import info_nce, invariance_distance, retrieval_accuracy
 from baselines.lga.model import LGAModel
 from baselines.lga.vae import augment_centre_slice
-from benchmark.learn.checkpoint import cpu_state_dict
+from benchmark.learn.checkpoint import load_weights, save_weights
 from benchmark.learn.errors import TrainError
 from benchmark.learn.loop import Report, Trainer, epoch_batches, epoch_validated
 from benchmark.learn.rng import EpochSampler, seed_everything, step_generator
@@ -251,8 +251,6 @@ def _validate(stage: str, model: LGAModel, loader: Any, accelerator: Any) -> tup
 
 def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, run: Run) -> int:
     """Train one stage to its end; return its final step. The best weights are loaded."""
-    from safetensors.torch import load_file, save_file
-
     cfg, acc = model.config, run.accelerator
     module: nn.Module = {"vae": VAEStage, "invariance": InvarianceStage,
                          "align": AlignStage}[stage](model)
@@ -294,8 +292,7 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, run: Run
 
     def keep_best(metric: float, details: dict[str, Any]) -> None:
         if run.is_main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            save_file(cpu_state_dict(module, float32=True), str(best_path))
+            save_weights(best_path, module)
 
     def report(r: Report) -> dict[str, Any]:
         epoch = (r.step - 1) // spe
@@ -313,9 +310,7 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, run: Run
                 validate=lambda: _validate(stage, model, val_loader, acc),
                 on_best=keep_best, report=report, progress=stage)
     if best_path.is_file():  # the best epoch's weights go on to the next stage
-        best = load_file(str(best_path))
-        module.load_state_dict({k: v.to(dtype=module.state_dict()[k].dtype)
-                                for k, v in best.items()})
+        load_weights(best_path, module)
     acc.free_memory()
     return int(trainer.state["best_step"] or trainer.state["step"])
 

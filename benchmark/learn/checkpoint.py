@@ -78,3 +78,25 @@ def load_checkpoint(folder: Path, *, model: nn.Module, optimizer: Any,
         ema.load_state_dict(torch.load(folder / "ema.pt", map_location=map_location,
                                        weights_only=True))
     return json.loads((folder / "state.json").read_text(encoding="utf-8"))
+
+
+def save_weights(path: Path, module: nn.Module) -> None:
+    """``module``'s state as float32 safetensors at ``path`` (written atomically): the best
+    validation weights of a run, kept beside its checkpoints."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(cpu_state_dict(module, float32=True), str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path, module: nn.Module) -> None:
+    """Load :func:`save_weights`' file into ``module``, each tensor in the module's dtype."""
+    from safetensors.torch import load_file
+
+    own = module.state_dict()
+    module.load_state_dict({k: v.to(dtype=own[k].dtype, device=own[k].device)
+                            for k, v in load_file(str(path)).items()})
+

@@ -103,10 +103,11 @@ def read_meta(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
+        why = f"expected a JSON object, got {type(meta).__name__}"
     except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}: not valid JSON ({e})") from e
+        meta, why = None, f"not valid JSON ({e})"
     if not isinstance(meta, dict):
-        raise WeightsError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+        raise WeightsError(f"{path}: {why}")
     return meta
 
 
@@ -173,8 +174,9 @@ class PretrainedModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{WEIGHTS_NAME}.{os.getpid()}.tmp"
-        save_file(cpu_state_dict(self, float32=True), str(tmp),
-                  metadata={"format": FORMAT, "family": self.family})
+        # One metadata key: safetensors writes several in no fixed order, and the file's
+        # sha256 (what results files record) must not change from one save to the next.
+        save_file(cpu_state_dict(self, float32=True), str(tmp), metadata={"format": FORMAT})
         os.replace(tmp, folder / WEIGHTS_NAME)
         self.weights_sha256 = weights_sha256(folder)
         meta = {"format": FORMAT, "family": self.family, "config": self.config.to_dict(),

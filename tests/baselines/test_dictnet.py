@@ -31,6 +31,7 @@ from benchmark.learn.errors import (
     WeightsError,
 )
 from benchmark.method import MARInput, PrepareContext, validate_output
+from tests.helpers.files import edited_weights
 
 pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
@@ -184,11 +185,6 @@ def test_config_errors_name_key_and_suggest():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, write_tiny_pairs) -> Path:
-    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("deep-cache"))
 
@@ -285,12 +281,8 @@ def test_refusals(trained, data, tmp_path, cache):
                      overrides={"data_cache": cache, "init_from": str(trained),
                                 "hu_max": 2000.0})
     # Weights whose normalisation this code does not implement are refused on loading.
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
-    meta = json.loads((trained / "config.json").read_text())
-    meta["model"]["normalisation"]["kind"] = "attenuation"
-    (odd / "config.json").write_text(json.dumps(meta))
+    odd = edited_weights(trained, tmp_path / "odd",
+                         lambda m: m["model"]["normalisation"].update(kind="attenuation"))
     with pytest.raises(NormalisationMismatchError, match="'attenuation'"):
         OSCNet(weights=str(odd)).prepare(PrepareContext())
 

@@ -9,28 +9,20 @@ enough for any change of batches, schedule, seeding or loss."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.files import load_script
+
 FIXTURE = Path(__file__).parent / "fixtures" / "learn_curves.json"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_learn_curves", ROOT / "benchmarks" / "bench_learn_curves.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow  # seven tiny trainings and the two demo models (about a minute)
 def test_tiny_trainings_reproduce_their_recorded_curves(tiny_built, tmp_path):
-    bench = _bench()
+    bench = load_script("bench_learn_curves")
     old = json.loads(FIXTURE.read_text())
     new = bench.run(list(bench.FAMILIES), tiny_built.built.parent)
     for name, ref in old["families"].items():

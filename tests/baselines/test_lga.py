@@ -45,11 +45,6 @@ pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, write_tiny_pairs) -> Path:
-    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
-
-
-@pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     """A few steps of every stage on the tiny dataset -> RUN/model."""
     from baselines.lga.train import train_lga
@@ -478,14 +473,10 @@ def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path)
 
     check_method(LGA, size=32, weights=str(trained))
     # The quality benchmark's own path through the model scores what the runner scored.
-    import importlib.util
-
     from benchmark.results import METHOD_VS_GSI
+    from tests.helpers.files import load_script
 
-    bench = Path(__file__).parents[2] / "benchmarks" / "bench_lga_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_lga_quality", bench)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_lga_quality")
     lat = mod.latent_psnr(model, data, "test", batch_size=2)
     assert lat["lga_v1"] == pytest.approx(
         results.comparisons[METHOD_VS_GSI].summary["psnr"].mean, abs=0.01)

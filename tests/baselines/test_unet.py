@@ -92,11 +92,6 @@ def test_residual_output_on_any_size(inputs):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, write_tiny_pairs) -> Path:
-    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
-
-
-@pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "unet"
     cache = str(tmp_path_factory.mktemp("deep-cache"))

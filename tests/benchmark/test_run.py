@@ -26,11 +26,9 @@ SIZE = 64
 @pytest.fixture(scope="module", autouse=True)
 def _datasets_cache(tmp_path_factory):
     """Keep the Arrow copies that ``datasets`` makes out of the user's cache."""
-    import datasets
+    from tests.helpers.files import private_datasets_cache
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
-                   str(tmp_path_factory.mktemp("hf_datasets_cache")))
+    with private_datasets_cache(tmp_path_factory.mktemp("hf_datasets_cache")):
         yield
 
 

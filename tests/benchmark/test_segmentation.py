@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from benchmark.segmentation import (
     segmenter_identity,
     train,
 )
+from tests.helpers.fakehub import write_manifest
 
 SIZE = 32
 IMPLANTS = ["none", "hip_prosthesis", "fracture_fixation", "spinal_fixation"]
@@ -65,10 +65,8 @@ def _slice(rng: np.random.Generator, size: int = SIZE) -> dict[str, np.ndarray]:
 def write_seg_dataset(folder: Path, n_train: int = 4, n_test: int = 2, slices: int = 2,
                       labels: bool = True) -> Path:
     """A built ``pairs`` dataset (card, Parquet, manifest) with ``labels``, 32 px."""
-    import pyarrow.parquet as pq
+    import yaml
     from datasets import Array2D, ClassLabel, Dataset, Features, Value
-
-    from artifactgsi.hub import sha256_file
 
     shape = (SIZE, SIZE)
     feats = {"patient_id": Value("string"), "slice_index": Value("int32"),
@@ -94,28 +92,12 @@ def write_seg_dataset(folder: Path, n_train: int = 4, n_test: int = 2, slices: i
                 rows["pixel_spacing_mm"].append(14.0)
         Dataset.from_dict(rows, features=features).to_parquet(
             folder / "pairs" / f"{split}-00000-of-00001.parquet")
-    (folder / "README.md").write_text(textwrap.dedent("""\
-        ---
-        configs:
-        - config_name: pairs
-          data_files:
-          - split: train
-            path: pairs/train-*.parquet
-          - split: test
-            path: pairs/test-*.parquet
-        ---
-        # tiny labelled test dataset
-        """), encoding="utf-8")
-    files = []
-    for rel in ("README.md", "pairs/test-00000-of-00001.parquet",
-                "pairs/train-00000-of-00001.parquet"):
-        p = folder / rel
-        e = {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size}
-        if rel.endswith(".parquet"):
-            e["rows"] = pq.read_metadata(p).num_rows
-        files.append(e)
-    (folder / "manifest.json").write_text(json.dumps(
-        {"format": "artifactgsi-manifest/1", "files": files}), encoding="utf-8")
+    # The card names the pairs config's files; the manifest lists every file with sha256.
+    card = {"configs": [{"config_name": "pairs", "data_files": [
+        {"split": s, "path": f"pairs/{s}-*.parquet"} for s in ("train", "test")]}]}
+    (folder / "README.md").write_text(f"---\n{yaml.safe_dump(card)}---\n# tiny labelled test "
+                                      "dataset\n", encoding="utf-8")
+    write_manifest(folder)
     return folder
 
 

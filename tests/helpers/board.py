@@ -13,21 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmark.results import (
-    CodeRecord,
-    ComparisonRecord,
-    DataFileRecord,
-    DatasetRecord,
-    HardwareRecord,
-    MethodRecord,
-    MetricDefinition,
-    MetricSummary,
-    PredictionsRecord,
-    ProtocolRecord,
-    Results,
-    SliceRecord,
-    TimingRecord,
-)
+import benchmark.results as rs
 from leaderboard.board import BoardConfig, BoardDataset, BoardSlice, RankedMetric
 
 MANIFEST = "ab" * 32
@@ -45,13 +31,13 @@ no_test_patients: true
 """
 
 
-def summary_np(values: list[float], higher: bool) -> MetricSummary:
+def summary_np(values: list[float], higher: bool) -> rs.MetricSummary:
     """Independent of the package: numpy mean / population std / median of finite values."""
     v = np.asarray(values, dtype=np.float64)
     f = v[np.isfinite(v)]
-    return MetricSummary(mean=float(f.mean()), std=float(f.std()), median=float(np.median(f)),
-                         n=len(v), n_finite=len(f), n_inf=int(np.isinf(v).sum()),
-                         n_nan=int(np.isnan(v).sum()), higher_is_better=higher)
+    return rs.MetricSummary(mean=float(f.mean()), std=float(f.std()), median=float(np.median(f)),
+                            n=len(v), n_finite=len(f), n_inf=int(np.isinf(v).sum()),
+                            n_nan=int(np.isnan(v).sum()), higher_is_better=higher)
 
 
 def write_predictions(path: Path, keys: list[tuple[str, int]], seed: int,
@@ -78,37 +64,36 @@ def make_results(folder: Path, name: str, psnr: np.ndarray, ssim: np.ndarray,
     keys = [(p, s) for p, s, _ in slices]
     pred = "predictions/test-00000-of-00001.parquet"
     sha, nbytes = write_predictions(folder / pred, keys, seed, salt=name)
-    per_slice = [SliceRecord(patient_id=p, slice_index=s, z_mm=2.5 * s, implant_type=t,
-                             metal_pixels=10,
-                             scores={"method_vs_gsi": {"psnr": float(a), "ssim": float(b)}})
+    per_slice = [rs.SliceRecord(patient_id=p, slice_index=s, z_mm=2.5 * s, implant_type=t,
+                                metal_pixels=10,
+                                scores={"method_vs_gsi": {"psnr": float(a), "ssim": float(b)}})
                  for (p, s, t), a, b in zip(slices, psnr, ssim, strict=True)]
-    results = Results(
+    results = rs.Results(
         created_utc=datetime(2025, 1, 1, tzinfo=timezone.utc),  # noqa: UP017
-        protocol=ProtocolRecord(version="marbench-v1", settings={"size": 512}),
-        dataset=DatasetRecord(source="org/data", repo_id="org/data", revision=REVISION,
-                              path="/data", config="pairs", split="test",
-                              manifest_sha256=MANIFEST,
-                              files=[DataFileRecord(path="pairs/test.parquet", sha256="c" * 64,
-                                                    bytes=1, rows=len(slices))],
-                              n_slices_split=len(slices), n_slices_scored=len(slices),
-                              has_ideal=False),
-        method=MethodRecord(name=name, requested=name, target=f"x:{name}", version=version),
-        code=CodeRecord(package="artifactgsi", version="0.1.0"),
-        hardware=HardwareRecord(cpu="cpu", cpu_count=1, platform="linux", python="3.11",
-                                torch="2.14.1", torch_threads=1, device="cpu"),
-        timing=TimingRecord(prepare_s=0, reduce_s=0, score_s=0, total_s=0,
-                            reduce_ms_per_slice=0),
-        metrics={"psnr": MetricDefinition(unit="dB", higher_is_better=True, description="PSNR"),
-                 "ssim": MetricDefinition(unit="", higher_is_better=True, description="SSIM")},
-        comparisons={"method_vs_gsi": ComparisonRecord(
+        protocol=rs.ProtocolRecord(version="marbench-v1", settings={"size": 512}),
+        dataset=rs.DatasetRecord(
+            source="org/data", repo_id="org/data", revision=REVISION, path="/data",
+            config="pairs", split="test", manifest_sha256=MANIFEST,
+            files=[rs.DataFileRecord(path="pairs/test.parquet", sha256="c" * 64, bytes=1,
+                                     rows=len(slices))],
+            n_slices_split=len(slices), n_slices_scored=len(slices), has_ideal=False),
+        method=rs.MethodRecord(name=name, requested=name, target=f"x:{name}", version=version),
+        code=rs.CodeRecord(package="artifactgsi", version="0.1.0"),
+        hardware=rs.HardwareRecord(cpu="cpu", cpu_count=1, platform="linux", python="3.11",
+                                   torch="2.14.1", torch_threads=1, device="cpu"),
+        timing=rs.TimingRecord(prepare_s=0, reduce_s=0, score_s=0, total_s=0,
+                               reduce_ms_per_slice=0),
+        metrics={"psnr": rs.MetricDefinition(unit="dB", higher_is_better=True, description="PSNR"),
+                 "ssim": rs.MetricDefinition(unit="", higher_is_better=True, description="SSIM")},
+        comparisons={"method_vs_gsi": rs.ComparisonRecord(
             scored="method", reference="gsi", available=True, n_slices=len(slices),
             summary={"psnr": summary_np(list(psnr), True), "ssim": summary_np(list(ssim), True)}),
-            "method_vs_ideal": ComparisonRecord(scored="method", reference="ideal",
-                                                available=False, reason="real data", n_slices=0),
-            "gsi_vs_ideal": ComparisonRecord(scored="gsi", reference="ideal", available=False,
-                                             reason="real data", n_slices=0)},
+            "method_vs_ideal": rs.ComparisonRecord(scored="method", reference="ideal",
+                                                   available=False, reason="real data", n_slices=0),
+            "gsi_vs_ideal": rs.ComparisonRecord(scored="gsi", reference="ideal", available=False,
+                                                reason="real data", n_slices=0)},
         per_slice=per_slice,
-        predictions=PredictionsRecord(path=pred, sha256=sha, bytes=nbytes, rows=len(keys)),
+        predictions=rs.PredictionsRecord(path=pred, sha256=sha, bytes=nbytes, rows=len(keys)),
     )
     results.save(folder / "results.json")
     (folder / "card.yaml").write_text(CARD.format(name=name, track=track))

@@ -161,6 +161,14 @@ def test_config_base_refuses_by_name_and_says_where(shipped, tmp_path):
     assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, MARBenchError)
 
 
+def test_the_loader_is_importable_from_config_files_too():
+    import benchmark.config_files as cf
+
+    assert cf.check_keys is check_keys and cf.read_yaml_chain is read_yaml_chain
+    with pytest.raises(AttributeError):
+        cf.nothing_here  # noqa: B018
+
+
 def test_config_base_json_round_trip(shipped, tmp_path):
     cfg = Shipped.load("shipped-tiny", {"cap": 3})
     cfg.save(tmp_path / "c.json")

@@ -137,3 +137,21 @@ def test_boolean_options():
         True, True, True, True, False, False]
     with pytest.raises(OptionValueError, match="m: option x='maybe' is not a boolean"):
         parse_flag("maybe", "x", "m")
+
+
+@pytest.mark.slow  # four processes importing torch
+def test_saving_the_same_weights_gives_the_same_bytes(tmp_path):
+    """The weights' sha256 is what results files record: two saves of one model, in two
+    processes, must write the same file (safetensors orders a header of several metadata
+    keys differently from one process to the next)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from benchmark.learn.template import TemplateConfig, TemplateModel\n"
+            "torch.manual_seed(0)\n"
+            "TemplateModel(TemplateConfig(channels=2, blocks=1)).save_pretrained(sys.argv[1])\n")
+    for i in range(4):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True)
+    files = {(tmp_path / str(i) / "model.safetensors").read_bytes() for i in range(4)}
+    assert len(files) == 1

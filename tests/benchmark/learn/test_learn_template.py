@@ -18,6 +18,7 @@ from benchmark.learn.errors import NormalisationMismatchError, TrainError, Weigh
 from benchmark.learn.template import TemplateMethod, TemplateModel, train
 from benchmark.method import PrepareContext
 from benchmark.testing import check_method
+from tests.helpers.files import edited_weights
 
 pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
@@ -32,8 +33,8 @@ def _train(data: Path, out: Path, **kw) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, write_tiny_pairs) -> Path:
-    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
+def data(tiny_pairs) -> Path:
+    return tiny_pairs
 
 
 @pytest.fixture(scope="module")
@@ -88,23 +89,18 @@ def test_run_folder_refuses_resumes_exactly_and_keeps_its_config(data, trained, 
 
 
 def test_edited_normalisation_and_other_families_are_refused(trained, tmp_path):
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
-    meta = json.loads((trained / "config.json").read_text())
-    meta["model"]["normalisation"]["kind"] = "attenuation"
-    (odd / "config.json").write_text(json.dumps(meta))
+    def norm(**values):
+        return lambda meta: meta["model"]["normalisation"].update(values)
+
     with pytest.raises(NormalisationMismatchError, match="'attenuation'"):
-        TemplateModel.from_pretrained(odd)
-    meta["model"]["normalisation"]["kind"] = "hu_window"
-    meta["model"]["normalisation"]["hu_max"] = 2000.0
-    (odd / "config.json").write_text(json.dumps(meta))
+        TemplateModel.from_pretrained(edited_weights(trained, tmp_path / "a",
+                                                     norm(kind="attenuation")))
     with pytest.raises(NormalisationMismatchError, match="was edited"):
-        TemplateModel.from_pretrained(odd)
-    meta["family"] = "unet"
-    (odd / "config.json").write_text(json.dumps(meta))
+        TemplateModel.from_pretrained(edited_weights(trained, tmp_path / "b",
+                                                     norm(hu_max=2000.0)))
     with pytest.raises(WeightsError, match="these are 'unet' weights, not 'template' ones"):
-        TemplateModel.from_pretrained(odd)
+        TemplateModel.from_pretrained(edited_weights(trained, tmp_path / "c",
+                                                     lambda meta: meta.update(family="unet")))
 
 
 def test_method_finds_weights_by_option_environment_then_cache(trained, tmp_path, monkeypatch):

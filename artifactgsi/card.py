@@ -17,6 +17,8 @@ from typing import Any
 
 from .schema import COLUMN_DOCS, CONFIG_DESCRIPTIONS, IMPLANT_TYPES, features_for
 
+#: The paper's BibTeX: the same citation as the repository's CITATION.cff and README (a test
+#: keeps the three equal; the card embeds it so that a built dataset carries it).
 CITATION = """\
 @inproceedings{han2025reducing,
   title     = {Reducing CT Metal Artifacts by Learning Latent Space Alignment with

@@ -27,6 +27,7 @@ from artifactgsi.physics.sinogram_inpainting import (
     run_per_spacing,
     water_mu,
 )
+from baselines.errors import OptionError
 from benchmark.method import MARInput, MARMethod, MAROutput
 
 
@@ -49,12 +50,12 @@ class SinogramSetup:
 
     def __post_init__(self) -> None:
         if self.filter not in ("hann", "ramp"):
-            raise ValueError(f"filter must be 'hann' or 'ramp', got {self.filter!r}")
+            raise OptionError(f"filter must be 'hann' or 'ramp', got {self.filter!r}")
         water_mu(self.kev)  # validates the energy
         if self.trace_threshold_px < 0:
-            raise ValueError(f"trace_threshold_px must be >= 0, got {self.trace_threshold_px}")
+            raise OptionError(f"trace_threshold_px must be >= 0, got {self.trace_threshold_px}")
         if self.trace_dilation < 0:
-            raise ValueError(f"trace_dilation must be >= 0 channels, got {self.trace_dilation}")
+            raise OptionError(f"trace_dilation must be >= 0 channels, got {self.trace_dilation}")
 
 
 @dataclass

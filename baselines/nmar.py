@@ -29,6 +29,7 @@ from artifactgsi.physics.sinogram_inpainting import (
     reinsert_metal,
     run_per_spacing,
 )
+from baselines.errors import OptionError
 from baselines.li import SinogramSetup, li_correct
 from benchmark.method import MARInput, MARMethod, MAROutput
 
@@ -68,13 +69,13 @@ class PriorSetup:
 
     def __post_init__(self) -> None:
         if not self.air_hu < self.bone_hu:
-            raise ValueError(f"PriorSetup: air_hu ({self.air_hu}) must be below bone_hu "
-                             f"({self.bone_hu})")
+            raise OptionError(f"PriorSetup: air_hu ({self.air_hu}) must be below bone_hu "
+                              f"({self.bone_hu})")
         if self.sigma_mm < 0 or self.eps_water_mm <= 0:
-            raise ValueError(f"PriorSetup: sigma_mm must be >= 0 and eps_water_mm > 0, got "
-                             f"{self.sigma_mm}, {self.eps_water_mm}")
+            raise OptionError(f"PriorSetup: sigma_mm must be >= 0 and eps_water_mm > 0, got "
+                              f"{self.sigma_mm}, {self.eps_water_mm}")
         if self.li_max_px is not None and self.li_max_px < 8:
-            raise ValueError(f"PriorSetup: li_max_px must be >= 8 or None, got {self.li_max_px}")
+            raise OptionError(f"PriorSetup: li_max_px must be >= 8 or None, got {self.li_max_px}")
 
 
 def nmar_prior(li_hu: torch.Tensor, metal_mask: torch.Tensor, pixel_mm: float,

@@ -389,7 +389,7 @@ def train(
     """Train a method (or the segmenter) with a trainer found in the `marbench.trainers`
     entry-point group; prints the saved model folder.
 
-    Multi-GPU / multi-node: run the trainer's module under `accelerate launch`."""
+    Multi-GPU / multi-node: `accelerate launch -m benchmark.learn NAME ...` (same options)."""
     from .errors import MARBenchError
     from .registry import get_trainer
 

@@ -104,8 +104,11 @@ def collect_rows(runs: Sequence[tuple[str, Results | Mapping[str, Any]]]
         res = _as_results(obj)
         if res is None:
             if not isinstance(obj, Mapping) or "miou" not in obj:
-                raise ValueError(f"{label}: neither a results file nor a segmentation summary "
-                                 "(a dict with 'miou' and 'iou.<class>')")
+                from .segmentation import SegmentationDataError
+
+                raise SegmentationDataError(f"{label}: neither a results file nor a "
+                                            "segmentation summary (a dict with 'miou' and "
+                                            "'iou.<class>')")
             overall = {k: float(obj.get(k, math.nan)) for k in SUMMARY_KEYS}
             per = {str(t): {k: float(v.get(k, math.nan)) for k in SUMMARY_KEYS}
                    for t, v in dict(obj.get("per_implant", {})).items()}
@@ -147,7 +150,10 @@ def _blocks(runs: Sequence[tuple[str, Results | Mapping[str, Any]]], paper: bool
     methods, refs, warnings = collect_rows(runs)
     all_rows = methods + refs
     if not all_rows:
-        raise ValueError("segmentation table: none of the runs has segmentation scores")
+        from .segmentation import SegmentationDataError
+
+        raise SegmentationDataError("segmentation table: none of the runs has segmentation "
+                                    "scores")
     main: list[tuple[str, Mapping[str, float]]] = [(r.label, r.overall) for r in all_rows]
     if paper:
         main += [(f"paper: {n}", paper_summary(n)) for n in PAPER_TABLE2]

@@ -2,8 +2,8 @@
 left / right pelvis and left / right femur on one CT slice.
 
 Trained on the ``pairs`` train split's GSI images (or, for the information-sufficiency check,
-its ordinary images) against the ``labels`` column, then frozen and applied to a method's
-output (:class:`benchmark.metrics.segmentation.SegmentationScorer`)::
+its ordinary images) against the ``labels`` column (:mod:`benchmark.seg_train`), then frozen
+and applied to a method's output (:class:`benchmark.metrics.segmentation.SegmentationScorer`)::
 
     marbench train segmenter --config seg-cpu --data data/built --out runs/seg-gsi
     marbench train segmenter --config seg-cpu --data data/built --out runs/seg-ord \
@@ -11,57 +11,38 @@ output (:class:`benchmark.metrics.segmentation.SegmentationScorer`)::
 
 or from Python: ``train("seg-cpu", "data/built", Path("runs/seg-gsi"))``.
 
-The recipe (every setting is a field of :class:`SegConfig`; shipped YAML files in
-``benchmark/configs/seg-*.yaml``):
+This module holds what scoring needs: the config (:class:`SegConfig`, every setting of the
+recipe; shipped YAML files in ``benchmark/configs/seg-*.yaml``), the model
+(:class:`Segmenter`: ``smp.Unet(encoder_name, encoder_weights=None, in_channels=1,
+classes=6)``, no download; input HU clipped to the fixed window :data:`HU_WINDOW` and scaled
+to [0, 1], resampled to ``image_size``), loading a frozen segmenter for scoring
+(:func:`load_segmenter`, which refuses one trained for other classes or another window) and
+the labelled rows of a split (:func:`open_labelled`).
 
-- ``smp.Unet(encoder_name, encoder_weights=None, in_channels=1, classes=6)``: no download;
-- input: HU clipped to the fixed window :data:`HU_WINDOW` and scaled to [0, 1], resampled to
-  ``image_size`` (area when shrinking); the window is recorded with the weights and a
-  segmenter with another window is refused by :func:`load_segmenter`;
-- loss: cross-entropy + multiclass soft Dice (``smp.losses.DiceLoss``);
-- augmentation: small random rotations, scalings and shifts, never left / right flips (they
-  would swap the paired pelvis / femur classes);
-- validation on whole held-out training patients (chosen by the sha256 of their ids); the best
-  validation mIoU's weights are kept.
-
-Run folder ``OUT``::
-
-    OUT/config.json                  the resolved config of the run
-    OUT/checkpoints/last.pt          weights, optimiser, step, best score (for --resume)
-    OUT/checkpoints/best.safetensors best validation weights so far
-    OUT/log.jsonl                    one line per validation
-    OUT/model/                       the trained segmenter (save_pretrained)
-
-Model folder (:meth:`Segmenter.save_pretrained`)::
-
-    config.json        {"format": "marbench-segmenter/1", "config": SegConfig, "classes",
-                        "hu_window", "input", "config_name", "dataset_manifest_sha256",
-                        "validation": {"miou", "iou.metal", ...}, "trained_steps", ...}
-    model.safetensors  the U-Net's parameters
+Weights: the training kit's weights folder (:mod:`benchmark.learn.weights`, family
+``segmenter``), whose ``model`` record also names the classes and the input image; folders of
+the earlier ``marbench-segmenter/1`` format still load.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artifactgsi.fileio import sha256_file, write_text_atomic
 from artifactgsi.schema import HU_MAX, HU_MIN
 
-from .config_files import dataclass_kwargs, find_config_file, load_values, plain_dict
-from .metrics.segmentation import CLASS_NAMES, NUM_CLASSES, SegmentationScorer, seg_summary
+from .errors import MARBenchError
+from .learn.config import ConfigBase
+from .learn.errors import ConfigError, IncompatibleWeightsError, TrainError, WeightsError
+from .learn.weights import PretrainedModel, hu_window
+from .metrics.segmentation import CLASS_NAMES, NUM_CLASSES, seg_summary
 
 #: Folder of the shipped YAML configs.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -73,37 +54,41 @@ HU_WINDOW: tuple[float, float] = (HU_MIN, HU_MAX)
 #: Images a segmenter can be trained on (dataset columns).
 INPUTS = ("gsi", "ordinary")
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-FORMAT = "marbench-segmenter/1"
+#: The format of segmenter folders written before the training kit (still read).
+LEGACY_FORMAT = "marbench-segmenter/1"
 
 
-class SegConfigError(ValueError):
+class SegConfigError(ConfigError):
     """A config file or value is invalid (the message names the file and the key)."""
 
 
-class SegmentationDataError(ValueError):
+class SegmentationDataError(MARBenchError, ValueError):
     """The dataset cannot train or score a segmenter (e.g. it has no ``labels``)."""
 
 
-class SegmenterNotFoundError(FileNotFoundError):
+class SegmenterNotFoundError(WeightsError):
     """No segmenter where one was looked for (the message says where and how to make one)."""
 
 
-class SegmenterMismatchError(ValueError):
+class SegmenterMismatchError(MARBenchError, ValueError):
     """A segmenter was trained for other classes or another HU window than the benchmark's."""
 
 
-class TrainError(RuntimeError):
-    """A run cannot start or resume as asked (the message says why and what to do)."""
+class PredictionsNotFoundError(MARBenchError, FileNotFoundError):
+    """A run folder has no predictions file to score (the message says how to make one)."""
 
 
 # ----------------------------------------------------------------------------- config
 
 
 @dataclass
-class SegConfig:
+class SegConfig(ConfigBase):
     """Every setting of the segmenter. Defaults = ``seg-paper`` (512 px, GPU)."""
+
+    config_dir: ClassVar[Path] = CONFIG_DIR
+    config_what: ClassVar[str] = "segmenter config"
+    error: ClassVar[type[ConfigError]] = SegConfigError
+    default_name: ClassVar[str] = "seg-paper"
 
     # ---- input and model
     input: str = "gsi"                 # dataset column trained on: "gsi" or "ordinary"
@@ -145,8 +130,8 @@ class SegConfig:
     def validate(self, where: str = "config") -> SegConfig:
         """Check values; raise :class:`SegConfigError` naming ``where`` and the key."""
 
-        def bad(key: str, why: str) -> SegConfigError:
-            return SegConfigError(f"{where}: {key}: {why}")
+        def bad(key: str, why: str) -> ConfigError:
+            return self.bad(where, key, why)
 
         if self.input not in INPUTS:
             raise bad("input", f"must be one of {', '.join(INPUTS)} (the image the segmenter "
@@ -182,34 +167,13 @@ class SegConfig:
             raise bad("lr_final_ratio", "must be in [0, 1]")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return plain_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "config") -> SegConfig:
-        """Defaults overridden by ``values``; unknown keys and wrong types (list items
-        included) are errors."""
-        kw = dataclass_kwargs(cls, values, where, SegConfigError, check_items=True)
-        return cls(**kw).validate(where)
-
-
-def _config_path(name: str, relative_to: Path | None = None) -> Path:
-    """The YAML file of a shipped config name or a path (a ``base:`` relative to its file)."""
-    return find_config_file(name, CONFIG_DIR, SegConfigError, relative_to=relative_to,
-                            what="segmenter config", shipped=CONFIGS)
 
 
 def load_config(config: str | Path | dict[str, Any] | SegConfig | None = None,
                 overrides: dict[str, Any] | None = None) -> tuple[SegConfig, str]:
     """(config, its name) from a shipped name (``"seg-cpu"``), a YAML path, a dict, a
     :class:`SegConfig` or ``None`` (the defaults), with ``overrides`` applied last."""
-    values, where, path = load_values(config, SegConfig, _config_path, SegConfigError,
-                                      keys_of="SegConfig")
-    name = path.stem if path else "seg-paper" if config is None else "custom"
-    if overrides:
-        values.update(overrides)
-        where += f" (with overrides {', '.join(sorted(overrides))})"
-    return SegConfig.from_dict(values, where), name
+    return SegConfig.load_named(config, overrides)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -238,24 +202,26 @@ def resize_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
                          mode="nearest-exact")[:, 0].to(labels.dtype)
 
 
-class Segmenter(nn.Module):
+class Segmenter(PretrainedModel):
     """The U-Net plus everything needed to apply it to HU images and to identify it.
 
     Attributes:
         config: the :class:`SegConfig` it was built with.
-        meta: provenance written to ``config.json`` (config name, dataset manifest sha256,
-            validation scores, trained steps).
+        meta: provenance written to ``config.json`` under ``training`` (config name, dataset
+            manifest sha256, validation scores, trained steps); the same dict as
+            ``training_info``.
         weights_sha256: sha256 of the ``model.safetensors`` it was loaded from (else ``None``).
     """
 
+    family = "segmenter"
+    config_class = SegConfig
+    legacy_formats = (LEGACY_FORMAT,)
+
     def __init__(self, config: SegConfig, meta: dict[str, Any] | None = None) -> None:
-        super().__init__()
+        super().__init__(config)
         import segmentation_models_pytorch as smp
 
-        self.config = config
-        self.meta: dict[str, Any] = dict(meta or {})
-        self.weights_sha256: str | None = None
-        self.source: str | None = None
+        self.training_info = dict(meta or {})
         self.net = smp.Unet(encoder_name=config.encoder, encoder_depth=config.encoder_depth,
                             encoder_weights=None, decoder_channels=list(config.decoder_channels),
                             in_channels=1, classes=len(config.classes))
@@ -263,6 +229,10 @@ class Segmenter(nn.Module):
             for m in self.net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = config.bn_momentum
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.training_info
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -285,7 +255,7 @@ class Segmenter(nn.Module):
         """(B, 1, H, W) HU -> (B, C, H, W) logits on the input grid (resampled to
         ``image_size`` for the network, bilinearly back)."""
         if images_hu.ndim != 4 or images_hu.shape[1] != 1:
-            raise ValueError(f"Segmenter: images must be (B, 1, H, W) HU, got "
+            raise SegmentationDataError(f"Segmenter: images must be (B, 1, H, W) HU, got "
                              f"{tuple(images_hu.shape)}")
         h, w = images_hu.shape[-2:]
         x = resize_image(hu_to_input(images_hu, self.config.hu_window), self.config.image_size)
@@ -311,88 +281,37 @@ class Segmenter(nn.Module):
         return torch.cat(outs)
 
     # ------------------------------------------------------------------------------ weights
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` to ``folder`` (each atomically)."""
-        from safetensors.torch import save_file
+    def normalisation(self) -> dict[str, Any]:
+        return hu_window(*self.hu_window, 0.0, 1.0)
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point()
-                 else v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = folder / f".{WEIGHTS_NAME}.{os.getpid()}.tmp"
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-        os.replace(tmp, folder / WEIGHTS_NAME)
-        self.weights_sha256 = sha256_file(folder / WEIGHTS_NAME)
-        meta = {"format": FORMAT, "classes": list(self.classes),
-                "hu_window": list(self.hu_window), "input": self.input,
-                **{k: v for k, v in self.meta.items() if k not in ("format", "config")},
-                "config": self.config.to_dict()}
-        write_text_atomic(folder / CONFIG_NAME, json.dumps(meta, indent=1))
-        return folder
+    @property
+    def target(self) -> str:
+        return "labels"
+
+    def model_record(self) -> dict[str, Any]:
+        return {**super().model_record(), "classes": list(self.classes), "input": self.input}
+
+    def check_record(self, record: dict[str, Any] | None, where: str) -> None:
+        """A record whose classes, input or HU window differ from the config's means the
+        file was edited: :class:`SegmenterMismatchError`."""
+        mine = self.model_record()
+        for key, have in (("classes", mine["classes"]), ("input", mine["input"]),
+                          ("normalisation", mine["normalisation"])):
+            if record and key in record and record[key] != have:
+                raise SegmenterMismatchError(f"{where}: {key} {record[key]!r} differs from "
+                                             f"its config's {have!r}; the file was edited")
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, revision: str | None = None,
-                        map_location: str | torch.device = "cpu") -> Segmenter:
-        """Load a folder written by :meth:`save_pretrained`, or a Hub model repo id."""
-        from safetensors.torch import load_file
-
-        folder = resolve_segmenter(source, revision)
-        cfg_path = folder / CONFIG_NAME
-        try:
-            meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise SegmenterNotFoundError(f"{cfg_path}: not valid JSON ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise SegmenterNotFoundError(f"{cfg_path}: format {found!r}, expected {FORMAT!r}; "
-                                         "is this a segmenter folder (marbench train segmenter)?")
-        config = SegConfig.from_dict(meta.get("config", {}), str(cfg_path))
-        for key, have in (("classes", list(config.classes)),
-                          ("hu_window", list(config.hu_window)), ("input", config.input)):
-            if key in meta and meta[key] != have:
-                raise SegmenterMismatchError(f"{cfg_path}: {key} {meta[key]!r} differs from "
-                                             f"its config's {have!r}; the file was edited")
-        extra = {k: v for k, v in meta.items()
-                 if k not in ("format", "config", "classes", "hu_window", "input")}
-        model = cls(config, extra)
-        state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise SegmenterNotFoundError(f"{folder / WEIGHTS_NAME}: does not match its "
-                                         f"config.json: missing {missing[:5]}, unexpected "
-                                         f"{unexpected[:5]}")
-        model.weights_sha256 = sha256_file(folder / WEIGHTS_NAME)
-        model.source = str(source)
-        model.eval()
-        return model
-
-
-def resolve_segmenter(source: str | Path, revision: str | None = None) -> Path:
-    """A local segmenter folder, or the snapshot of a Hub model repo id
-    (:class:`SegmenterNotFoundError` when neither has config.json + model.safetensors)."""
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise SegmenterNotFoundError(
-                f"{path}: not a segmenter folder (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                "train one with `marbench train segmenter --config seg-cpu --data DATA "
-                "--out RUN` and pass RUN/model")
-        return path
-    text = str(source)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return resolve_segmenter(Path(snapshot_download(
-                text, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])))
-        except SegmenterNotFoundError:
-            raise
-        except Exception as e:  # offline, unknown repo, auth
-            raise SegmenterNotFoundError(
-                f"segmenter {text!r}: no such folder, and downloading it as a Hub model repo "
-                f"failed: {type(e).__name__}: {e}") from e
-    raise SegmenterNotFoundError(f"segmenter {text!r}: no such folder (nor a Hub repo id "
-                                 "'org/name'); train one with `marbench train segmenter`")
+    def upgrade_legacy(cls, meta: dict[str, Any], where: str) -> dict[str, Any]:
+        """``marbench-segmenter/1``: classes, HU window and input at the top level beside
+        the provenance and the config."""
+        record: dict[str, Any] = {k: meta[k] for k in ("classes", "input") if k in meta}
+        if "hu_window" in meta:
+            record["normalisation"] = hu_window(*meta["hu_window"], 0.0, 1.0)
+        training = {k: v for k, v in meta.items()
+                    if k not in ("format", "config", "classes", "hu_window", "input")}
+        return {"family": cls.family, "config": meta.get("config", {}), "training": training,
+                "model": record}
 
 
 def load_segmenter(path: str | Path, expected_classes: Sequence[str] = CLASS_NAMES,
@@ -410,8 +329,15 @@ def load_segmenter(path: str | Path, expected_classes: Sequence[str] = CLASS_NAM
         SegmenterNotFoundError: no segmenter there.
         SegmenterMismatchError: trained on another class list or HU window (names both).
     """
-    seg = Segmenter.from_pretrained(path, revision=revision, map_location=map_location)
-    where = Path(str(path)) / CONFIG_NAME
+    try:
+        seg = Segmenter.from_pretrained(path, revision=revision, map_location=map_location)
+    except IncompatibleWeightsError:
+        raise
+    except WeightsError as e:
+        raise SegmenterNotFoundError(f"{e}; train a segmenter with `marbench train segmenter "
+                                     "--config seg-cpu --data DATA --out RUN` and pass "
+                                     "RUN/model") from e
+    where = Path(str(path)) / "config.json"
     if tuple(seg.classes) != tuple(expected_classes):
         raise SegmenterMismatchError(
             f"{where}: the segmenter was trained on classes {list(seg.classes)}, but the "
@@ -428,7 +354,7 @@ def load_segmenter(path: str | Path, expected_classes: Sequence[str] = CLASS_NAM
 def segmenter_identity(seg: Segmenter) -> dict[str, Any]:
     """What results files record about the segmenter that scored them."""
     val = seg.meta.get("validation") or {}
-    return {"format": FORMAT, "weights_sha256": seg.weights_sha256, "input": seg.input,
+    return {"format": seg.format, "weights_sha256": seg.weights_sha256, "input": seg.input,
             "config_name": seg.meta.get("config_name"), "encoder": seg.config.encoder,
             "image_size": seg.config.image_size, "classes": list(seg.classes),
             "hu_window": list(seg.hu_window),
@@ -503,365 +429,19 @@ def open_labelled(data: str | Path, split: str = "train", *, config: str = "pair
                          content_sha256=split_content_sha256(source.folder, config, split))
 
 
-def patient_split(patient_ids: Sequence[str], val_fraction: float) -> tuple[list[int],
-                                                                              list[int]]:
-    """(train positions, validation positions): whole patients held out, chosen by the sha256
-    of their ids (deterministic, independent of row order); at least one patient when there
-    are two or more. With one patient it serves both (validation is then not held out)."""
-    patients = sorted(set(patient_ids), key=lambda p: hashlib.sha256(p.encode()).hexdigest())
-    n_val = math.ceil(val_fraction * len(patients)) if val_fraction > 0 else 0
-    if len(patients) < 2:
-        every = list(range(len(patient_ids)))
-        return every, every
-    held = set(patients[:min(max(n_val, 1), len(patients) - 1)])
-    train = [i for i, p in enumerate(patient_ids) if p not in held]
-    val = [i for i, p in enumerate(patient_ids) if p in held]
-    return train, val
-
-
-class SegSlices(torch.utils.data.Dataset):
-    """Training items: ``image`` (1, S, S) float32 network input, ``labels`` (S, S) int64."""
-
-    def __init__(self, split: LabelledSplit, positions: Sequence[int], config: SegConfig
-                 ) -> None:
-        if config.input not in split.columns:
-            raise SegmentationDataError(f"{split.where} has no {config.input!r} column")
-        self.split, self.positions, self.cfg = split, list(positions), config
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        a = self.split.arrays([self.positions[i]], (self.cfg.input, "labels"))
-        img = torch.from_numpy(a[self.cfg.input].astype(np.float32))[:, None]   # (1,1,H,W)
-        lab = torch.from_numpy(a["labels"].astype(np.int64))                    # (1,H,W)
-        s = self.cfg.image_size
-        x = resize_image(hu_to_input(img, self.cfg.hu_window), s)[0]
-        return {"image": x, "labels": resize_labels(lab, s)[0]}
-
-
-def random_affine(images: torch.Tensor, labels: torch.Tensor, config: SegConfig,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random rotation / scaling / shift per sample of (B, 1, S, S) inputs (bilinear,
-    outside = 0, i.e. the window's low end) and (B, S, S) labels (nearest, outside =
-    background). Never a flip: left and right classes keep their sides."""
-    b = images.shape[0]
-    u = torch.rand((4, b), generator=generator)
-    ang = (u[0] * 2 - 1) * math.radians(config.rotate_deg)
-    lo, hi = config.scale_range
-    scale = lo + (hi - lo) * u[1]
-    shift = (u[2:] * 2 - 1) * 2 * config.shift_fraction   # grid units: the side is 2
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[0]], 1),
-                         torch.stack([sin, cos, shift[1]], 1)], 1).to(images)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    y = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                      align_corners=False)[:, 0].long()
-    return x, y
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def lr_at(config: SegConfig, step: int, total: int) -> float:
-    """Cosine decay from ``lr`` (step 0) to ``lr_final_ratio * lr`` (last step); a pure
-    function of the step so a resumed run continues the same curve."""
-    if total <= 1:
-        return config.lr
-    t = min(step, total - 1) / (total - 1)
-    lo = config.lr * config.lr_final_ratio
-    return lo + 0.5 * (config.lr - lo) * (1.0 + math.cos(math.pi * t))
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator of one step's augmentation draws: a pure function of (seed, step),
-    so a resumed run draws what the uninterrupted one did."""
-    digest = hashlib.sha256(f"seg/{seed}/{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The permutation of the training items in ``epoch`` (depends on seed and epoch only)."""
-    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
-
-
-@torch.no_grad()
-def evaluate_rows(seg: Segmenter, split: LabelledSplit, positions: Sequence[int],
-                  image: str, batch_size: int = 8) -> SegmentationScorer:
-    """Score ``seg`` on the ``image`` column (``"gsi"``, ``"ordinary"``, ``"ideal"``) of the
-    rows at ``positions``, against their labels on the native grid."""
-    if image not in split.columns:
-        raise SegmentationDataError(f"{split.where} has no {image!r} column")
-    dev = next(seg.parameters()).device
-    scorer = SegmentationScorer(seg, dev)
-    for i in range(0, len(positions), batch_size):
-        pos = list(positions[i:i + batch_size])
-        a = split.arrays(pos, (image, "labels"))
-        imgs = torch.from_numpy(np.asarray(a[image], np.float32))[:, None]
-        scorer.update(imgs, torch.from_numpy(a["labels"].astype(np.uint8)),
-                      [split.patient_ids[p] for p in pos], [split.slice_index[p] for p in pos])
-    return scorer
-
-
-@dataclass
-class SegEvaluation:
-    """Scores of one segmenter on one image column of a split."""
-
-    image: str
-    n_slices: int
-    summary: dict[str, float]
-    per_patient: dict[str, dict[str, float]]
-    per_implant: dict[str, dict[str, float]]
-    rows: list[dict[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "n_slices": self.n_slices, "summary": self.summary,
-                "per_patient": self.per_patient, "per_implant": self.per_implant}
-
-
-def evaluate_segmenter(seg: Segmenter, data: str | Path | LabelledSplit, split: str = "test",
-                       image: str | None = None, batch_size: int = 8) -> SegEvaluation:
-    """IoU / mIoU of ``seg`` on a split's ``image`` column (default: the image it was trained
-    on), dataset-level, per patient and per implant type."""
-    from .metrics.segmentation import seg_summary_by
-
-    ls = data if isinstance(data, LabelledSplit) else open_labelled(data, split)
-    image = image or seg.input
-    positions = list(range(len(ls.rows)))
-    sc = evaluate_rows(seg, ls, positions, image, batch_size)
-    rows = sc.per_slice()
-    return SegEvaluation(image=image, n_slices=len(rows), summary=sc.summary(),
-                         per_patient=sc.per_patient(),
-                         per_implant=seg_summary_by(rows, ls.implant_types), rows=rows)
-
-
-def score_predictions(seg: Segmenter, data: str | Path | LabelledSplit,
-                      predictions: str | Path, split: str = "test",
-                      batch_size: int = 8) -> SegEvaluation:
-    """IoU / mIoU of ``seg`` applied to a run's predictions Parquet (``patient_id``,
-    ``slice_index``, ``prediction`` int16 HU), against the labels of the same slices.
-
-    Args:
-        predictions: the Parquet file, or a run folder (``predictions/<split>-*.parquet``).
-
-    Raises:
-        SegmentationDataError: a predicted slice has no labelled row in the split.
-    """
-    import pyarrow.parquet as pq
-
-    from .metrics.segmentation import seg_summary_by
-
-    path = Path(predictions)
-    if path.is_dir():
-        found = sorted((path / "predictions").glob(f"{split}-*.parquet"))
-        if not found:
-            raise FileNotFoundError(f"{path}: no predictions/{split}-*.parquet (run "
-                                    "`marbench run` without --no-save-predictions)")
-        path = found[0]
-    ls = data if isinstance(data, LabelledSplit) else open_labelled(data, split)
-    at = {(p, s): i for i, (p, s) in enumerate(zip(ls.patient_ids, ls.slice_index,
-                                                   strict=True))}
-    table = pq.read_table(path)
-    pids = [str(p) for p in table.column("patient_id").to_pylist()]
-    sidx = [int(s) for s in table.column("slice_index").to_pylist()]
-    missing = [(p, s) for p, s in zip(pids, sidx, strict=True) if (p, s) not in at]
-    if missing:
-        raise SegmentationDataError(f"{path}: {len(missing)} predicted slice(s) have no "
-                                    f"labelled row in {ls.where}, e.g. patient "
-                                    f"{missing[0][0]!r} slice {missing[0][1]}")
-    dev = next(seg.parameters()).device
-    scorer = SegmentationScorer(seg, dev)
-    implants: list[str] = []
-    for i in range(0, len(pids), batch_size):
-        chunk = table.slice(i, batch_size)
-        pred = np.stack([np.asarray(r, np.float32)
-                         for r in chunk.column("prediction").to_pylist()])
-        pos = [at[(p, s)] for p, s in zip(pids[i:i + batch_size], sidx[i:i + batch_size],
-                                          strict=True)]
-        labels = ls.arrays(pos, ("labels",))["labels"].astype(np.uint8)
-        scorer.update(torch.from_numpy(pred)[:, None], torch.from_numpy(labels),
-                      [ls.patient_ids[p] for p in pos], [ls.slice_index[p] for p in pos])
-        implants += [ls.implant_types[p] for p in pos]
-    rows = scorer.per_slice()
-    return SegEvaluation(image=str(path), n_slices=len(rows), summary=scorer.summary(),
-                         per_patient=scorer.per_patient(),
-                         per_implant=seg_summary_by(rows, implants), rows=rows)
-
-
-def _dice_ce(config: SegConfig) -> Any:
-    import segmentation_models_pytorch as smp
-
-    dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True)
-
-    def loss(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        ce = F.cross_entropy(logits.float(), target)
-        d = dice(logits.float(), target)
-        return {"ce": ce, "dice": d, "loss": config.ce_weight * ce + config.dice_weight * d}
-
-    return loss
-
-
 def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out: str | Path,
           *, resume: bool = False, overrides: dict[str, Any] | None = None) -> Path:
-    """Train a segmenter from ``config`` on the ``pairs`` train split of ``data``, into the
-    run folder ``out``; return the saved model folder ``out/model``.
+    """``marbench train segmenter``: :func:`benchmark.seg_train.train` (see there)."""
+    from .seg_train import train as train_segmenter
 
-    Args:
-        config: a shipped config name (``"seg-tiny"``, ``"seg-cpu"``, ``"seg-paper"``), a
-            YAML path, a dict or a :class:`SegConfig`.
-        data: a built dataset folder or a Hub dataset repo id; needs the ``labels`` column.
-        out: run folder (created); must not hold a run unless ``resume``.
-        resume: continue the run in ``out`` from its last checkpoint (same config).
-        overrides: config keys set from the command line, e.g. ``{"input": "ordinary",
-            "seed": 1}``; unknown keys and bad values (an ``input`` other than ``gsi`` /
-            ``ordinary``) raise :class:`SegConfigError` (a ``ValueError``).
-
-    Returns:
-        ``out / "model"`` (load with :func:`load_segmenter` or ``Segmenter.from_pretrained``).
-    """
-    from safetensors.torch import load_file, save_file
-
-    cfg, cfg_name = load_config(config, overrides)
-    out = Path(out)
-    run_cfg = out / "config.json"
-    if run_cfg.is_file():
-        if not resume:
-            raise TrainError(f"{out}: already holds a run; pass resume=True (--resume) to "
-                             "continue it, or choose another --out folder")
-        old = json.loads(run_cfg.read_text(encoding="utf-8"))
-        if old != cfg.to_dict():
-            diff = sorted(k for k in set(old) | set(cfg.to_dict())
-                          if old.get(k) != cfg.to_dict().get(k))
-            raise TrainError(f"{run_cfg}: the run was started with a different config "
-                             f"(keys {', '.join(diff)}); resume with the same config")
-    elif resume:
-        raise TrainError(f"{out}: nothing to resume (no config.json)")
-
-    split = open_labelled(data, "train")
-    train_pos, val_pos = patient_split(split.patient_ids, cfg.val_fraction)
-    n_train_p = len({split.patient_ids[i] for i in train_pos})
-    n_val_p = len({split.patient_ids[i] for i in val_pos})
-    if set(train_pos) == set(val_pos):
-        import warnings
-
-        warnings.warn(f"{split.where}: one labelled training patient; validation uses the "
-                      "training slices (no held-out patient)", stacklevel=2)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_cfg, json.dumps(cfg.to_dict(), indent=1))
-
-    torch.manual_seed(cfg.seed)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = dev.type == "cuda" and cfg.mixed_precision != "no"
-    amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
-    meta = {"config_name": cfg_name, "dataset_manifest_sha256": split.manifest_sha256,
-            "train_content_sha256": split.content_sha256,
-            "dataset_source": str(data), "train_patients": n_train_p, "val_patients": n_val_p,
-            "train_slices": len(train_pos), "val_slices": len(val_pos)}
-    model = Segmenter(cfg, meta).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-    loss_fn = _dice_ce(cfg)
-    ds = SegSlices(split, train_pos, cfg)
-    spe = math.ceil(len(ds) / cfg.batch_size)
-    total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
-    ckpt = out / "checkpoints"
-    best_path = ckpt / "best.safetensors"
-    st: dict[str, Any] = {"step": 0, "best_miou": None, "best_step": None, "best_scores": None,
-                          "seconds": 0.0}
-    if resume and (ckpt / "last.pt").is_file():
-        saved = torch.load(ckpt / "last.pt", map_location=dev, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        st = saved["state"]
-        print(f"[seg] resumed from {ckpt / 'last.pt'} at step {st['step']}/{total}")
-
-    def save_last() -> None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt / f".last.pt.{os.getpid()}.tmp"
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": st},
-                   tmp)
-        os.replace(tmp, ckpt / "last.pt")
-
-    print(f"[seg] {cfg_name}: input {cfg.input}, {len(train_pos)} training slices "
-          f"({n_train_p} patients), {len(val_pos)} validation slices ({n_val_p} patients), "
-          f"{total} steps on {dev}")
-    feed = {"num_workers": cfg.num_workers, "pin_memory": dev.type == "cuda",
-            "batch_size": cfg.batch_size}
-    t0 = time.perf_counter()
-    losses_sum, n_seen = 0.0, 0
-    while st["step"] < total:
-        epoch = st["step"] // spe
-        order = epoch_order(len(ds), cfg.seed, epoch)
-        skip = st["step"] - epoch * spe
-        sub = torch.utils.data.Subset(ds, order[skip * cfg.batch_size:])
-        model.train()
-        for batch in torch.utils.data.DataLoader(sub, shuffle=False, **feed):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, st["step"], total)
-            x, y = batch["image"], batch["labels"]
-            if cfg.augment:
-                x, y = random_affine(x, y, cfg, step_generator(cfg.seed, st["step"]))
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp):
-                logits = model(x)
-            losses = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            st["step"] += 1
-            losses_sum += float(losses["loss"].detach())
-            n_seen += 1
-            end_epoch = st["step"] % spe == 0 or st["step"] >= total
-            if st["step"] % cfg.checkpoint_every == 0 and not end_epoch:
-                st["seconds"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                save_last()
-            if st["step"] >= total:
-                break
-        ep_done = st["step"] // spe if st["step"] % spe == 0 else epoch + 1
-        if st["step"] < total and ep_done % cfg.val_every:
-            continue
-        scores = evaluate_rows(model, split, val_pos, cfg.input).summary()
-        st["seconds"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        miou = scores["miou"]
-        if st["best_miou"] is None or (not math.isnan(miou) and miou > st["best_miou"]):
-            st["best_miou"], st["best_step"] = miou, st["step"]
-            st["best_scores"] = scores
-            ckpt.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point()
-                       else v.detach().cpu().contiguous()
-                       for k, v in model.state_dict().items()}, str(best_path))
-        entry = {"epoch": ep_done, "step": st["step"], "train_loss": losses_sum / max(n_seen, 1),
-                 **{f"val_{k}": v for k, v in scores.items()},
-                 "best_miou": st["best_miou"], "best_step": st["best_step"],
-                 "seconds": round(st["seconds"], 2)}
-        with open(out / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-        print(f"[seg] epoch {ep_done}: step {st['step']}/{total} loss "
-              f"{entry['train_loss']:.4f} val mIoU {miou:.4f} ({st['seconds']:.0f} s)")
-        losses_sum, n_seen = 0.0, 0
-        save_last()
-    if best_path.is_file():
-        best = load_file(str(best_path), device=str(dev))
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in best.items()})
-    model.meta.update({"validation": st["best_scores"], "trained_steps": st["best_step"],
-                       "total_steps": total, "train_seconds": round(st["seconds"], 1),
-                       "device": str(dev)})
-    return model.save_pretrained(out / "model")
+    return train_segmenter(config, data, out, resume=resume, overrides=overrides)
 
 
 train.configs = list(CONFIGS)  # type: ignore[attr-defined]
 
 
-def count_parameters(seg: Segmenter) -> int:
-    return sum(p.numel() for p in seg.parameters())
-
-
-__all__ = ["CONFIGS", "HU_WINDOW", "INPUTS", "NUM_CLASSES", "LabelledSplit", "SegConfig",
-           "SegConfigError", "SegEvaluation", "Segmenter", "SegmentationDataError",
-           "SegmenterMismatchError", "SegmenterNotFoundError", "TrainError",
-           "evaluate_segmenter", "load_config", "load_segmenter", "open_labelled",
-           "patient_split", "seg_summary", "segmenter_identity", "train"]
+__all__ = ["CONFIGS", "HU_WINDOW", "INPUTS", "NUM_CLASSES", "LabelledSplit",
+           "PredictionsNotFoundError", "SegConfig", "SegConfigError", "Segmenter",
+           "SegmentationDataError", "SegmenterMismatchError", "SegmenterNotFoundError",
+           "TrainError", "load_config", "load_segmenter", "open_labelled", "seg_summary",
+           "segmenter_identity", "train"]

@@ -40,9 +40,11 @@ class TubeSpec:
 
 
 def cache_dir() -> Path:
-    """Where derived physics tables are cached (``$ARTIFACTGSI_CACHE`` or ~/.cache/artifactgsi)."""
-    root = os.environ.get("ARTIFACTGSI_CACHE") or Path.home() / ".cache" / "artifactgsi"
-    return Path(root)
+    """Where derived physics tables are cached (:func:`artifactgsi.settings.cache_root`:
+    ``$ARTIFACTGSI_CACHE`` or ~/.cache/artifactgsi)."""
+    from ..settings import cache_root
+
+    return cache_root()
 
 
 @lru_cache(maxsize=16)

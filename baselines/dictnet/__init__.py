@@ -14,14 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from baselines.deep_common import ConfigError, DeepMARMethod, DeepModel, run_training
-from baselines.dictnet.model import (
-    DictNet,
-    DictNetConfig,
-    build_dictnet,
-    load_dictnet,
-    load_dictnet_config,
-)
+from baselines.deep_common import DeepMARMethod, DeepModel
+from baselines.deep_train import run_training
+from baselines.dictnet.model import DictNet, DictNetConfig, load_dictnet, load_dictnet_config
+from benchmark.learn.errors import ConfigError, IncompatibleWeightsError
 
 __all__ = ["DICDNet", "OSCNet", "OSCNetPlus", "DictNet", "DictNetConfig",
            "load_dictnet", "load_dictnet_config", "train_dicdnet", "train_oscnet",
@@ -35,14 +31,13 @@ class _DictNetMethod(DeepMARMethod):
     # The loss ignores the metal region (as published), so the network's values there are
     # unconstrained: the input's metal pixels are put back, as LI and NMAR do.
     default_reinsert_metal = True
+    model_class = DictNet
 
-    def load_weights(self, folder: Path) -> DeepModel:
-        from baselines.deep_common import IncompatibleWeightsError
-
-        model = load_dictnet(folder)
+    def load_model(self, source: str | Path, revision: str | None) -> DeepModel:
+        model = DictNet.from_pretrained(source, revision)
         if model.config.variant != self.name:
             raise IncompatibleWeightsError(
-                f"{folder}: these are {model.config.variant!r} weights; method {self.name!r} "
+                f"{source}: these are {model.config.variant!r} weights; method {self.name!r} "
                 f"needs weights trained with `marbench train {self.name}` (or run them with "
                 f"--method {model.config.variant})")
         return model
@@ -51,8 +46,8 @@ class _DictNetMethod(DeepMARMethod):
 class DICDNet(_DictNetMethod):
     """Unfolded convolutional-dictionary network with free filters (DICDNet); needs weights.
 
-    Options: ``weights``, ``device``, ``batch_size``, ``reinsert_metal`` (default true),
-    ``target`` (checked against the weights).
+    Options: ``weights``, ``revision``, ``device``, ``batch_size``, ``reinsert_metal``
+    (default true), ``target`` (checked against the weights).
     """
 
     name = "dicdnet"
@@ -61,8 +56,8 @@ class DICDNet(_DictNetMethod):
 class OSCNet(_DictNetMethod):
     """Orientation-shared convolutional dictionary network (OSCNet); needs weights.
 
-    Options: ``weights``, ``device``, ``batch_size``, ``reinsert_metal`` (default true),
-    ``target`` (checked against the weights).
+    Options: ``weights``, ``revision``, ``device``, ``batch_size``, ``reinsert_metal``
+    (default true), ``target`` (checked against the weights).
     """
 
     name = "oscnet"
@@ -71,8 +66,8 @@ class OSCNet(_DictNetMethod):
 class OSCNetPlus(_DictNetMethod):
     """OSCNet+ : orientation-shared dictionary with per-image coefficients; needs weights.
 
-    Options: ``weights``, ``device``, ``batch_size``, ``reinsert_metal`` (default true),
-    ``target`` (checked against the weights).
+    Options: ``weights``, ``revision``, ``device``, ``batch_size``, ``reinsert_metal``
+    (default true), ``target`` (checked against the weights).
     """
 
     name = "oscnet_plus"
@@ -80,12 +75,12 @@ class OSCNetPlus(_DictNetMethod):
 
 def _train(variant: str, config: str, data: str, out: Path, resume: bool,
            overrides: dict[str, Any] | None) -> Path:
-    cfg = load_dictnet_config(config, overrides)
+    cfg, name = DictNetConfig.load_named(config, overrides)
     if cfg.variant != variant:
         raise ConfigError(f"config {config!r} is for variant {cfg.variant!r}, not {variant!r}; "
                           f"use `marbench train {cfg.variant}` or a {variant} config")
-    return run_training(cfg, build_dictnet, load_dictnet, data, out, resume=resume,
-                        reinsert_metal=True, tag=variant)
+    return run_training(cfg, DictNet, data, out, resume=resume, reinsert_metal=True,
+                        tag=variant, config_name=name)
 
 
 def train_dicdnet(config: str, data: str, out: Path, *, resume: bool = False,

@@ -46,13 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.deep_common import (
-    ConfigError,
-    DeepModel,
-    TrainConfig,
-    load_config,
-    load_model,
-)
+from baselines.deep_common import DeepModel, TrainConfig
 from baselines.dictnet.filters import (
     CoefficientNet,
     SharedCoefficients,
@@ -60,6 +54,7 @@ from baselines.dictnet.filters import (
     fourier_basis,
     init_free_filters,
 )
+from baselines.errors import OptionError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANTS = ("dicdnet", "oscnet", "oscnet_plus")
@@ -73,7 +68,8 @@ class DictNetConfig(TrainConfig):
     [0, 255], 64 px patches in batches of 16, Adam (0.5, 0.999) at 2e-4 halved every 30
     epochs of 4000 batches, 200 epochs."""
 
-    family: ClassVar[str] = "dictnet"
+    config_dir: ClassVar[Path] = CONFIG_DIR
+    default_name: ClassVar[str] = "oscnet-paper"
 
     variant: str = "oscnet"           # "dicdnet", "oscnet" or "oscnet_plus"
     stages: int = 10                  # S (initialisation + S - 1 iterations)
@@ -108,18 +104,18 @@ class DictNetConfig(TrainConfig):
     def validate(self, where: str = "config") -> DictNetConfig:
         super().validate(where)
         if self.variant not in VARIANTS:
-            raise ConfigError(f"{where}: variant: must be one of {', '.join(VARIANTS)}, got "
-                              f"{self.variant!r}")
+            raise self.bad(where, "variant", f"must be one of {', '.join(VARIANTS)}, got "
+                           f"{self.variant!r}")
         for key in ("stages", "num_m", "num_rot", "num_q", "res_blocks", "coef_hidden",
                     "frequencies"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{where}: {key}: must be >= 1")
+                raise self.bad(where, key, "must be >= 1")
         if self.stages < 2:
-            raise ConfigError(f"{where}: stages: must be >= 2 (initialisation + iterations)")
+            raise self.bad(where, "stages", "must be >= 2 (initialisation + iterations)")
         if self.kernel_size % 2 == 0:
-            raise ConfigError(f"{where}: kernel_size: must be odd, got {self.kernel_size}")
+            raise self.bad(where, "kernel_size", f"must be odd, got {self.kernel_size}")
         if self.filter_div <= 0:
-            raise ConfigError(f"{where}: filter_div: must be > 0")
+            raise self.bad(where, "filter_div", "must be > 0")
         return self
 
     @property
@@ -132,7 +128,7 @@ def load_dictnet_config(config: Any = None, overrides: dict[str, Any] | None = N
                         ) -> DictNetConfig:
     """A :class:`DictNetConfig` from a shipped name (``oscnet-cpu``), a YAML path, a dict or
     ``None`` (OSCNet as published), with ``overrides`` last."""
-    return load_config(DictNetConfig, CONFIG_DIR, config, overrides)
+    return DictNetConfig.load(config, overrides)
 
 
 class ProxNet(nn.Module):
@@ -167,7 +163,7 @@ class DictNet(DeepModel):
     """The unfolded dictionary network (see the module doc)."""
 
     family = "dictnet"
-    uses_li = True
+    config_class = DictNetConfig
 
     def __init__(self, config: DictNetConfig) -> None:
         super().__init__(config)
@@ -238,7 +234,7 @@ class DictNet(DeepModel):
         if c.variant == "oscnet":
             return self.shared()
         if x is None or x_ma is None:
-            raise ValueError("oscnet_plus filters depend on the image: pass x and x_ma")
+            raise OptionError("oscnet_plus filters depend on the image: pass x and x_ma")
         return filters_from(self.coef_net(x, x_ma), self.basis)
 
     # ------------------------------------------------------------------------------ forward
@@ -306,10 +302,5 @@ def build_dictnet(config: DictNetConfig) -> DictNet:
     return DictNet(config)
 
 
-def load_dictnet(folder: Path, map_location: str | torch.device = "cpu") -> DictNet:
-    """A trained :class:`DictNet` from a weights folder."""
-
-    def build(values: dict[str, Any], where: str) -> DictNet:
-        return DictNet(DictNetConfig.from_dict(values, where))
-
-    return load_model(Path(folder), build, map_location)  # type: ignore[return-value]
+#: A trained :class:`DictNet` from a weights folder or Hub repo id.
+load_dictnet = DictNet.from_pretrained

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from artifactgsi.schema import HU_MAX, HU_MIN
-from baselines.deep_common import ConfigError, TrainConfig, load_config
+from baselines.deep_common import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: Output variances diffusers' DDPMScheduler implements. The published prior learns its
@@ -34,7 +34,8 @@ class DuDoDpConfig(TrainConfig):
     levels; x0 prediction, 1000 linear-beta steps (1e-4 .. 0.02), Adam at 1e-4, EMA 0.9999.
     """
 
-    family: ClassVar[str] = "dudodp"
+    config_dir: ClassVar[Path] = CONFIG_DIR
+    default_name: ClassVar[str] = "dudodp-paper"
 
     variant: str = "dudodp"
     # ---- data: GSI + clean slices of the training split, whole slices (the sampler
@@ -63,7 +64,8 @@ class DuDoDpConfig(TrainConfig):
     lr_schedule: str = "constant"
     max_steps: int = 300_000
     ema_decay: float = 0.9999
-    ema_warmup: bool = True           # diffusers' EMA warm-up: decay grows from 0 early on
+    ema_warmup: bool = True           # EMA warm-up: the decay grows from 0 early on (false:
+    #                                   the decay from the start; see benchmark.learn.ema)
     val_every: int = 1000             # steps between log lines (no validation metric)
     checkpoint_every: int = 5000
     mixed_precision: str = "bf16"
@@ -71,8 +73,8 @@ class DuDoDpConfig(TrainConfig):
     def validate(self, where: str = "config") -> DuDoDpConfig:
         super().validate(where)
 
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"{where}: {key}: {why}")
+        def bad(key: str, why: str) -> Exception:
+            return self.bad(where, key, why)
 
         if self.variant != "dudodp":
             raise bad("variant", f"must be 'dudodp', got {self.variant!r}")
@@ -119,4 +121,4 @@ def load_dudodp_config(config: str | Path | dict[str, Any] | DuDoDpConfig | None
                        overrides: dict[str, Any] | None = None) -> DuDoDpConfig:
     """A :class:`DuDoDpConfig` from a shipped name (``dudodp-cpu``), a YAML path, a dict, an
     instance or ``None`` (the ``dudodp-paper`` defaults), with ``overrides`` applied last."""
-    return load_config(DuDoDpConfig, CONFIG_DIR, config, overrides)
+    return DuDoDpConfig.load(config, overrides)

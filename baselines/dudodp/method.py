@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from baselines.deep_common import (
-    ImageSizeMismatchError,
-    WeightsError,
-    _flag,
-    locate_weights,
-    weights_sha256,
-)
 from baselines.dudodp.sampler import DEFAULT_STEPS, check_steps, dudodp
-from benchmark.method import MARInput, MARMethod, MAROutput, PrepareContext
+from baselines.errors import OptionError
+from benchmark.learn.errors import ImageSizeMismatchError
+from benchmark.learn.method import WeightsMethod, parse_flag
+from benchmark.method import MARInput, MAROutput, PrepareContext
 
-ENV_WEIGHTS = "MARBENCH_DUDODP_WEIGHTS"
 
-
-class DuDoDp(MARMethod):
+class DuDoDp(WeightsMethod):
     """Unsupervised dual-domain MAR with a diffusion prior (Liu et al., IEEE TMI 2024).
 
     Options (constructor keywords, stored under the same names; results files record them):
-        weights: prior weights folder (``RUN/model`` of ``marbench train dudodp``); default
-            ``$MARBENCH_DUDODP_WEIGHTS``, then ``<method cache>/weights``.
+        weights: prior weights folder (``RUN/model`` of ``marbench train dudodp``) or Hub
+            model repo id; default ``$MARBENCH_DUDODP_WEIGHTS``, then ``<method cache>/weights``.
+        revision: Hub branch, tag or commit of a repo id.
         steps: respaced reverse steps, 1 .. the prior's training timesteps (default 100).
         seed: noise seed; each slice's noise depends on (seed, patient, slice) only.
         device: ``"cpu"``, ``"cuda"``... (default: the runner's device).
@@ -35,44 +32,39 @@ class DuDoDp(MARMethod):
 
     def __init__(self, weights: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0,
                  device: str | None = None, batch_size: int = 4,
-                 reinsert_metal: bool = True) -> None:
+                 reinsert_metal: bool = True, revision: str | None = None) -> None:
         # The upper bound (the prior's training timesteps) is checked when weights load.
         self.steps = check_steps(steps, None)
         if isinstance(seed, bool):
-            raise ValueError(f"dudodp: seed must be an integer, got {seed!r}")
+            raise OptionError(f"dudodp: seed must be an integer, got {seed!r}")
         try:
             self.seed = int(seed)
         except (TypeError, ValueError):
-            raise ValueError(f"dudodp: seed must be an integer, got {seed!r}") from None
+            raise OptionError(f"dudodp: seed must be an integer, got {seed!r}") from None
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
-            raise ValueError(f"dudodp: batch_size must be >= 1, got {batch_size!r}")
+            raise OptionError(f"dudodp: batch_size must be >= 1, got {batch_size!r}")
         self.weights = weights
+        self.revision = revision
         self.device = device
-        self.reinsert_metal = _flag(reinsert_metal, "reinsert_metal", self.name)
+        self.reinsert_metal = parse_flag(reinsert_metal, "reinsert_metal", self.name)
         self.prior = None
         self.weights_sha256: str | None = None
 
-    def _untrained(self, why: str) -> WeightsError:
-        return WeightsError(
-            f"dudodp has no trained prior ({why}). Train it first: `marbench train dudodp "
-            f"--config dudodp-cpu --data DATA --out RUN`, then `marbench run --method dudodp "
-            f"-O weights=RUN/model`, or set ${ENV_WEIGHTS}. It never runs with random weights.")
+    def load_model(self, source: str | Path, revision: str | None):
+        from baselines.dudodp.prior import DiffusionPrior
+
+        return DiffusionPrior.from_pretrained(source, revision)
 
     def prepare(self, ctx: PrepareContext) -> None:
-        from baselines.dudodp.prior import load_prior
-
-        folder = locate_weights(self.weights, ENV_WEIGHTS, ctx, self.name, self._untrained)
-        prior = load_prior(folder)
+        prior = self.load_weights(ctx)
         check_steps(self.steps, prior.config.train_timesteps)
-        self.device = str(self.device or ctx.device)
+        self.device = self.model_device(ctx)
         self.prior = prior.to(self.device).eval()
-        self.weights = str(folder)
-        self.weights_sha256 = weights_sha256(folder)
 
     def reduce(self, batch: MARInput) -> MAROutput:
         if self.prior is None:
-            raise self._untrained("prepare() was not called")
+            raise self.untrained("prepare() was not called")
         prior = self.prior
         size = prior.image_size
         h, w = batch.ordinary.shape[-2:]

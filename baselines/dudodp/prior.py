@@ -8,20 +8,20 @@
 * Diffusion: ``DDPMScheduler(prediction_type="sample")``, linear betas over
   ``train_timesteps`` (1000) steps. Training minimises ``|| x0_hat(x_t, t) - x0 ||^2`` with
   ``t`` uniform and ``x_t = scheduler.add_noise(x0, noise, t)``.
-* Weights: ``save_pretrained`` / :func:`load_prior` use the deep baselines' folder format
-  (``config.json`` with the config and training record, ``model.safetensors``).
+* Weights: ``save_pretrained`` / ``from_pretrained`` (:func:`load_prior`) use the training
+  kit's weights folder (:mod:`benchmark.learn.weights`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from baselines.deep_common import DeepModel, load_model, resolve_weights
-from baselines.dudodp.config import DuDoDpConfig, load_dudodp_config
+from baselines.deep_common import DeepModel
+from baselines.dudodp.config import DuDoDpConfig
+from benchmark.learn.weights import hu_window
 
 
 def make_scheduler(config: DuDoDpConfig):
@@ -39,6 +39,7 @@ class DiffusionPrior(DeepModel):
     """x0-predicting diffusion prior on ``config.image_size`` px slices."""
 
     family = "dudodp"
+    config_class = DuDoDpConfig
     uses_li = False
 
     def __init__(self, config: DuDoDpConfig) -> None:
@@ -64,11 +65,13 @@ class DiffusionPrior(DeepModel):
         self.shuffle = nn.PixelShuffle(p) if p > 1 else nn.Identity()
         self.scheduler = make_scheduler(config)
 
-    @property
-    def image_size(self) -> int | None:
-        """The slice size (px) the weights were trained on, when known."""
-        size = self.training_info.get("image_size", self.config.image_size)
-        return None if size is None else int(size)
+    def normalisation(self) -> dict[str, Any]:
+        """HU clipped to the config's window and mapped to [-1, 1]."""
+        return hu_window(self.config.hu_min, self.config.hu_max, -1.0, 1.0)
+
+    @staticmethod
+    def legacy_range(scale: float) -> list[float]:
+        return [-1.0, 1.0]  # [0, scale] shifted by -1 (config.hu_to_pm1)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0 estimate ``(B, 1, S, S)`` (model units, clipped to [-1, 1]) of ``x_t``
@@ -89,21 +92,5 @@ class DiffusionPrior(DeepModel):
         return self.losses(batch)
 
 
-def build_prior(config: dict[str, Any] | DuDoDpConfig, where: str = "config"
-                ) -> DiffusionPrior:
-    """A :class:`DiffusionPrior` from a config dict (as stored in ``config.json``)."""
-    cfg = config if isinstance(config, DuDoDpConfig) else load_dudodp_config(dict(config))
-    return DiffusionPrior(cfg)
-
-
-def load_prior(source: str | Path, map_location: str | torch.device = "cpu"
-               ) -> DiffusionPrior:
-    """``from_pretrained``: a weights folder written by ``marbench train dudodp``."""
-    folder = resolve_weights(source, "dudodp")
-    model = load_model(folder, build_prior, map_location)
-    if not isinstance(model, DiffusionPrior):
-        raise TypeError(f"{folder}: not a dudodp prior")
-    return model
-
-
-DiffusionPrior.from_pretrained = staticmethod(load_prior)  # type: ignore[attr-defined]
+#: ``from_pretrained``: a weights folder written by ``marbench train dudodp`` (or a Hub repo).
+load_prior = DiffusionPrior.from_pretrained

@@ -44,6 +44,7 @@ from artifactgsi.physics.sinogram_inpainting import (
     quantise_spacing,
     reinsert_metal,
 )
+from baselines.errors import OptionError
 
 #: Published fusion constants: a, n of delta(t) and the fixed delta of the measured image.
 FUSION_A, FUSION_N, FUSION_DELTA_Y = 0.4, 4.0, 0.8
@@ -74,19 +75,19 @@ def check_steps(steps: object, train_timesteps: int | None, who: str = "dudodp")
     """``steps`` as an int in [1, train_timesteps] (no upper bound when ``None``), else a
     ValueError saying what to give."""
     if isinstance(steps, bool) or not isinstance(steps, (int, str, float)):
-        raise ValueError(f"{who}: steps must be an integer, got {steps!r}")
+        raise OptionError(f"{who}: steps must be an integer, got {steps!r}")
     try:
         n = int(steps)
     except ValueError:
-        raise ValueError(f"{who}: steps must be an integer, got {steps!r}") from None
+        raise OptionError(f"{who}: steps must be an integer, got {steps!r}") from None
     if n != float(steps):
-        raise ValueError(f"{who}: steps must be an integer, got {steps!r}")
+        raise OptionError(f"{who}: steps must be an integer, got {steps!r}")
     if n < 1 and train_timesteps is None:
-        raise ValueError(f"{who}: steps={n} must be >= 1 (default {DEFAULT_STEPS})")
+        raise OptionError(f"{who}: steps={n} must be >= 1 (default {DEFAULT_STEPS})")
     if train_timesteps is not None and (n < 1 or n > train_timesteps):
-        raise ValueError(f"{who}: steps={n} is outside 1..{train_timesteps}: give between 1 "
-                         f"and the prior's {train_timesteps} training timesteps (default "
-                         f"{DEFAULT_STEPS})")
+        raise OptionError(f"{who}: steps={n} is outside 1..{train_timesteps}: give between 1 "
+                          f"and the prior's {train_timesteps} training timesteps (default "
+                          f"{DEFAULT_STEPS})")
     return n
 
 
@@ -140,7 +141,7 @@ def dudodp_correct(proj: FanBeamProjector, ordinary_hu: torch.Tensor,
     fusion = Fusion() if fusion is None else fusion
     b = ordinary_hu.shape[0]
     if len(seeds) != b:
-        raise ValueError(f"dudodp: need one seed per slice ({b}), got {len(seeds)}")
+        raise OptionError(f"dudodp: need one seed per slice ({b}), got {len(seeds)}")
     dev = ordinary_hu.device
     rp = reproject(proj, ordinary_hu, metal_mask, pixel_mm, setup)
     mu_w = rp.mu_water
@@ -213,7 +214,7 @@ def dudodp(ordinary_hu: torch.Tensor, metal_mask: torch.Tensor,
     b = ordinary_hu.shape[0]
     keys = [str(i) for i in range(b)] if slice_keys is None else [str(k) for k in slice_keys]
     if len(keys) != b:
-        raise ValueError(f"dudodp: need one slice key per slice ({b}), got {len(keys)}")
+        raise OptionError(f"dudodp: need one slice key per slice ({b}), got {len(keys)}")
     out = ordinary_hu.detach().to(torch.float32).clone()
     has_metal = metal_mask.flatten(1).any(1).cpu()
     n = ordinary_hu.shape[-1]

@@ -4,7 +4,8 @@
 * :mod:`baselines.lga.config`: :class:`LGAConfig`, :func:`load_config`, shipped YAML configs.
 * :mod:`baselines.lga.vae` (ARVAE), :mod:`~baselines.lga.invariance` (Ec_n, Ec_g),
   :mod:`~baselines.lga.align` (F), :mod:`~baselines.lga.model` (``LGAModel``: weights, inference),
-  :mod:`~baselines.lga.train` (:func:`train_lga`, ``python -m baselines.lga.train``).
+  :mod:`~baselines.lga.train` (:func:`train_lga`; ``marbench train lga``, or
+  ``accelerate launch -m benchmark.learn lga`` on several processes).
 
 Importing this package imports neither diffusers nor accelerate; the model modules do.
 """

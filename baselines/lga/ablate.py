@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baselines.errors import OptionError
 from benchmark.metrics.registry import METRICS as METRIC_REGISTRY
 from benchmark.results import METHOD_VS_GSI, METHOD_VS_IDEAL, Results, atomic_write_text
 
@@ -122,8 +123,8 @@ def select_rows(names: str | list[str] | None) -> list[Table1Row]:
         hit = [r for r in TABLE1 if n.lower() in (r.key, r.label.lower(), r.config)]
         if not hit:
             known = ", ".join(r.key for r in TABLE1)
-            raise ValueError(f"--rows: unknown row {n!r}; choose from {known} "
-                             "(or the table1-* config names)")
+            raise OptionError(f"--rows: unknown row {n!r}; choose from {known} "
+                              "(or the table1-* config names)")
         wanted.add(hit[0].key)
     return [r for r in TABLE1 if r.key in wanted]
 

@@ -11,14 +11,15 @@ and map linearly to [-1, 1], the range the diffusers VAE blocks are built for.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from benchmark.config_files import dataclass_kwargs, find_config_file, load_values, plain_dict
+from benchmark.learn.config import ConfigBase
+from benchmark.learn.errors import ConfigError
+from benchmark.learn.schedules import learning_rate
 
 #: Folder of the shipped YAML configs.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -28,10 +29,6 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 from artifactgsi.schema import HU_MAX, HU_MIN, IMPLANT_TYPES, hu_to_unit01, implant_index  # noqa: E402,F401
 
 STAGES = ("vae", "invariance", "align")
-
-
-class ConfigError(ValueError):
-    """A config file or value is invalid (the message names the file and the key)."""
 
 
 def hu_to_pm1(hu: torch.Tensor) -> torch.Tensor:
@@ -46,8 +43,11 @@ def pm1_to_hu(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class LGAConfig:
+class LGAConfig(ConfigBase):
     """Every setting of LGA. Defaults = the paper's full model (``lga-paper``)."""
+
+    config_dir: ClassVar[Path] = CONFIG_DIR
+    default_name: ClassVar[str] = "lga-paper"
 
     # ---- images and latents
     image_size: int = 512             # px; slices are resampled to this square size
@@ -140,11 +140,17 @@ class LGAConfig:
         """2k+1."""
         return 2 * self.neighbour_slices + 1
 
+    def stage_lr(self, step: int, total: int) -> float:
+        """Learning rate of step ``step`` (0-based) of a stage of ``total`` steps:
+        ``constant``, or ``cosine`` down to ``lr_final_ratio * lr`` at the stage's last step."""
+        return learning_rate(self.lr_schedule, self.lr, step, total,
+                             final_ratio=self.lr_final_ratio)
+
     def validate(self, where: str = "config") -> LGAConfig:
         """Check values; raise :class:`ConfigError` naming ``where`` and the key."""
 
         def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"{where}: {key}: {why}")
+            return self.bad(where, key, why)
 
         f = self.downsample_factor_latent
         if self.image_size % f:
@@ -199,31 +205,10 @@ class LGAConfig:
             raise bad("batch_size", "must be >= 1")
         return self
 
-    # ---------------------------------------------------------------------------- (de)serialise
-    def to_dict(self) -> dict[str, Any]:
-        return plain_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "config") -> LGAConfig:
-        """Defaults overridden by ``values``; unknown keys and wrong types are errors."""
-        kw = dataclass_kwargs(cls, values, where, ConfigError, known_hint=(
-            "known keys are the fields of baselines.lga.config.LGAConfig"))
-        return cls(**kw).validate(where)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
-
-
-def _config_path(name: str, relative_to: Path | None = None) -> Path:
-    """The YAML file of a shipped config name or a path (a ``base:`` relative to its file)."""
-    return find_config_file(name, CONFIG_DIR, ConfigError, relative_to=relative_to)
 
 
 def load_config(config: str | Path | dict[str, Any] | LGAConfig | None = None,
                 **overrides: Any) -> LGAConfig:
     """An :class:`LGAConfig` from a shipped name (``"lga-cpu"``), a YAML path, a dict, or
     ``None`` (the defaults), with keyword ``overrides`` applied last."""
-    values, where, _ = load_values(config, LGAConfig, _config_path, ConfigError,
-                                   keys_of="LGAConfig")
-    values.update(overrides)
-    return LGAConfig.from_dict(values, where)
+    return LGAConfig.load(config, overrides)

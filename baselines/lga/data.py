@@ -6,26 +6,26 @@
 * :class:`CleanVolumes`: the ``clean`` config (no-implant ordinary slices) for D_g.
 * :class:`VAEVolumes`: pairs plus the volume D_g learns from: a clean volume with probability
   clean_fraction / (gsi_fraction + clean_fraction), else the pair's GSI volume.
-* :func:`patient_split`: held-out validation patients, deterministic.
+
+The held-out validation patients and the epoch order come from the training kit
+(:func:`benchmark.learn.split.patient_split`, :class:`benchmark.learn.rng.EpochSampler`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from baselines.lga.config import LGAConfig, hu_to_pm1, implant_index
 from baselines.lga.model import resize
-from benchmark.data import DatasetError, PairsSplit
+from benchmark.data import PairsSplit
+from benchmark.learn.data import load_optional_split
 
 
 def _to_unit(arr: np.ndarray, size: int) -> torch.Tensor:
@@ -131,21 +131,9 @@ class CleanVolumes(Dataset):
 
 def open_clean(data: str | Path, config: LGAConfig) -> CleanVolumes | None:
     """The ``clean`` config's train split, or ``None`` when the dataset has none."""
-    import datasets
-
-    from benchmark.data import resolve_source
-
-    try:
-        source, files = resolve_source(data, "clean", "train")
-    except DatasetError:
-        return None
-    ds = datasets.load_dataset("parquet", split="train",
-                               data_files=[str(source.folder / f.path) for f in files])
-    missing = {"patient_id", "slice_index", "ordinary"} - set(ds.column_names)
-    if missing:
-        raise DatasetError(f"{source.folder}: config 'clean' lacks column(s) "
-                           f"{', '.join(sorted(missing))}")
-    return CleanVolumes(ds, config) if len(ds) else None
+    ds = load_optional_split(data, "clean", "train",
+                             columns=("patient_id", "slice_index", "ordinary"))
+    return CleanVolumes(ds, config) if ds is not None else None
 
 
 class VAEVolumes(Dataset):
@@ -180,45 +168,3 @@ class VAEVolumes(Dataset):
             item["g"] = item["gsi"]
             item["g_is_clean"] = torch.tensor(False)
         return item
-
-
-class EpochSampler(Sampler[int]):
-    """A permutation of ``range(n)`` that depends only on (seed, epoch): resumable, and the
-    same on every process (accelerate shards the batches)."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
-
-
-def patient_split(split: PairsSplit, val_fraction: float, max_val_slices: int | None = None
-                  ) -> tuple[list[int], list[int]]:
-    """(train rows, validation rows): whole patients held out, chosen by the sha256 of their
-    ids (deterministic, independent of row order). At least one patient is held out when
-    there are two or more; with a single patient, it is used for both (with a warning)."""
-    patients = sorted({split.slice_id(r)[0] for r in split.order},
-                      key=lambda p: hashlib.sha256(p.encode()).hexdigest())
-    n_val = math.ceil(val_fraction * len(patients)) if val_fraction > 0 else 0
-    if len(patients) >= 2:
-        n_val = min(max(n_val, 1), len(patients) - 1)
-        held = set(patients[:n_val])
-        train = [r for r in split.order if split.slice_id(r)[0] not in held]
-        val = [r for r in split.order if split.slice_id(r)[0] in held]
-    else:
-        warnings.warn(f"{split.where}: only {len(patients)} training patient(s); validation "
-                      "uses the training slices (no held-out patient)", stacklevel=2)
-        train = val = list(split.order)
-    if max_val_slices is not None and len(val) > max_val_slices:
-        pick = np.linspace(0, len(val) - 1, max_val_slices).round().astype(int)
-        val = [val[i] for i in pick]
-    return train, val

@@ -1,55 +1,73 @@
-"""The whole LGA model (VAE + invariance encoders + alignment net), its weights format and
+"""The whole LGA model (VAE + invariance encoders + alignment net), its weights and
 inference: S_p = D_g(F(E(V_n))) (paper Sec. 3.3).
 
-Weights folder (``save_pretrained`` / ``from_pretrained``, as diffusers models)::
-
-    config.json          LGAConfig.to_dict() plus {"format": "marbench-lga/1", "trained": {...}}
-    model.safetensors    all parameters (vae.*, align.*, ec_n.*, ec_g.*)
-
-``from_pretrained`` takes a local folder or a Hugging Face Hub model repo id (downloaded with
-``huggingface_hub.snapshot_download``).
+Weights: the training kit's weights folder (:mod:`benchmark.learn.weights`: config.json,
+model.safetensors, a model card) with ``save_pretrained`` / ``from_pretrained`` (a folder or a
+Hub model repo id); the stages trained so far are recorded under ``training.trained``. Folders
+of the earlier ``marbench-lga/1`` format (the config's fields, ``format`` and ``trained`` in
+one flat config.json) still load.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from artifactgsi.schema import HU_MAX, HU_MIN
 from baselines.lga.align import AlignmentNet
 from baselines.lga.config import LGAConfig, hu_to_pm1, pm1_to_hu
 from baselines.lga.invariance import InvarianceEncoder
 from baselines.lga.vae import ARVAE
+from benchmark.learn.weights import PretrainedModel, hu_window
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-FORMAT = "marbench-lga/1"
-
-
-class WeightsError(FileNotFoundError):
-    """LGA weights are missing or unreadable (the message says where it looked and what to do)."""
+LEGACY_FORMAT = "marbench-lga/1"
 
 
-class LGAModel(nn.Module):
+class LGAModel(PretrainedModel):
     """E, D_n, D_g (``vae``), F (``align``) and Ec_n, Ec_g (``ec_n``, ``ec_g``).
 
     ``trained`` records which stages have been trained (``{"vae": step, ...}``); inference
     needs at least the VAE and the alignment net.
     """
 
+    family = "lga"
+    config_class = LGAConfig
+    legacy_formats = (LEGACY_FORMAT,)
+
     def __init__(self, config: LGAConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.vae = ARVAE(config)
         self.align = AlignmentNet(config)
         self.ec_n = InvarianceEncoder(config)
         self.ec_g = InvarianceEncoder(config)
-        self.trained: dict[str, int] = {}
+        self.training_info["trained"] = {}
+
+    @property
+    def trained(self) -> dict[str, int]:
+        """Stages trained so far and the step each ended at."""
+        return self.training_info.setdefault("trained", {})
+
+    @trained.setter
+    def trained(self, stages: dict[str, int]) -> None:
+        self.training_info["trained"] = dict(stages)
+
+    def normalisation(self) -> dict[str, Any]:
+        return hu_window(HU_MIN, HU_MAX, -1.0, 1.0)
+
+    @property
+    def target(self) -> str:
+        return "gsi"  # D_g decodes GSI-like images
+
+    @classmethod
+    def upgrade_legacy(cls, meta: dict[str, Any], where: str) -> dict[str, Any]:
+        """``marbench-lga/1``: the config's fields, ``format`` and ``trained`` in one
+        object."""
+        config = {k: v for k, v in meta.items() if k not in ("format", "trained")}
+        trained = {str(k): int(v) for k, v in (meta.get("trained") or {}).items()}
+        return {"family": cls.family, "config": config, "training": {"trained": trained}}
 
     # ------------------------------------------------------------------------------ inference
     def prepare_inputs(self, volume_hu: torch.Tensor, mask: torch.Tensor | None
@@ -102,80 +120,12 @@ class LGAModel(nn.Module):
             out = torch.where(mask > 0.5, volume_hu[:, k:k + 1].float(), out)
         return out
 
-    # ------------------------------------------------------------------------------ weights
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` to ``folder``; returns it."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {**self.config.to_dict(), "format": FORMAT, "trained": dict(self.trained)}
-        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT})
-        return folder
-
-    @classmethod
-    def from_pretrained(cls, source: str | Path, revision: str | None = None,
-                        map_location: str | torch.device = "cpu") -> LGAModel:
-        """Load from a folder written by :meth:`save_pretrained`, or a Hub model repo id."""
-        from safetensors.torch import load_file
-
-        folder = resolve_weights(source, revision)
-        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        if meta.pop("format", None) != FORMAT:
-            raise WeightsError(f"{folder / CONFIG_NAME}: not an LGA weights config "
-                               f"(expected format {FORMAT!r})")
-        trained = meta.pop("trained", {})
-        config = LGAConfig.from_dict(meta, str(folder / CONFIG_NAME))
-        model = cls(config)
-        state = load_file(str(folder / WEIGHTS_NAME), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise WeightsError(f"{folder / WEIGHTS_NAME}: does not match its config.json: "
-                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        model.trained = {str(k): int(v) for k, v in trained.items()}
-        return model
-
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, size, size): area when shrinking (no aliasing), else bilinear."""
     if x.shape[-1] >= size and x.shape[-2] >= size:
         return F.interpolate(x, size=(size, size), mode="area")
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def resolve_weights(source: str | Path, revision: str | None = None) -> Path:
-    """A local weights folder, or the snapshot of a Hub model repo id; :class:`WeightsError`
-    when neither has ``config.json`` + ``model.safetensors``."""
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise WeightsError(f"{path}: not an LGA weights folder (needs {CONFIG_NAME} and "
-                               f"{WEIGHTS_NAME}; write one with train_lga or save_pretrained)")
-        return path
-    text = str(source)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return resolve_weights(Path(snapshot_download(
-                text, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])))
-        except WeightsError:
-            raise
-        except Exception as e:  # offline, unknown repo, auth
-            raise WeightsError(f"LGA weights {text!r}: no such folder, and downloading it as a "
-                               f"Hub model repo failed: {type(e).__name__}: {e}") from e
-    raise WeightsError(f"LGA weights {text!r}: no such folder (nor a Hub repo id 'org/name')")
-
-
-def weights_sha256(folder: Path) -> str:
-    """sha256 of ``model.safetensors`` (recorded in results files)."""
-    h = hashlib.sha256()
-    with open(folder / WEIGHTS_NAME, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def count_parameters(module: nn.Module) -> dict[str, Any]:

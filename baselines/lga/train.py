@@ -1,11 +1,12 @@
 """Train LGA in three stages with one accelerate loop: VAE -> invariance encoders -> alignment.
 
-Run it on one CPU, one GPU, or many GPUs / nodes without changing code::
+Run it on one CPU, one GPU, or many GPUs / nodes without changing code (the training kit's
+launch path, :mod:`benchmark.learn`)::
 
-    python -m baselines.lga.train --config lga-cpu --data DATA --out runs/lga-cpu
-    accelerate launch --multi_gpu --num_processes 4 -m baselines.lga.train \
+    marbench train lga --config lga-cpu --data DATA --out runs/lga-cpu
+    accelerate launch --multi_gpu --num_processes 4 -m benchmark.learn lga \
         --config lga-paper --data artifactgsi/ArtifactGSI --out runs/lga-paper
-    accelerate launch --multi_gpu --num_processes 2 -m baselines.lga.train ...   # 2 CPU
+    accelerate launch --multi_gpu --num_processes 2 -m benchmark.learn lga ...   # 2 CPU
         processes (no GPU: torchrun + gloo; accelerate's --cpu flag runs one process)
     ... --resume                       # continue from the last checkpoint
 
@@ -29,22 +30,14 @@ but at the model's ``image_size`` and on held-out training patients.
 Output folder::
 
     OUT/config.json                       the resolved config of the run
-    OUT/model/                            config.json + model.safetensors (after each stage)
-    OUT/checkpoints/<stage>/last/         accelerate state (model, optimiser, RNG) + state.json
+    OUT/model/                            the weights folder (after each stage)
+    OUT/checkpoints/<stage>/last/         the stage's model, optimiser and loop state
     OUT/checkpoints/<stage>/best.safetensors   best validation weights of the stage
     OUT/log.jsonl                         one line per validation (every val_every epochs)
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import math
-import os
-import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,39 +46,28 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from baselines.lga.config import STAGES, LGAConfig, load_config
-from baselines.lga.data import (
-    EpochSampler,
-    PairVolumes,
-    VAEVolumes,
-    open_clean,
-    patient_split,
-)
+from baselines.lga.config import STAGES, LGAConfig
+from baselines.lga.data import PairVolumes, VAEVolumes, open_clean
 from baselines.lga.invariance import info_nce, invariance_distance, retrieval_accuracy
-from baselines.lga.model import CONFIG_NAME, LGAModel
+from baselines.lga.model import LGAModel
 from baselines.lga.vae import augment_centre_slice
+from benchmark.learn.checkpoint import load_weights, save_weights
+from benchmark.learn.errors import TrainError
+from benchmark.learn.loop import Report, Trainer, epoch_batches, epoch_validated
+from benchmark.learn.rng import EpochSampler, seed_everything, step_generator
+from benchmark.learn.run import Run
+from benchmark.learn.split import evenly_spaced, patient_split
+from benchmark.learn.weights import CONFIG_NAME
 from benchmark.metrics.image import psnr
 
-
-class TrainError(RuntimeError):
-    """The run cannot start or resume as asked (the message says why and what to do)."""
+__all__ = ["AlignStage", "InvarianceStage", "TrainError", "VAEStage", "active_stages",
+           "random_corners", "random_dihedral", "step_generator", "take_crops", "train",
+           "train_lga"]
 
 
 def active_stages(config: LGAConfig) -> list[str]:
     """Stages this config trains, in order (no invariance stage when beta = 0)."""
     return [s for s in STAGES if s != "invariance" or config.beta > 0]
-
-
-def stage_lr(config: LGAConfig, step: int, total: int) -> float:
-    """Learning rate of optimiser step ``step`` (0-based) of a stage of ``total`` steps.
-
-    A pure function of the step (no scheduler state), so a resumed run continues the same
-    curve. ``cosine``: lr at step 0, ``lr_final_ratio * lr`` at the last step."""
-    if config.lr_schedule == "constant" or total <= 1:
-        return config.lr
-    t = min(step, total - 1) / (total - 1)
-    lo = config.lr * config.lr_final_ratio
-    return lo + 0.5 * (config.lr - lo) * (1.0 + math.cos(math.pi * t))
 
 
 def _freeze(*modules: nn.Module) -> None:
@@ -97,14 +79,6 @@ def _freeze(*modules: nn.Module) -> None:
 def _psnr_unit(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-slice PSNR (B,) of [-1, 1] images = benchmark PSNR on [0, 1] with range 1."""
     return psnr(pred.float().clamp(-1, 1), target.float().clamp(-1, 1), data_range=2.0)
-
-
-def step_generator(seed: int, stage: str, step: int, rank: int) -> torch.Generator:
-    """The CPU generator of one optimiser step's random draws (crops, augmentation, latent
-    samples): a pure function of (seed, stage, step, process), so a resumed run draws exactly
-    what the uninterrupted one did (torch's global RNG is also consumed by data loaders)."""
-    digest = hashlib.sha256(f"{seed}/{stage}/{step}/{rank}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def random_corners(batch: int, full: int, crop: int, multiple: int,
@@ -272,69 +246,12 @@ def _validate(stage: str, model: LGAModel, loader: Any, accelerator: Any) -> tup
     return details["psnr"], details
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _save_last(accelerator: Any, ckpt_dir: Path, state: dict[str, Any]) -> None:
-    """accelerate state (model, optimiser, RNG) + state.json, replaced atomically-ish."""
-    tmp = ckpt_dir / "last-tmp"
-    last = ckpt_dir / "last"
-    accelerator.save_state(str(tmp))
-    # Every process writes its own RNG state into tmp; none may still be writing when the
-    # main process renames the folder.
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-        if last.exists():
-            shutil.rmtree(last)
-        tmp.rename(last)
-    accelerator.wait_for_everyone()
-
-
-def _find_last(ckpt_dir: Path) -> Path | None:
-    for name in ("last", "last-tmp"):  # last-tmp: a crash between rmtree and rename
-        if (ckpt_dir / name / "state.json").is_file():
-            return ckpt_dir / name
-    return None
-
-
-def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.cpu()
-            for k, v in module.state_dict().items()}
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
-def _progress(accelerator: Any):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    disable=not accelerator.is_main_process)
-
-
-def _validates(step: int, steps_per_epoch: int, total: int, every: int) -> bool:
-    """Whether ``step`` (1-based count of steps done) ends an epoch that is validated: every
-    ``every``-th epoch, and the stage's last step always."""
-    if step >= total:
-        return True
-    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % every == 0
-
-
-def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelerator: Any,
-               out: Path, resume: bool, log: Callable[[dict[str, Any]], None]) -> int:
+def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, run: Run) -> int:
     """Train one stage to its end; return its final step. The best weights are loaded."""
-    from safetensors.torch import load_file, save_file
-
-    cfg = model.config
+    cfg, acc = model.config, run.accelerator
     module: nn.Module = {"vae": VAEStage, "invariance": InvarianceStage,
                          "align": AlignStage}[stage](model)
     if stage != "vae":
@@ -348,105 +265,72 @@ def _run_stage(stage: str, model: LGAModel, train_ds: Any, val_ds: Any, accelera
     # Contrastive batches need >= 2 slices; other stages keep the last partial batch.
     # Pinned host memory lets the copies to the GPU overlap compute. Workers are not kept
     # between epochs: each epoch's workers must get the dataset after its set_epoch.
-    feed = {"num_workers": cfg.num_workers, "pin_memory": accelerator.device.type == "cuda"}
+    feed = {"num_workers": cfg.num_workers, "pin_memory": acc.device.type == "cuda"}
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
                         drop_last=stage == "invariance" and len(train_ds) > cfg.batch_size,
                         **feed)
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, **feed)
-    module, opt, loader, val_loader = accelerator.prepare(module, opt, loader, val_loader)
+    loader, val_loader = acc.prepare(loader, val_loader)
     spe = len(loader)
     if spe == 0:
         raise TrainError(f"stage {stage!r}: no training batch ({len(train_ds)} slices, batch "
-                         f"size {cfg.batch_size} x {accelerator.num_processes} processes)")
+                         f"size {cfg.batch_size} x {acc.num_processes} processes)")
     epochs = {"vae": cfg.vae_epochs, "invariance": cfg.invariance_epochs,
               "align": cfg.align_epochs}[stage]
     total = epochs * spe if cfg.max_steps is None else min(epochs * spe, cfg.max_steps)
-    ckpt_dir = out / "checkpoints" / stage
-    st = {"stage": stage, "step": 0, "epoch": 0, "best_metric": None, "best_step": None,
-          "config": cfg.to_dict()}
-    last = _find_last(ckpt_dir) if resume else None
-    if last is not None:
-        accelerator.load_state(str(last))
-        st = json.loads((last / "state.json").read_text(encoding="utf-8"))
-        accelerator.print(f"[lga] {stage}: resumed from {last} at step {st['step']}")
+    ckpt_dir = run.out / "checkpoints" / stage
     best_path = ckpt_dir / "best.safetensors"
-    unwrapped = accelerator.unwrap_model(module)
+    trainer = Trainer(run, module, opt, total_steps=total,
+                      lr_at=lambda s: cfg.stage_lr(s, total), checkpoint_dir=ckpt_dir,
+                      checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip,
+                      params=params, state={"stage": stage, "epoch": 0,
+                                            "config": cfg.to_dict()})
 
-    with _progress(accelerator) as progress:
-        task = progress.add_task(f"{stage}", total=total, completed=st["step"], info="")
-        t0, n_seen, running = time.perf_counter(), 0, 0.0
-        while st["step"] < total:
-            epoch = st["step"] // spe
-            sampler.set_epoch(epoch)
-            if hasattr(train_ds, "set_epoch"):
-                train_ds.set_epoch(epoch)
-            skip = st["step"] - epoch * spe
-            it = accelerator.skip_first_batches(loader, skip) if skip else loader
-            module.train()
-            for batch in it:
-                for group in opt.param_groups:
-                    group["lr"] = stage_lr(cfg, st["step"], total)
-                unwrapped.rng = step_generator(cfg.seed, stage, st["step"],
-                                               accelerator.process_index)
-                with accelerator.autocast():
-                    losses = module(batch)
-                accelerator.backward(losses["loss"])
-                if cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                st["step"] += 1
-                n_seen += 1
-                running += float(losses["loss"].detach())
-                progress.update(task, advance=1, info=" ".join(
-                    f"{n}={float(v.detach()):.4g}" for n, v in losses.items()))
-                # Periodic checkpoints; validated epochs are checkpointed after validation.
-                if st["step"] % cfg.checkpoint_every == 0 and not _validates(
-                        st["step"], spe, total, cfg.val_every):
-                    _save_last(accelerator, ckpt_dir, {**st, "epoch": epoch})
-                if st["step"] >= total:
-                    break
-            if not _validates(st["step"], spe, total, cfg.val_every):
-                continue
-            metric, details = _validate(stage, model, val_loader, accelerator)
-            better = st["best_metric"] is None or metric > st["best_metric"]
-            if better:
-                st["best_metric"], st["best_step"] = metric, st["step"]
-                if accelerator.is_main_process:
-                    ckpt_dir.mkdir(parents=True, exist_ok=True)
-                    save_file(_state_dict_cpu(unwrapped), str(best_path))
-            st["epoch"] = epoch + 1
-            log({"stage": stage, "epoch": epoch, "step": st["step"],
-                 "train_loss": running / max(n_seen, 1), "val_metric": metric, **details,
-                 "best_metric": st["best_metric"], "best_step": st["best_step"],
-                 "seconds": round(time.perf_counter() - t0, 2)})
-            accelerator.print(f"[lga] {stage} epoch {epoch}: step {st['step']}/{total} "
-                              f"val {', '.join(f'{n}={v:.4f}' for n, v in details.items())}")
-            _save_last(accelerator, ckpt_dir, st)
-            t0, n_seen, running = time.perf_counter(), 0, 0.0
-    accelerator.wait_for_everyone()
+    def forward(batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        module.rng = step_generator(cfg.seed, stage, step, run.process_index)
+        return trainer.module(batch)
+
+    def keep_best(metric: float, details: dict[str, Any]) -> None:
+        if run.is_main:
+            save_weights(best_path, module)
+
+    def report(r: Report) -> dict[str, Any]:
+        epoch = (r.step - 1) // spe
+        trainer.state["epoch"] = epoch + 1
+        run.say(f"{stage} epoch {epoch}: step {r.step}/{total} val "
+                f"{', '.join(f'{n}={v:.4f}' for n, v in r.details.items())}")
+        return {"stage": stage, "epoch": epoch, "step": r.step, "train_loss": r.train_loss,
+                "val_metric": r.metric, **r.details, "best_metric": trainer.state["best_metric"],
+                "best_step": trainer.state["best_step"], "seconds": r.seconds}
+
+    batches = epoch_batches(trainer, loader, sampler, spe,
+                            on_epoch=getattr(train_ds, "set_epoch", None))
+    trainer.fit(batches, forward,
+                validates=lambda s: epoch_validated(s, spe, total, cfg.val_every),
+                validate=lambda: _validate(stage, model, val_loader, acc),
+                on_best=keep_best, report=report, progress=stage)
     if best_path.is_file():  # the best epoch's weights go on to the next stage
-        best = load_file(str(best_path))
-        unwrapped.load_state_dict({k: v.to(dtype=unwrapped.state_dict()[k].dtype)
-                                   for k, v in best.items()})
-    accelerator.free_memory()
-    return int(st["best_step"] or st["step"])
+        load_weights(best_path, module)
+    acc.free_memory()
+    return int(trainer.state["best_step"] or trainer.state["step"])
 
 
 def train(config: str, data: str, out: Path, *, resume: bool = False,
           overrides: dict[str, Any] | None = None) -> Path:
     """``marbench train lga``: :func:`train_lga` with ``overrides`` laid on ``config``
     (unknown keys are an error, with a suggestion)."""
-    cfg = load_config(config, **(overrides or {}))
-    return train_lga(cfg, data, out, resume=resume)
+    cfg, name = LGAConfig.load_named(config, overrides)
+    return train_lga(cfg, data, out, resume=resume, config_name=name)
 
 
-train.configs = ["lga-cpu", "lga-paper", "table1-baseline",  # type: ignore[attr-defined]
-                 "table1-arvae", "table1-arvae-loss", "table1-arvae-an", "table1-full"]
+train.configs = ["lga-tiny", "lga-cpu", "lga-paper",  # type: ignore[attr-defined]
+                 "table1-baseline", "table1-arvae", "table1-arvae-loss", "table1-arvae-an",
+                 "table1-full"]
 
 
 def train_lga(config: str | Path | dict[str, Any] | LGAConfig, data: str | Path,
-              out: str | Path, resume: bool = False) -> Path:
+              out: str | Path, resume: bool = False, *, config_name: str | None = None
+              ) -> Path:
     """Train LGA on the ``pairs`` train split of ``data`` (plus its ``clean`` config if any).
 
     Args:
@@ -455,91 +339,50 @@ def train_lga(config: str | Path | dict[str, Any] | LGAConfig, data: str | Path,
         data: a built dataset folder or a Hub dataset repo id.
         out: run folder (created). Must be empty unless ``resume``.
         resume: continue the run in ``out`` (finished stages are skipped; the current one
-            restarts from its last checkpoint: weights, optimiser, RNG, step, best metric).
+            restarts from its last checkpoint: weights, optimiser, step, best metric).
+        config_name: the name recorded with the weights (default: the YAML file's stem).
 
     Returns:
         ``out / "model"``: the trained weights (load with ``LGAModel.from_pretrained`` or
         ``marbench run --method lga --option weights=...``).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     from benchmark.data import open_split
 
-    cfg = load_config(config)
+    cfg, name = LGAConfig.load_named(config)
+    name = config_name or name
     out = Path(out)
-    cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda,
-                              mixed_precision=cfg.mixed_precision if cuda else "no")
-    set_seed(cfg.seed, device_specific=True)
-
-    run_cfg = out / "config.json"
-    if run_cfg.is_file():
-        old = json.loads(run_cfg.read_text(encoding="utf-8"))
-        if not resume:
-            raise TrainError(f"{out}: already holds a run; pass resume=True (--resume) to "
-                             "continue it, or choose another --out folder")
-        if old != cfg.to_dict():
-            diff = sorted(k for k in set(old) | set(cfg.to_dict())
-                          if old.get(k) != cfg.to_dict().get(k))
-            raise TrainError(f"{run_cfg}: the run was started with a different config "
-                             f"(keys {', '.join(diff)}); resume with the same config")
-    elif resume:
-        raise TrainError(f"{out}: nothing to resume (no config.json)")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_cfg)
-
+    run = Run(out, cfg, resume=resume, tag="lga", mixed_precision=cfg.mixed_precision)
+    seed_everything(cfg.seed)
     split = open_split(data, "train")
-    train_rows, val_rows = patient_split(split, cfg.val_fraction, cfg.val_max_slices)
-    pairs = PairVolumes(split, train_rows, cfg)
-    val = PairVolumes(split, val_rows, cfg)
+    ids = [split.slice_id(r)[0] for r in split.order]
+    train_pos, val_pos = patient_split(ids, cfg.val_fraction, where=split.where)
+    pairs = PairVolumes(split, [split.order[i] for i in train_pos], cfg)
+    val = PairVolumes(split, evenly_spaced([split.order[i] for i in val_pos],
+                                           cfg.val_max_slices), cfg)
     clean = open_clean(data, cfg)
-    accelerator.print(f"[lga] {len(pairs)} training slices ({len(pairs.patients)} patients), "
-                      f"{len(val)} validation slices ({len(val.patients)} patients), "
-                      f"{len(clean) if clean is not None else 'no'} clean slices; "
-                      f"{accelerator.num_processes} process(es) on {accelerator.device}")
+    run.say(f"{len(pairs)} training slices ({len(pairs.patients)} patients), "
+            f"{len(val)} validation slices ({len(val.patients)} patients), "
+            f"{len(clean) if clean is not None else 'no'} clean slices; "
+            f"{run.accelerator.num_processes} process(es) on {run.device}")
 
     model_dir = out / "model"
     if resume and (model_dir / CONFIG_NAME).is_file():
         model = LGAModel.from_pretrained(model_dir)
     else:
         model = LGAModel(cfg)
-    model.to(accelerator.device)
-
-    def log(entry: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            with open(out / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-
+    model.training_info.update(
+        config_name=name, data_source=split.source.source, data_revision=split.source.revision,
+        dataset_manifest_sha256=split.source.manifest_sha256, train_patients=len(pairs.patients),
+        val_patients=len(val.patients))
+    model.to(run.device)
     for stage in active_stages(cfg):
         if stage in model.trained:
-            accelerator.print(f"[lga] {stage}: already trained (step {model.trained[stage]})")
+            run.say(f"{stage}: already trained (step {model.trained[stage]})")
             continue
         ds = VAEVolumes(pairs, clean, cfg) if stage == "vae" else pairs
-        step = _run_stage(stage, model, ds, val, accelerator, out, resume, log)
-        model.trained[stage] = step
-        if accelerator.is_main_process:
+        model.trained[stage] = _run_stage(stage, model, ds, val, run)
+        if run.is_main:
             model.save_pretrained(model_dir)
-        accelerator.wait_for_everyone()
-    accelerator.end_training()
+        run.wait()
+    run.end()
     return model_dir
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m baselines.lga.train",
-                                description="Train the LGA reference method (3 stages).")
-    p.add_argument("--config", default="lga-cpu",
-                   help="shipped config name or YAML path (default lga-cpu)")
-    p.add_argument("--data", required=True, help="built dataset folder or Hub repo id")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    a = p.parse_args(argv)
-    model_dir = train_lga(a.config, a.data, a.out, resume=a.resume)
-    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
-        print(model_dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -22,15 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.deep_common import (
-    ConfigError,
-    DeepMARMethod,
-    DeepModel,
-    TrainConfig,
-    load_config,
-    load_model,
-    run_training,
-)
+from baselines.deep_common import DeepMARMethod, DeepModel, TrainConfig
+from baselines.deep_train import run_training
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 INPUTS = ("ordinary", "li", "mask")
@@ -44,7 +37,8 @@ class UNetConfig(TrainConfig):
     of depth 5, decoder widths 256..16, on 256 px patches of 512 px slices, batch 8, Adam
     at 1e-4 with a cosine decay over 100k steps, bf16 on GPU."""
 
-    family: ClassVar[str] = "unet"
+    config_dir: ClassVar[Path] = CONFIG_DIR
+    default_name: ClassVar[str] = "unet-paper"
 
     variant: str = "unet"
     encoder_name: str = "resnet34"    # any smp encoder; trained from scratch (no download)
@@ -65,19 +59,19 @@ class UNetConfig(TrainConfig):
     def validate(self, where: str = "config") -> UNetConfig:
         super().validate(where)
         if self.variant != "unet":
-            raise ConfigError(f"{where}: variant: must be 'unet', got {self.variant!r}")
+            raise self.bad(where, "variant", f"must be 'unet', got {self.variant!r}")
         bad = [i for i in self.inputs if i not in INPUTS]
         if bad or "ordinary" not in self.inputs or len(set(self.inputs)) != len(self.inputs):
-            raise ConfigError(f"{where}: inputs: must include 'ordinary' and may add 'li', "
-                              f"'mask' (each once); got {list(self.inputs)}")
+            raise self.bad(where, "inputs", "must include 'ordinary' and may add 'li', 'mask' "
+                           f"(each once); got {list(self.inputs)}")
         if len(self.decoder_channels) != self.encoder_depth:
-            raise ConfigError(f"{where}: decoder_channels: needs one width per encoder level "
-                              f"({self.encoder_depth}), got {list(self.decoder_channels)}")
+            raise self.bad(where, "decoder_channels", "needs one width per encoder level "
+                           f"({self.encoder_depth}), got {list(self.decoder_channels)}")
         if self.patch_size % (2 ** self.encoder_depth):
-            raise ConfigError(f"{where}: patch_size: {self.patch_size} px is not divisible by "
-                              f"2^encoder_depth = {2 ** self.encoder_depth}")
+            raise self.bad(where, "patch_size", f"{self.patch_size} px is not divisible by "
+                           f"2^encoder_depth = {2 ** self.encoder_depth}")
         if self.loss not in ("l1", "mse"):
-            raise ConfigError(f"{where}: loss: must be 'l1' or 'mse', got {self.loss!r}")
+            raise self.bad(where, "loss", f"must be 'l1' or 'mse', got {self.loss!r}")
         return self
 
 
@@ -85,13 +79,14 @@ def load_unet_config(config: Any = None, overrides: dict[str, Any] | None = None
                      ) -> UNetConfig:
     """A :class:`UNetConfig` from a shipped name (``unet-cpu``), a YAML path, a dict or
     ``None`` (``unet-paper`` defaults), with ``overrides`` last."""
-    return load_config(UNetConfig, CONFIG_DIR, config, overrides)
+    return UNetConfig.load(config, overrides)
 
 
 class UNetModel(DeepModel):
     """smp U-Net on the stacked inputs, residual output (model units)."""
 
     family = "unet"
+    config_class = UNetConfig
 
     def __init__(self, config: UNetConfig) -> None:
         import segmentation_models_pytorch as smp
@@ -144,29 +139,23 @@ class UNetModel(DeepModel):
         return {"loss": loss}
 
 
-def load_unet(folder: Path, map_location: str | torch.device = "cpu") -> UNetModel:
-    """A trained :class:`UNetModel` from a weights folder."""
-
-    def build(values: dict[str, Any], where: str) -> UNetModel:
-        return UNetModel(UNetConfig.from_dict(values, where))
-
-    return load_model(Path(folder), build, map_location)  # type: ignore[return-value]
+#: A trained :class:`UNetModel` from a weights folder or Hub repo id.
+load_unet = UNetModel.from_pretrained
 
 
 class UNetMAR(DeepMARMethod):
     """Supervised image-domain U-Net (ordinary + LI + mask in, residual out); needs weights.
 
-    Options: ``weights`` (folder written by ``marbench train unet``), ``device``,
-    ``batch_size``, ``reinsert_metal`` (default false: the network was trained on whole
-    images, metal included), ``target`` (checked against the weights).
+    Options: ``weights`` (folder written by ``marbench train unet``, or a Hub repo id with
+    ``revision``), ``device``, ``batch_size``, ``reinsert_metal`` (default false: the
+    network was trained on whole images, metal included), ``target`` (checked against the
+    weights).
     """
 
     name = "unet"
     version = "1"
     default_reinsert_metal = False
-
-    def load_weights(self, folder: Path) -> DeepModel:
-        return load_unet(folder)
+    model_class = UNetModel
 
 
 def train(config: str, data: str, out: Path, *, resume: bool = False,
@@ -174,9 +163,9 @@ def train(config: str, data: str, out: Path, *, resume: bool = False,
     """Train the U-Net from ``config`` (``unet-tiny``, ``unet-cpu``, ``unet-paper`` or a
     YAML path) on the built dataset ``data`` into run folder ``out``; returns ``out/model``.
     ``overrides``: config keys (e.g. ``{"target": "clean", "seed": 1}``)."""
-    cfg = load_unet_config(config, overrides)
-    return run_training(cfg, UNetModel, load_unet, data, out, resume=resume,
-                        reinsert_metal=False, tag="unet")
+    cfg, name = UNetConfig.load_named(config, overrides)
+    return run_training(cfg, UNetModel, data, out, resume=resume, reinsert_metal=False,
+                        tag="unet", config_name=name)
 
 
 train.configs = ["unet-tiny", "unet-cpu", "unet-paper"]  # type: ignore[attr-defined]

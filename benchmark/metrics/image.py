@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import MARBenchError
 from .lpips_weights import LPIPS_SLICE_OF_CONV, LPIPSWeightsError, load_lpips_backbone
 from .protocol import MARBENCH_V1, Protocol, hu_to_unit, resample_hu
 from .registry import MetricSpec, metrics_in_group
@@ -93,7 +94,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float, *, window:
 # ----------------------------------------------------------------------------- LPIPS
 
 
-class LPIPSUnavailable(RuntimeError):
+class LPIPSUnavailable(MARBenchError, RuntimeError):
     """LPIPS cannot be computed here (the message is the reason results files record)."""
 
 

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import MARBenchError
+
 WEIGHTS_ENV = "MARBENCH_LPIPS_WEIGHTS"
 TORCHVISION_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 TORCHVISION_ALEXNET_URL = f"https://download.pytorch.org/models/{TORCHVISION_ALEXNET_FILE}"
@@ -57,7 +59,7 @@ ALEXNET_CONVS: dict[int, tuple[int, int, int, int]] = {
 LPIPS_SLICE_OF_CONV = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
 
 
-class LPIPSWeightsError(RuntimeError):
+class LPIPSWeightsError(MARBenchError, RuntimeError):
     """The real AlexNet backbone is not available (the message says where it looked)."""
 
 

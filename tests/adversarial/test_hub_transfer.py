@@ -4,23 +4,11 @@ real ``huggingface_hub`` client against the local fake Hub (127.0.0.1), in a sub
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 
-# The fake Hub and its fixtures live with the Hub tests; load them from there.
-_HUB_TESTS = Path(__file__).resolve().parents[1] / "artifactgsi"
-sys.path.insert(0, str(_HUB_TESTS))
-_spec = importlib.util.spec_from_file_location("_artifactgsi_hub_fixtures",
-                                               _HUB_TESTS / "conftest.py")
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)
-dataset_folder, fake_hub, hub_client = (_fixtures.dataset_folder, _fixtures.fake_hub,
-                                        _fixtures.hub_client)
-from fakehub import REPO_ID  # noqa: E402
+from tests.helpers.fakehub import REPO_ID
 
 CLI = """
 import sys

@@ -45,3 +45,12 @@ def test_schema_contract_covers_every_other_dataset_module():
 
 def test_benchmark_contract_forbids_the_methods():
     assert "baselines" in _contract("benchmark never imports")["forbidden_modules"]
+
+
+def test_families_contract_covers_every_baseline_family():
+    """Every subpackage of baselines is a family: each imports the training kit and
+    baselines' shared modules, never another family."""
+    families = {f"baselines.{p.name}" for p in (ROOT / "baselines").iterdir()
+                if (p / "__init__.py").is_file()}
+    listed = set(_contract("families are independent")["modules"])
+    assert families == listed, f"the families contract should list {sorted(families)}"

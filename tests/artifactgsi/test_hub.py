@@ -2,8 +2,8 @@
 
 The manifests are written by the fixture with ``hashlib`` and ``pyarrow`` directly, so they are an
 independent reference for :func:`verify_manifest`. Hub tests run the real ``huggingface_hub`` and
-``datasets`` clients in a subprocess against ``fakehub.FakeHub`` (see conftest.py) and check both
-what arrives on disk and what the server saw.
+``datasets`` clients in a subprocess against ``tests.helpers.fakehub.FakeHub`` (see the root
+conftest.py) and check both what arrives on disk and what the server saw.
 """
 
 from __future__ import annotations
@@ -24,11 +24,7 @@ from artifactgsi.hub import (
     validate_folder,
     verify_manifest,
 )
-
-try:  # see conftest.py
-    from .fakehub import REPO_ID, make_dataset_folder, write_manifest
-except ImportError:
-    from fakehub import REPO_ID, make_dataset_folder, write_manifest
+from tests.helpers.fakehub import REPO_ID, make_dataset_folder, write_manifest
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -8,30 +8,19 @@ import torch
 from artifactgsi.physics.geometry import FanBeamGeometry, ImageGrid
 from artifactgsi.physics.materials import hounsfield, mu_matrix
 from artifactgsi.physics.scan import Scanner, mu_water
+from tests.helpers.files import disc_fractions
 
 MATS = ("water", "cortical_bone", "steel316l")
 ROD_X_MM = 35.0
 ROD_R_MM = 5.0
 
 
-def _discs(grid: ImageGrid, discs, ss: int = 4) -> np.ndarray:
-    """Anti-aliased area fractions of discs ((x, y, r) in mm) on ``grid``: (H, W)."""
-    h, w = grid.shape
-    o = (np.arange(ss) + 0.5) / ss - 0.5
-    x = grid.x_mm().numpy()[None, :, None, None] + o[None, None, None, :] * grid.pixel_mm
-    y = grid.y_mm().numpy()[:, None, None, None] + o[None, None, :, None] * grid.pixel_mm
-    inside = np.zeros((h, w, ss, ss), bool)
-    for cx, cy, r in discs:
-        inside |= (x - cx) ** 2 + (y - cy) ** 2 <= r * r
-    return inside.mean((2, 3))
-
-
 def _phantom(grid: ImageGrid, metal: bool = True) -> torch.Tensor:
     """(1, 3, H, W) fractions of water, bone, steel."""
     rods = [(-ROD_X_MM, 0.0, ROD_R_MM), (ROD_X_MM, 0.0, ROD_R_MM)]
-    bone = _discs(grid, [(0.0, 50.0, 12.0)])
-    steel = _discs(grid, rods) if metal else np.zeros(grid.shape)
-    body = _discs(grid, [(0.0, 0.0, 100.0)])
+    bone = disc_fractions(grid, [(0.0, 50.0, 12.0)])
+    steel = disc_fractions(grid, rods) if metal else np.zeros(grid.shape)
+    body = disc_fractions(grid, [(0.0, 0.0, 100.0)])
     water = np.clip(body - bone - steel, 0, 1)
     return torch.from_numpy(np.stack([water, bone, steel])[None]).float()
 

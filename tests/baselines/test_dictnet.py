@@ -12,14 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.deep_common import (
-    ConfigError,
-    ImageSizeMismatchError,
-    IncompatibleWeightsError,
-    NormalisationMismatchError,
-    WeightsError,
-    li_image,
-)
+from baselines.deep_common import li_image
 from baselines.dictnet import (
     DICDNet,
     OSCNet,
@@ -30,7 +23,15 @@ from baselines.dictnet import (
 )
 from baselines.dictnet.filters import fourier_basis
 from baselines.dictnet.model import DictNet, load_dictnet, load_dictnet_config
+from benchmark.learn.errors import (
+    ConfigError,
+    ImageSizeMismatchError,
+    IncompatibleWeightsError,
+    NormalisationMismatchError,
+    WeightsError,
+)
 from benchmark.method import MARInput, PrepareContext, validate_output
+from tests.helpers.files import edited_weights
 
 pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
@@ -184,11 +185,6 @@ def test_config_errors_name_key_and_suggest():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, write_tiny_pairs) -> Path:
-    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("deep-cache"))
 
@@ -220,11 +216,16 @@ def test_trained_weights_record_target_data_and_size(trained, data):
     info = meta["training"]
     assert meta["family"] == "dictnet" and meta["config"]["variant"] == "oscnet"
     assert info["target"] == "gsi" and info["target_column"] == "gsi"
-    assert info["image_size"] == 32
-    assert info["normalisation"] == {"kind": "hu_window", "hu_min": -1024.0,
-                                     "hu_max": 3071.0, "scale": 255.0}
-    assert info["data_manifest_sha256"] and len(info["data_manifest_sha256"]) == 64
-    assert info["parameters"] == load_dictnet(trained).parameter_count()
+    assert info["image_size"] == meta["model"]["image_size"] == 32
+    assert meta["model"]["normalisation"] == {"kind": "hu_window", "hu_min": -1024.0,
+                                              "hu_max": 3071.0, "range": [0.0, 255.0]}
+    assert info["dataset_manifest_sha256"] and len(info["dataset_manifest_sha256"]) == 64
+    assert meta["model"]["parameters"] == load_dictnet(trained).parameter_count()
+    assert info["config_name"] == "oscnet-tiny" and meta["format"] == "marbench-weights/1"
+    # The card names the weights' sha256 and the training data's manifest sha256.
+    card = (trained / "README.md").read_text()
+    assert load_dictnet(trained).weights_sha256 in card
+    assert info["dataset_manifest_sha256"] in card
     lines = [json.loads(s) for s in (trained.parent / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in lines] == [2, 4]
     assert all(np.isfinite(e["val_psnr"]) for e in lines)
@@ -280,12 +281,8 @@ def test_refusals(trained, data, tmp_path, cache):
                      overrides={"data_cache": cache, "init_from": str(trained),
                                 "hu_max": 2000.0})
     # Weights whose normalisation this code does not implement are refused on loading.
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
-    meta = json.loads((trained / "config.json").read_text())
-    meta["training"]["normalisation"]["kind"] = "attenuation"
-    (odd / "config.json").write_text(json.dumps(meta))
+    odd = edited_weights(trained, tmp_path / "odd",
+                         lambda m: m["model"]["normalisation"].update(kind="attenuation"))
     with pytest.raises(NormalisationMismatchError, match="'attenuation'"):
         OSCNet(weights=str(odd)).prepare(PrepareContext())
 
@@ -330,3 +327,27 @@ def test_methods_are_registered():
     assert get_method("dicdnet") is DICDNet
     assert get_method("oscnet") is OSCNet
     assert get_method("oscnet_plus") is OSCNetPlus
+
+
+def test_weights_of_the_earlier_deep_format_still_load(tmp_path):
+    """A ``marbench-deep/1`` folder (parameters and normalisation, with ``scale``, inside
+    ``training``; ``data_manifest_sha256``) loads with the same tensors and record."""
+    model = tiny("oscnet")
+    model.training_info = {"image_size": 24, "target": "gsi"}
+    folder = model.save_pretrained(tmp_path / "w")
+    meta = json.loads((folder / "config.json").read_text())
+    old = {"format": "marbench-deep/1", "family": "dictnet", "config": meta["config"],
+           "training": {"image_size": 24, "target": "gsi", "data_manifest_sha256": "ab" * 32,
+                        "parameters": model.parameter_count(),
+                        "normalisation": {"kind": "hu_window", "hu_min": -1024.0,
+                                          "hu_max": 3071.0, "scale": 255.0}}}
+    (folder / "config.json").write_text(json.dumps(old))
+    loaded = load_dictnet(folder)
+    assert loaded.format == "marbench-deep/1" and loaded.image_size == 24
+    assert loaded.training_info["dataset_manifest_sha256"] == "ab" * 32
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    old["training"]["normalisation"]["scale"] = 100.0
+    (folder / "config.json").write_text(json.dumps(old))
+    with pytest.raises(NormalisationMismatchError, match="was edited"):
+        load_dictnet(folder)

@@ -19,11 +19,11 @@ from artifactgsi.physics.sinogram_inpainting import (
     quantise_spacing,
     water_mu,
 )
-from baselines.deep_common import ConfigError, ImageSizeMismatchError, WeightsError
 from baselines.dudodp import DuDoDp
 from baselines.dudodp.config import load_dudodp_config
 from baselines.dudodp.prior import DiffusionPrior, load_prior, make_scheduler
 from baselines.dudodp.sampler import Fusion, check_steps, dudodp
+from benchmark.learn.errors import ConfigError, ImageSizeMismatchError, WeightsError
 from benchmark.method import MARInput, PrepareContext
 
 torch.set_num_threads(1)
@@ -216,7 +216,7 @@ def test_tiny_prior_trains_round_trips_and_resumes(tiny_prior):
     manifest = Path(built) / "manifest.json"
     import hashlib
 
-    assert info["data_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert info["dataset_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert info["image_size"] == 32 and info["steps"] == 3 and info["finished"]
     assert info["gsi_slices"] > 0 and info["clean_slices"] > 0
     assert info["split"] == "train"

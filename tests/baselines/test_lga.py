@@ -45,11 +45,6 @@ pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, write_tiny_pairs) -> Path:
-    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
-
-
-@pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     """A few steps of every stage on the tiny dataset -> RUN/model."""
     from baselines.lga.train import train_lga
@@ -77,8 +72,9 @@ def test_hu_normalisation_matches_the_benchmark_window():
 
 def test_shipped_configs_load_and_differ_as_table1():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    assert {"lga-paper", "lga-cpu", "table1-baseline", "table1-arvae", "table1-arvae-loss",
-            "table1-arvae-an", "table1-full"} <= set(names)
+    assert {"lga-paper", "lga-cpu", "lga-tiny", "table1-baseline", "table1-arvae",
+            "table1-arvae-loss", "table1-arvae-an", "table1-full"} <= set(names)
+    assert load_config("lga-tiny") == load_config(TINY)  # the tests' model, shipped
     paper = load_config("lga-paper")
     assert paper == LGAConfig()  # the dataclass defaults are the paper's model
     assert (paper.image_size, paper.downsample_factor_latent, paper.lr) == (512, 8, 1e-5)
@@ -235,23 +231,21 @@ def test_decoders_are_distinct_parameters_and_shared_in_the_2d_baseline():
 
 
 def test_stage_lr_schedules_by_hand():
-    from baselines.lga.train import stage_lr
-
     const = _tiny(lr=1e-3)
-    assert [stage_lr(const, s, 5) for s in range(5)] == [1e-3] * 5
+    assert [const.stage_lr(s, 5) for s in range(5)] == [1e-3] * 5
     cos = _tiny(lr=1e-3, lr_schedule="cosine", lr_final_ratio=0.1)
-    got = [stage_lr(cos, s, 5) for s in range(5)]
+    got = [cos.stage_lr(s, 5) for s in range(5)]
     # lo + (hi - lo) (1 + cos(pi t)) / 2 at t = 0, 1/4, 1/2, 3/4, 1; hi = 1e-3, lo = 1e-4.
     want = [1e-3, 1e-4 + 9e-4 * (1 + math.sqrt(0.5)) / 2, 5.5e-4,
             1e-4 + 9e-4 * (1 - math.sqrt(0.5)) / 2, 1e-4]
     assert got == pytest.approx(want, rel=1e-12)
-    assert stage_lr(cos, 0, 1) == 1e-3
+    assert cos.stage_lr(0, 1) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         _tiny(lr_schedule="linear")
 
 
 def test_validation_cadence_by_hand():
-    from baselines.lga.train import _validates
+    from benchmark.learn.loop import epoch_validated as _validates
 
     # 3 steps per epoch, 10 steps in the stage, every 2nd epoch: epochs 2 and 4 end at steps
     # 6 and 12; the stage stops at step 10, which is always validated.
@@ -396,8 +390,8 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     torch.nn.init.normal_(model.align.conv_out.weight, std=0.05)
     model.trained = {"vae": 5, "align": 7}
     model.save_pretrained(tmp_path / "w")
-    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["config.json",
-                                                                  "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
+        "README.md", "config.json", "model.safetensors"]
     loaded = LGAModel.from_pretrained(tmp_path / "w")
     assert loaded.config == model.config and loaded.trained == {"vae": 5, "align": 7}
     vol = torch.randn(2, 5, 32, 32) * 400
@@ -408,18 +402,19 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
 
 
 def test_lga_refuses_to_run_without_weights(tmp_path, monkeypatch):
-    from baselines.lga.model import LGAModel, WeightsError
+    from baselines.lga.model import LGAModel
+    from benchmark.learn.errors import WeightsError
 
     monkeypatch.delenv("MARBENCH_LGA_WEIGHTS", raising=False)
     method = LGA()
-    with pytest.raises(WeightsError, match="no trained weights.*train_lga"):
+    with pytest.raises(WeightsError, match="no trained weights.*marbench train lga"):
         method.prepare(PrepareContext(cache_dir=tmp_path / "cache"))
     with pytest.raises(WeightsError, match="nowhere"):
         LGA(weights=str(tmp_path / "nowhere")).prepare(PrepareContext())
     x = torch.zeros(1, 1, 32, 32)
     batch = MARInput(ordinary=x, metal_mask=x > 0, pixel_spacing_mm=torch.ones(1),
                      implant_type=["none"], patient_id=["p"], slice_index=[0])
-    with pytest.raises(RuntimeError, match="prepare"):
+    with pytest.raises(WeightsError, match="prepare"):
         method.reduce(batch)
     # Weights of a run whose alignment stage never finished are refused too.
     half = LGAModel(_tiny())
@@ -442,7 +437,7 @@ def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path)
     assert all(math.isfinite(e["val_metric"]) for e in log)
     model = LGAModel.from_pretrained(trained)
     assert set(model.trained) == {"vae", "invariance", "align"}
-    # Each stage kept its last accelerate checkpoint with the step and best metric.
+    # Each stage kept its last checkpoint with the step and best metric.
     state = json.loads((out / "checkpoints" / "align" / "last" / "state.json").read_text())
     assert state["step"] == 3 and state["best_metric"] is not None
 
@@ -478,14 +473,10 @@ def test_tiny_training_gives_a_model_the_benchmark_runs(trained, data, tmp_path)
 
     check_method(LGA, size=32, weights=str(trained))
     # The quality benchmark's own path through the model scores what the runner scored.
-    import importlib.util
-
     from benchmark.results import METHOD_VS_GSI
+    from tests.helpers.files import load_script
 
-    bench = Path(__file__).parents[2] / "benchmarks" / "bench_lga_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_lga_quality", bench)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("bench_lga_quality")
     lat = mod.latent_psnr(model, data, "test", batch_size=2)
     assert lat["lga_v1"] == pytest.approx(
         results.comparisons[METHOD_VS_GSI].summary["psnr"].mean, abs=0.01)
@@ -611,7 +602,7 @@ def test_two_process_cpu_run_with_accelerate_launch(data, tmp_path):
     # processes with torchrun, and train_lga's Accelerator(cpu=True) (no CUDA) joins them
     # over gloo: 2 CPU processes.
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "baselines.lga.train",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "benchmark.learn", "lga",
            "--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     # On failure show every process's own traceback, not only the launcher's tail.

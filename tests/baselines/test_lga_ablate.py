@@ -95,8 +95,8 @@ def test_five_rows_trained_scored_and_printed_in_order(ablation, data):
         # Trained: the invariance stage exists only where beta > 0 (L_inv on).
         meta = json.loads((out / row["key"] / "run" / "model" / "config.json").read_text())
         want = {"vae", "invariance", "align"} if row["config"]["beta"] > 0 else {"vae", "align"}
-        assert set(meta["trained"]) == want
-        assert meta["image_size"] == 32 and row["config"]["max_steps"] == 1
+        assert set(meta["training"]["trained"]) == want
+        assert meta["model"]["image_size"] == 32 and row["config"]["max_steps"] == 1
         # Scored on the 2 x 4 test slices; the mean PSNR equals the per-slice CSV's mean.
         with open(out / row["key"] / "results" / "per_slice.csv", newline="") as f:
             psnrs = [float(r["method_vs_gsi.psnr"]) for r in csv.DictReader(f)]

@@ -3,7 +3,6 @@ numbers, and a tiny ``--repeats 2`` run (two builds with their own keys, two see
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
@@ -12,29 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.files import load_script
+
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
 REPO = Path(__file__).resolve().parents[2]
-
-#: The tiny model of tests/baselines/test_lga.py (a few seconds per training on one core).
-TINY = dict(image_size=32, vae_channels=[8, 16], vae_layers_per_block=1, vae_norm_groups=4,
-            vae_mid_attention=False, inv_channels=[8, 16], inv_embed_dim=8,
-            align_channels=[8, 16], align_layers_per_block=1, align_norm_groups=4,
-            align_heads=2, align_attention_levels=[1], implant_tokens=2, batch_size=2,
-            vae_epochs=1, invariance_epochs=1, align_epochs=2, max_steps=3, num_workers=0,
-            lr=1e-3, checkpoint_every=1, val_max_slices=4)
 
 pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_lga_quality", REPO / "benchmarks" / "bench_lga_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_lga_quality")
 
 
 def test_spread_matches_hand_computed_statistics(bench):
@@ -108,14 +97,10 @@ def _model_mtimes(out: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_repeats_build_with_own_keys_train_with_own_seeds_and_resume(
         bench, tiny_built, tmp_path, capsys):
-    import yaml
-
     from benchmark.results import METHOD_VS_GSI, Results
 
-    cfg = tmp_path / "lga-tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
     out = tmp_path / "spread"
-    argv = ["--raw", str(tiny_built.raw), "--repeats", "2", "--config", str(cfg),
+    argv = ["--raw", str(tiny_built.raw), "--repeats", "2", "--config", "lga-tiny",
             "--out", str(out), "--no-lpips"]
     threads = torch.get_num_threads()
     try:

@@ -20,6 +20,7 @@ from artifactgsi.schema import METAL_THRESHOLD_HU
 from baselines.li import LI, SinogramSetup, li
 from baselines.nmar import NMAR, PriorSetup, nmar, nmar_prior
 from benchmark.method import MARInput, validate_output
+from tests.helpers.files import disc_fractions
 
 MATS = ("water", "cortical_bone", "steel316l")
 N, FOV_MM = 96, 200.0
@@ -129,24 +130,12 @@ def test_nmar_prior_classes_by_hand():
 # ------------------------------------------------------------------------ simulated scan
 
 
-def _discs(grid: ImageGrid, discs, ss: int = 4) -> np.ndarray:
-    """Area fractions of discs ((x, y, r) in mm) on ``grid`` by ss x ss supersampling."""
-    h, w = grid.shape
-    o = (np.arange(ss) + 0.5) / ss - 0.5
-    x = grid.x_mm().numpy()[None, :, None, None] + o[None, None, None, :] * grid.pixel_mm
-    y = grid.y_mm().numpy()[:, None, None, None] + o[None, None, :, None] * grid.pixel_mm
-    inside = np.zeros((h, w, ss, ss), bool)
-    for cx, cy, r in discs:
-        inside |= (x - cx) ** 2 + (y - cy) ** 2 <= r * r
-    return inside.mean((2, 3))
-
-
 def _fractions(grid: ImageGrid, metal: bool) -> torch.Tensor:
     """(1, 3, H, W) volume fractions of water, cortical bone, steel 316L."""
-    bone = _discs(grid, [BONE])
+    bone = disc_fractions(grid, [BONE])
     rods = [(-ROD_X_MM, 0.0, ROD_R_MM), (ROD_X_MM, 0.0, ROD_R_MM)]
-    steel = _discs(grid, rods) if metal else np.zeros(grid.shape)
-    water = np.clip(_discs(grid, [(0.0, 0.0, 80.0)]) - bone - steel, 0, 1)
+    steel = disc_fractions(grid, rods) if metal else np.zeros(grid.shape)
+    water = np.clip(disc_fractions(grid, [(0.0, 0.0, 80.0)]) - bone - steel, 0, 1)
     return torch.from_numpy(np.stack([water, bone, steel])[None]).float()
 
 

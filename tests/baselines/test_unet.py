@@ -10,16 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.deep_common import (
-    ConfigError,
-    ImageSizeMismatchError,
-    TrainConfig,
-    WeightsError,
-    lr_at,
-    sample_batch,
-    step_generator,
-)
+from baselines.deep_common import TrainConfig
+from baselines.deep_train import sample_batch
 from baselines.unet import UNetMAR, UNetModel, load_unet, load_unet_config, train
+from benchmark.learn.errors import ConfigError, ImageSizeMismatchError, WeightsError
+from benchmark.learn.rng import step_generator
 from benchmark.method import PrepareContext, validate_output
 
 pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
@@ -51,29 +46,29 @@ def test_normalisation_round_trip_and_window():
 
 def test_lr_schedules_are_pure_functions_of_the_step():
     step = TrainConfig(lr=1.0, lr_schedule="step", lr_decay_every=10, lr_gamma=0.5)
-    assert [lr_at(step, s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    assert [step.lr_at(s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
     cos = TrainConfig(lr=1.0, lr_schedule="cosine", max_steps=11, lr_final_ratio=0.0)
-    assert lr_at(cos, 0) == 1.0 and abs(lr_at(cos, 5) - 0.5) < 1e-12 and lr_at(cos, 10) == 0.0
+    assert cos.lr_at(0) == 1.0 and abs(cos.lr_at(5) - 0.5) < 1e-12 and cos.lr_at(10) == 0.0
 
 
 def test_patches_are_reproducible_and_flipped_together():
     import numpy as np
 
-    from baselines.deep_common import SliceArrays
+    from baselines.deep_train import SliceArrays
 
     g = np.random.default_rng(0)
     o = g.integers(-1000, 2000, (3, 16, 16)).astype(np.int16)
     data = SliceArrays(o, o + 1, o + 2, o > 1500, ["a", "a", "b"])
     cfg = TrainConfig(patch_size=8, batch_size=5)
-    a = sample_batch(data, cfg, step_generator(0, 7, 0))
-    b = sample_batch(data, cfg, step_generator(0, 7, 0))
+    a = sample_batch(data, cfg, step_generator("deep", 0, 7, 0))
+    b = sample_batch(data, cfg, step_generator("deep", 0, 7, 0))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["ordinary"].shape == (5, 1, 8, 8) and a["mask"].dtype == torch.bool
     # the same crop and flip for every image of a sample
     torch.testing.assert_close(a["target"], a["ordinary"] + 1)
     torch.testing.assert_close(a["li"], a["ordinary"] + 2)
     assert torch.equal(a["mask"], a["ordinary"] > 1500)
-    c = sample_batch(data, cfg, step_generator(0, 8, 0))
+    c = sample_batch(data, cfg, step_generator("deep", 0, 8, 0))
     assert not torch.equal(a["ordinary"], c["ordinary"])
 
 
@@ -97,11 +92,6 @@ def test_residual_output_on_any_size(inputs):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, write_tiny_pairs) -> Path:
-    return write_tiny_pairs(tmp_path_factory.mktemp("data") / "tiny", size=32, slices=4)
-
-
-@pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "unet"
     cache = str(tmp_path_factory.mktemp("deep-cache"))
@@ -118,7 +108,7 @@ def test_tiny_training_runs_the_method(trained, data):
     assert meta["family"] == "unet"
     assert meta["training"]["target"] == "clean"
     assert meta["training"]["target_column"] == "ideal"
-    assert meta["training"]["parameters"] == load_unet(trained).parameter_count()
+    assert meta["model"]["parameters"] == load_unet(trained).parameter_count()
     method = UNetMAR(weights=str(trained), device="cpu", batch_size=2)
     method.prepare(PrepareContext())
     assert method.target == "clean" and method.reinsert_metal is False

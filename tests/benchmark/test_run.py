@@ -26,11 +26,9 @@ SIZE = 64
 @pytest.fixture(scope="module", autouse=True)
 def _datasets_cache(tmp_path_factory):
     """Keep the Arrow copies that ``datasets`` makes out of the user's cache."""
-    import datasets
+    from tests.helpers.files import private_datasets_cache
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
-                   str(tmp_path_factory.mktemp("hf_datasets_cache")))
+    with private_datasets_cache(tmp_path_factory.mktemp("hf_datasets_cache")):
         yield
 
 
@@ -456,19 +454,6 @@ def test_cli_run_and_compare(dataset, identity_run, tmp_path):
 # ----------------------------------------------------------------------------- Hub
 
 
-def _load_fakehub():
-    """tests/artifactgsi/fakehub.py (a fake Hub on 127.0.0.1), imported by path."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "artifactgsi" / "fakehub.py"
-    spec = importlib.util.spec_from_file_location("marbench_fakehub", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while building
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # a subprocess importing torch + datasets: ~6 s on 2 shared cores
 def test_hub_repo_downloads_only_the_split_at_one_commit(dataset, tmp_path):
     """``--data org/name``: card + manifest + the test split's files at a pinned commit; the
@@ -478,8 +463,8 @@ def test_hub_repo_downloads_only_the_split_at_one_commit(dataset, tmp_path):
     import subprocess
 
     from artifactgsi.hub import sha256_file
+    from tests.helpers import fakehub
 
-    fakehub = _load_fakehub()
     repo = "artifactgsi/ArtifactGSI-tiny"
     root = Path(__file__).resolve().parents[2]
     with fakehub.FakeHub() as hub:

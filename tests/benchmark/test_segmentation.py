@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmark.learn.split import patient_split
 from benchmark.metrics.segmentation import CLASS_NAMES, SUMMARY_KEYS
+from benchmark.seg_analysis import evaluate_rows, evaluate_segmenter, score_predictions
 from benchmark.segmentation import (
     HU_WINDOW,
     SegConfig,
@@ -24,15 +25,13 @@ from benchmark.segmentation import (
     SegmenterMismatchError,
     SegmenterNotFoundError,
     TrainError,
-    evaluate_segmenter,
     load_config,
     load_segmenter,
     open_labelled,
-    patient_split,
-    score_predictions,
     segmenter_identity,
     train,
 )
+from tests.helpers.fakehub import write_manifest
 
 SIZE = 32
 IMPLANTS = ["none", "hip_prosthesis", "fracture_fixation", "spinal_fixation"]
@@ -66,10 +65,8 @@ def _slice(rng: np.random.Generator, size: int = SIZE) -> dict[str, np.ndarray]:
 def write_seg_dataset(folder: Path, n_train: int = 4, n_test: int = 2, slices: int = 2,
                       labels: bool = True) -> Path:
     """A built ``pairs`` dataset (card, Parquet, manifest) with ``labels``, 32 px."""
-    import pyarrow.parquet as pq
+    import yaml
     from datasets import Array2D, ClassLabel, Dataset, Features, Value
-
-    from artifactgsi.hub import sha256_file
 
     shape = (SIZE, SIZE)
     feats = {"patient_id": Value("string"), "slice_index": Value("int32"),
@@ -95,28 +92,12 @@ def write_seg_dataset(folder: Path, n_train: int = 4, n_test: int = 2, slices: i
                 rows["pixel_spacing_mm"].append(14.0)
         Dataset.from_dict(rows, features=features).to_parquet(
             folder / "pairs" / f"{split}-00000-of-00001.parquet")
-    (folder / "README.md").write_text(textwrap.dedent("""\
-        ---
-        configs:
-        - config_name: pairs
-          data_files:
-          - split: train
-            path: pairs/train-*.parquet
-          - split: test
-            path: pairs/test-*.parquet
-        ---
-        # tiny labelled test dataset
-        """), encoding="utf-8")
-    files = []
-    for rel in ("README.md", "pairs/test-00000-of-00001.parquet",
-                "pairs/train-00000-of-00001.parquet"):
-        p = folder / rel
-        e = {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size}
-        if rel.endswith(".parquet"):
-            e["rows"] = pq.read_metadata(p).num_rows
-        files.append(e)
-    (folder / "manifest.json").write_text(json.dumps(
-        {"format": "artifactgsi-manifest/1", "files": files}), encoding="utf-8")
+    # The card names the pairs config's files; the manifest lists every file with sha256.
+    card = {"configs": [{"config_name": "pairs", "data_files": [
+        {"split": s, "path": f"pairs/{s}-*.parquet"} for s in ("train", "test")]}]}
+    (folder / "README.md").write_text(f"---\n{yaml.safe_dump(card)}---\n# tiny labelled test "
+                                      "dataset\n", encoding="utf-8")
+    write_manifest(folder)
     return folder
 
 
@@ -179,10 +160,14 @@ def test_patient_split_holds_out_whole_patients():
 @pytest.mark.slow  # trains seg-tiny (a few seconds, more on a busy machine)
 def test_seg_tiny_trains_and_round_trips(trained, seg_data, tmp_path):
     meta = json.loads((trained / "config.json").read_text())
-    assert meta["format"] == "marbench-segmenter/1" and meta["input"] == "gsi"
-    assert meta["classes"] == list(CLASS_NAMES) and meta["hu_window"] == list(HU_WINDOW)
+    model = meta["model"]
+    assert meta["format"] == "marbench-weights/1" and meta["family"] == "segmenter"
+    assert model["input"] == "gsi" and model["classes"] == list(CLASS_NAMES)
+    assert model["normalisation"] == {"kind": "hu_window", "hu_min": HU_WINDOW[0],
+                                      "hu_max": HU_WINDOW[1], "range": [0.0, 1.0]}
     from artifactgsi.hub import sha256_file
 
+    meta = meta["training"]
     assert meta["dataset_manifest_sha256"] == sha256_file(seg_data / "manifest.json")
     assert set(meta["validation"]) == set(SUMMARY_KEYS)
     assert meta["config_name"] == "seg-tiny" and meta["trained_steps"] >= 1
@@ -204,8 +189,6 @@ def test_seg_tiny_trains_and_round_trips(trained, seg_data, tmp_path):
     # The validation scores recorded are the held-out patient's, recomputed here.
     ls = open_labelled(seg_data, "train")
     _, val = patient_split(ls.patient_ids, 0.2)
-    from benchmark.segmentation import evaluate_rows
-
     rec = evaluate_rows(seg, ls, val, "gsi").summary()
     for k in SUMMARY_KEYS:
         v = meta["validation"][k]
@@ -253,11 +236,11 @@ def test_other_classes_or_window_are_refused(tmp_path, field, value, match):
 def test_edited_config_and_missing_folder_are_refused(tmp_path):
     folder = Segmenter(_tiny_cfg()).save_pretrained(tmp_path / "m")
     meta = json.loads((folder / "config.json").read_text())
-    meta["hu_window"] = [-500.0, 1500.0]
+    meta["model"]["normalisation"]["hu_max"] = 1500.0
     (folder / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(SegmenterMismatchError, match="hu_window.*was edited"):
+    with pytest.raises(SegmenterMismatchError, match="normalisation.*was edited"):
         load_segmenter(folder)
-    with pytest.raises(SegmenterNotFoundError, match="not a segmenter folder"):
+    with pytest.raises(SegmenterNotFoundError, match="not a segmenter weights folder"):
         load_segmenter(tmp_path)
     with pytest.raises(SegmenterNotFoundError, match="no such folder"):
         load_segmenter(tmp_path / "nothing" / "here")
@@ -290,7 +273,7 @@ def test_predictions_are_scored_like_the_same_images(seg_data, tmp_path):
 
 
 def test_sufficiency_reports_both_segmenters(seg_data, tmp_path):
-    from benchmark.seg_cli import sufficiency
+    from benchmark.seg_analysis import sufficiency
 
     g = Segmenter(_tiny_cfg()).save_pretrained(tmp_path / "g")
     o = Segmenter(_tiny_cfg(input="ordinary")).save_pretrained(tmp_path / "o")

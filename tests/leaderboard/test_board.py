@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 import typer
-from conftest import SLICES
 from typer.testing import CliRunner
 
 from benchmark.results import Results
 from leaderboard.board import Board, BoardConfig
 from leaderboard.cli import app, submit
 from leaderboard.render import render_board
+from tests.helpers.board import SLICES
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ import os
 import socket
 
 import pytest
-from conftest import require_tool
 
+from artifactgsi.testing import require_tool
 from leaderboard.board import Board
 from leaderboard.render import render_board
 from leaderboard.submit import add_to_folder, prepare
@@ -41,7 +41,7 @@ def browser():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def three_entry_board(make_run, board_dir) -> Board:
-    from conftest import board_config
+    from tests.helpers.board import board_config
 
     for name, off, seed, track in (("good", 2, 0, "paired-supervised"), ("mid", 0, 1, "classic"),
                                    ("bad", -2, 2, "unsupervised")):

@@ -17,8 +17,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import board_config
-from hostile import (
+from typer.testing import CliRunner
+
+from benchmark.results import Results
+from leaderboard.board import Board
+from leaderboard.cli import app
+from leaderboard.render import render_board
+from leaderboard.submit import add_to_folder, prepare
+from leaderboard.verify import verify_entry
+from tests.helpers.board import board_config
+from tests.helpers.hostile import (
     HOSTILE,
     PRED,
     SECRET_TEXT,
@@ -38,14 +46,6 @@ from hostile import (
     swapped_predictions,
     wrong_shape,
 )
-from typer.testing import CliRunner
-
-from benchmark.results import Results
-from leaderboard.board import Board
-from leaderboard.cli import app
-from leaderboard.render import render_board
-from leaderboard.submit import add_to_folder, prepare
-from leaderboard.verify import verify_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -152,7 +152,7 @@ def test_submit_cannot_write_outside_its_entry(honest_board, make_run, tmp_path)
 
 
 def test_a_runs_verification_json_is_never_submitted(make_run, board_dir):
-    from hostile import verification_in_run
+    from tests.helpers.hostile import verification_in_run
 
     run = make_run("good", offset=2)
     verification_in_run(run, run.parent)

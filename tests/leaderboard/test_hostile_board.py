@@ -16,8 +16,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import board_config, make_results, method_scores, require_tool
-from hostile import (
+from typer.testing import CliRunner
+
+from artifactgsi.testing import require_tool
+from benchmark.results import Results
+from leaderboard.board import Board
+from leaderboard.cli import app
+from leaderboard.submit import add_to_folder, prepare
+from leaderboard.verify import verify_entry
+from tests.helpers.board import board_config, make_results, method_scores
+from tests.helpers.hostile import (
     HOSTILE,
     PRED,
     SECRET_TEXT,
@@ -32,13 +40,6 @@ from hostile import (
     script_name,
     set_card,
 )
-from typer.testing import CliRunner
-
-from benchmark.results import Results
-from leaderboard.board import Board
-from leaderboard.cli import app
-from leaderboard.submit import add_to_folder, prepare
-from leaderboard.verify import verify_entry
 
 runner = CliRunner()
 HONEST = {"good/1": (2.0, 0), "mid/1": (0.0, 1), "bad/1": (-2.0, 2)}

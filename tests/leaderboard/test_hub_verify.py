@@ -16,14 +16,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import summary_np
 
 from benchmark.results import Results
 from leaderboard.board import Board, config_from_results
+from tests.helpers.board import summary_np
+from tests.helpers.fakehub import FakeHub
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "artifactgsi"))
-from fakehub import FakeHub  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CARD = """\

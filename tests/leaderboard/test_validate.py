@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SLICES, board_config, summary_np, write_predictions
 
 from benchmark.results import Results
 from leaderboard.validate import validate_run
+from tests.helpers.board import SLICES, board_config, summary_np, write_predictions
 
 
 def codes(run: Path) -> set[str]:

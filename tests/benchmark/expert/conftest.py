@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.files import private_datasets_cache
+
 #: Method names of the derived runs; distinctive, so the blinding test's grep cannot match
 #: ordinary words.
 FAKE_METHODS = ("smoothmar", "blendmar")
@@ -25,11 +27,7 @@ FAKE_METHODS = ("smoothmar", "blendmar")
 @pytest.fixture(scope="session")
 def expert_cache(tmp_path_factory):
     """A private ``datasets`` cache for the whole session (never the user's)."""
-    import datasets
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE",
-                   str(tmp_path_factory.mktemp("expert_hf_cache")))
+    with private_datasets_cache(tmp_path_factory.mktemp("expert_hf_cache")):
         yield
 
 

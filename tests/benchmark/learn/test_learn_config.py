@@ -1,23 +1,26 @@
-"""The shared YAML config reader (:mod:`benchmark.config_files`): ``base:`` chains, unknown
-keys, value coercion."""
+"""The training kit's configs (:mod:`benchmark.learn.config`): the YAML reader (``base:``
+chains, unknown keys, value coercion) and :class:`ConfigBase` (shipped names, files, dicts,
+overrides, refusals naming the file and key, JSON round trip)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from benchmark.config_files import (
+from benchmark.learn.config import (
+    ConfigBase,
     check_keys,
     coerce_value,
     dataclass_kwargs,
     find_config_file,
-    load_values,
     plain_dict,
     read_yaml_chain,
 )
+from benchmark.learn.errors import ConfigError
 
 
 class Bad(ValueError):
@@ -102,17 +105,76 @@ def test_missing_config_names_the_shipped_ones(tmp_path):
         (tmp_path / "b-cfg.yaml").resolve()
 
 
-def test_load_values_of_each_form(tmp_path):
-    cfg = _write(tmp_path / "one.yaml", "size: 3\n")
-    find = _finder(tmp_path)
-    assert load_values(None, Toy, find, Bad) == ({}, "defaults", None)
-    given = {"size": 2}
-    values, where, path = load_values(given, Toy, find, Bad)
-    assert (values, where, path) == ({"size": 2}, "config dict", None) and values is not given
-    assert load_values(Toy(size=5), Toy, find, Bad) == ({"size": 5, "name": "toy"}, "config",
-                                                        None)
-    assert load_values("one", Toy, find, Bad) == ({"size": 3}, str(cfg.resolve()),
-                                                  cfg.resolve())
+@dataclass
+class Shipped(ConfigBase):
+    """A family's config as the kit expects it (the defaults are ``shipped-paper``)."""
+
+    config_dir: ClassVar[Path | None] = None
+    default_name: ClassVar[str] = "shipped-paper"
+
+    size: int = 8                     # px
+    rate: float = 0.5
+    widths: tuple[int, ...] = (4, 8)
+    cap: int | None = None
+
+    def validate(self, where: str = "config") -> Shipped:
+        if self.size < 1:
+            raise self.bad(where, "size", "must be >= 1")
+        return self
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    _write(folder / "shipped-cpu.yaml", "size: 4\nwidths: [2, 4]\n")
+    _write(folder / "shipped-tiny.yaml", "base: shipped-cpu\nsize: 2\n")
+    monkeypatch.setattr(Shipped, "config_dir", folder)
+    return folder
+
+
+def test_config_base_loads_each_form_and_names_it(shipped, tmp_path):
+    tiny, name = Shipped.load_named("shipped-tiny")
+    assert (tiny, name) == (Shipped(size=2, widths=(2, 4)), "shipped-tiny")
+    assert Shipped.load_named(None) == (Shipped(), "shipped-paper")
+    assert Shipped.load_named({"rate": 1}) == (Shipped(rate=1.0), "custom")
+    assert Shipped.load_named(Shipped(size=3)) == (Shipped(size=3), "custom")
+    mine = _write(tmp_path / "mine.yaml", "base: shipped-cpu\ncap: 7\n")
+    assert Shipped.load(mine, {"size": 5}) == Shipped(size=5, widths=(2, 4), cap=7)
+    assert Shipped.shipped() == ["shipped-cpu", "shipped-tiny"]
+
+
+def test_config_base_refuses_by_name_and_says_where(shipped, tmp_path):
+    with pytest.raises(ConfigError, match=r"shipped-tiny\.yaml \(with overrides rtae\): unknown "
+                                          r"key\(s\) 'rtae' \(did you mean 'rate'\?\); the keys "
+                                          r"are the fields of .*Shipped: cap, rate, size, widths"):
+        Shipped.load("shipped-tiny", {"rtae": 1.0})
+    with pytest.raises(ConfigError, match="config dict: size: must be >= 1"):
+        Shipped.load({"size": 0})
+    with pytest.raises(ConfigError, match="widths: expected a list of int"):
+        Shipped.load({"widths": [1.5]})
+    with pytest.raises(ConfigError, match="config 'nope': no such file; .* shipped-cpu, "
+                                          "shipped-tiny"):
+        Shipped.load("nope")
+    # A ConfigError is a ValueError and a MARBenchError.
+    from benchmark.errors import MARBenchError
+
+    assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, MARBenchError)
+
+
+def test_the_loader_is_importable_from_config_files_too():
+    import benchmark.config_files as cf
+
+    assert cf.check_keys is check_keys and cf.read_yaml_chain is read_yaml_chain
+    with pytest.raises(AttributeError):
+        cf.nothing_here  # noqa: B018
+
+
+def test_config_base_json_round_trip(shipped, tmp_path):
+    cfg = Shipped.load("shipped-tiny", {"cap": 3})
+    cfg.save(tmp_path / "c.json")
+    values = json.loads((tmp_path / "c.json").read_text())
+    assert values == {"size": 2, "rate": 0.5, "widths": [2, 4], "cap": 3}
+    assert Shipped.from_dict(values) == cfg
 
 
 # ----------------------------------------------------------------------------- keys
@@ -184,16 +246,16 @@ def test_null_only_where_the_annotation_allows_it():
         _coerce("note", 2)
 
 
-def test_list_items_are_checked_only_when_asked():
-    assert _coerce("widths", ["a", 1]) == ("a", 1)  # unchecked by default
+def test_list_items_are_checked_unless_told_not_to():
+    assert _coerce("widths", ["a", 1], check_items=False) == ("a", 1)
     with pytest.raises(Bad, match=r"w: widths: expected a list of int, got \['a', 1\]"):
-        _coerce("widths", ["a", 1], check_items=True)
+        _coerce("widths", ["a", 1])
     with pytest.raises(Bad, match="expected a list of int"):
-        _coerce("widths", [True], check_items=True)
-    window = _coerce("window", [0, 2], check_items=True)
+        _coerce("widths", [True])
+    window = _coerce("window", [0, 2])
     assert window == (0.0, 2.0) and all(isinstance(v, float) for v in window)
     with pytest.raises(Bad, match="w: window: expected numbers"):
-        _coerce("window", [0, "x"], check_items=True)
+        _coerce("window", [0, "x"])
 
 
 def test_annotations_as_types_and_unknown_annotations_fall_back_to_the_default():

@@ -39,7 +39,7 @@ clients called nothing unexpected. :meth:`FakeHub.inject_fault` makes the next G
 the connection after N bytes, serve corrupted bytes, or fail with HTTP 500.
 
 :func:`make_dataset_folder` writes a tiny built dataset (card, Parquet shards, manifest) to serve.
-Run ``python tests/artifactgsi/fakehub.py FOLDER [REPO_ID]`` to serve a folder by hand.
+Run ``python tests/helpers/fakehub.py FOLDER [REPO_ID]`` to serve a folder by hand.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from conftest import SLICES, summary_np, write_predictions
 
 from benchmark.results import Results, sha256_file
+from tests.helpers.board import SLICES, summary_np, write_predictions
 
 PRED = "predictions/test-00000-of-00001.parquet"
 #: What a hostile figure or name tries to run on the board's page.

@@ -1,6 +1,8 @@
-"""Metrics that plug in: a metric declared by another package's ``marbench.metrics`` entry
-point is computed by the runner and reaches results.json, ``marbench compare`` and the board
-without any other file changing; a declared metric that cannot be computed is a named error."""
+"""Metrics and learned methods that plug in: a metric declared by another package's
+``marbench.metrics`` entry point, and a learned method with its trainer (``marbench.methods``,
+``marbench.trainers``), are trained, computed and scored by the project's own commands and
+reach results.json, ``marbench compare`` and the board without any other file changing; a
+declared metric that cannot be computed is a named error."""
 
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ def clean_registry():
     reg._plugins_loaded = False
     sys.modules.pop("marbench_demo_plugin", None)
     sys.modules.pop("marbench_demo_plugin.metrics", None)
+    sys.modules.pop("marbench_demo_plugin.learned", None)
+    import benchmark.registry as methods
+
+    methods.REGISTRY.__init__()  # forget entry points read while the plug-in was installed
 
 
 def install(site: Path, entry_points: dict[str, dict[str, str]]) -> None:
@@ -167,3 +173,61 @@ def test_a_need_the_run_cannot_meet_is_missing_with_its_reason(clean_registry):
     assert "labels" in sc.missing["needs_labels"]
     x = torch.zeros(1, 1, 16, 16)
     assert set(sc.update(x, x + 1)[0]) == {"slice", "psnr", "ssim"}
+
+
+@pytest.mark.slow
+def test_a_plugin_learned_method_and_metric_reach_results_compare_and_the_board(
+        plugin_site, tiny_built, tmp_path):
+    """Train the plug-in's learned method with `marbench train`, score it with `marbench run`
+    (the plug-in metric computed), compare it, and put it on a board beside identity."""
+    import json
+
+    from benchmark.cli import app
+
+    install(plugin_site, {
+        METRIC_ENTRY_POINTS: {"gradient_rmse": "marbench_demo_plugin.metrics:GRADIENT_RMSE"},
+        "marbench.methods": {"demo-learned": "marbench_demo_plugin.learned:DemoLearned"},
+        "marbench.trainers": {"demo-learned": "marbench_demo_plugin.learned:train"}})
+    reg.load_metric_plugins(reload=True)
+    import benchmark.registry as methods
+
+    methods.REGISTRY.__init__()  # a fresh method registry sees the new entry points
+    runner = CliRunner()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("channels: 4\nblocks: 1\npatch_size: 16\nbatch_size: 2\nmax_steps: 4\n"
+                   "val_every: 2\ncheckpoint_every: 2\n")
+    res = runner.invoke(app, ["train", "demo-learned", "--config", str(cfg), "--data",
+                              str(tiny_built.built), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    model = tmp_path / "run" / "model"
+    assert (model / "model.safetensors").is_file()
+    for name, opts in (("identity", []), ("demo-learned", ["-O", f"weights={model}"])):
+        res = runner.invoke(app, ["run", "--method", name, *opts, "--data",
+                                  str(tiny_built.built), "--out", str(tmp_path / name),
+                                  "--no-lpips", "--reference-cache", "off"])
+        assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "demo-learned" / "results.json").read_text())
+    assert r["method"]["name"] == "demo-learned" and r["method"]["weights_sha256"]
+    assert "gradient_rmse" in r["comparisons"]["method_vs_gsi"]["summary"]
+    res = runner.invoke(app, ["compare", "--markdown", str(tmp_path / "identity"),
+                              str(tmp_path / "demo-learned"), "--stats", "none"])
+    assert res.exit_code == 0, res.output
+    assert "grad RMSE" in res.stdout.splitlines()[0]
+    assert any(ln.startswith("| demo-learned") for ln in res.stdout.splitlines())
+
+    from leaderboard.cli import app as board_app
+
+    board = tmp_path / "board"
+    res = runner.invoke(board_app, ["init", str(board), "--reference",
+                                    str(tmp_path / "identity"), "--title", "T"])
+    assert res.exit_code == 0, res.output
+    card = tmp_path / "card.yaml"
+    card.write_text("name: demo-learned\nauthors: [Plug-in Author]\ncode: https://example.org\n"
+                    "licence: MIT\ntrack: paired-supervised\nno_test_patients: true\n")
+    res = runner.invoke(board_app, ["submit", str(tmp_path / "demo-learned"), "--board",
+                                    str(board), "--card", str(card)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(board_app, ["render", str(board), "--out", str(tmp_path / "site")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert "demo-learned" in page and "grad RMSE" in page

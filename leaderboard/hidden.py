@@ -55,7 +55,7 @@ from .board import BoardConfig, safe_segment, short, write_json
 from .card import CARD_FILE, CardError, HiddenCard
 from .efficiency import Efficiency, efficiency_of
 from .errors import LeaderboardError
-from .files import MAX_VERIFICATION_BYTES, EntryFileError, read_limited
+from .files import MAX_VERIFICATION_BYTES, EntryFileError, inside, read_limited
 from .predictions import scan_predictions
 from .sandbox import PROJECT_PACKAGES, Limits, Mount, SandboxResult, run_sandboxed
 from .season import SEASON_FILE, SeasonCard, method_inputs, open_season
@@ -193,10 +193,17 @@ class HiddenSeason:
     problems: list[str] = field(default_factory=list)
 
 
-def read_hidden_entry(folder: Path, season: SeasonCard | None, name: str,
-                      key: str) -> HiddenEntry:
-    """Load one hidden entry; problems are recorded, never raised."""
+def read_hidden_entry(folder: Path, season: SeasonCard | None, name: str, key: str,
+                      root: Path | None = None) -> HiddenEntry:
+    """Load one hidden entry; problems are recorded, never raised. Its files are read only
+    where they resolve inside ``root`` (the board's trusted folder)."""
     e = HiddenEntry(season=name, key=key, folder=folder)
+    for f in (CARD_FILE, EVALUATION_FILE):
+        try:
+            inside(folder, f, root)
+        except EntryFileError as err:
+            e.problems.append(f"[entry_folder] {short(str(err))}")
+            return e
     try:
         e.card = HiddenCard.load(folder / CARD_FILE)
     except CardError as err:
@@ -211,8 +218,11 @@ def read_hidden_entry(folder: Path, season: SeasonCard | None, name: str,
             RecursionError) as err:
         e.problems.append(f"[evaluation] {EVALUATION_FILE}: "
                           f"{short(str(err), 300) or 'nested too deeply'}")
-    extra = sorted(p.name for p in folder.iterdir() if p.name not in (CARD_FILE,
-                                                                       EVALUATION_FILE))
+    try:
+        extra = sorted(p.name for p in folder.iterdir() if p.name not in (CARD_FILE,
+                                                                           EVALUATION_FILE))
+    except OSError as err:
+        extra = [f"(cannot list the folder: {err})"]
     if extra:
         e.problems.append(f"[unexpected_file] {', '.join(extra[:5])}: a hidden entry holds "
                           "only card.yaml and the board's evaluation.json")
@@ -237,8 +247,10 @@ def read_hidden_entry(folder: Path, season: SeasonCard | None, name: str,
     return e
 
 
-def read_seasons(root: Path) -> list[HiddenSeason]:
-    """Every ``hidden/<season>/`` of a board folder with its entries, sorted by name."""
+def read_seasons(root: Path, trusted: Path | None = None) -> list[HiddenSeason]:
+    """Every ``hidden/<season>/`` of a board folder with its entries, sorted by name; files
+    are read only where they resolve inside ``trusted`` (default ``root``)."""
+    trusted = trusted or root
     base = root / HIDDEN
     out: list[HiddenSeason] = []
     if not base.is_dir():
@@ -247,7 +259,7 @@ def read_seasons(root: Path) -> list[HiddenSeason]:
         problems: list[str] = []
         card: SeasonCard | None = None
         try:
-            card = SeasonCard.load(sdir / SEASON_FILE)
+            card = SeasonCard.load(inside(sdir, SEASON_FILE, trusted))
         except (LeaderboardError, OSError) as err:
             problems.append(short(str(err)))
         entries: list[HiddenEntry] = []
@@ -260,7 +272,7 @@ def read_seasons(root: Path) -> list[HiddenSeason]:
                     entries.append(HiddenEntry(sdir.name, key, vdir, problems=[
                         f"entry folder {key!r} is a symbolic link; refused"]))
                 else:
-                    entries.append(read_hidden_entry(vdir, card, sdir.name, key))
+                    entries.append(read_hidden_entry(vdir, card, sdir.name, key, trusted))
         out.append(HiddenSeason(sdir.name, sdir, card, entries, problems))
     return out
 

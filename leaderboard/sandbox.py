@@ -23,8 +23,9 @@ backend that installs it). :func:`run_sandboxed` runs such a command so that:
 
 On top, every Python process started in the sandbox installs an audit hook
 (``sitecustomize`` from :mod:`leaderboard.sandbox_boot`) that *names* what the kernel would
-refuse: opening a file outside the mounted folders, connecting an internet socket or
-resolving a name. The hook reports on a pipe that only this process reads; the command
+refuse: opening a file outside the mounted folders (or reading one of this machine's files
+that the sandbox does not have, e.g. under its own ``/tmp``), connecting an internet socket
+or resolving a name. The hook reports on a pipe that only this process reads; the command
 then fails with the reason. The hook gives the name, the kernel gives the guarantee: a method
 that evades the hook (``ctypes``, a non-Python child) still finds no network and no file,
 it just is not named. See docs/board.md, "What the sandbox guarantees".
@@ -267,8 +268,8 @@ def _script(root: Path, mounts: list[Mount], links: list[tuple[str, str]], env: 
     lines += [
         "mkdir -p \"$R/proc\" \"$R/dev\" \"$R/tmp\" \"$R/sys\"",
         "mount -t proc -o nosuid,nodev,noexec proc \"$R/proc\"",
-        "mount --rbind /sys \"$R/sys\" && mount -o remount,bind,ro,nosuid,nodev,noexec "
-        "\"$R/sys\"",
+        # A sysfs of its own network namespace (the host's would list the host's devices).
+        "mount -t sysfs -o ro,nosuid,nodev,noexec sysfs \"$R/sys\"",
         "mount -t tmpfs -o size=1m,mode=755,nosuid marbench-dev \"$R/dev\"",
     ]
     for d in _DEVICES:
@@ -383,6 +384,9 @@ def _read_reports(fd: int, sink: list[bytes]) -> None:
 
 
 def _parse_reports(data: bytes) -> list[Violation]:
+    """The hook's reports as violations. A "missing" read (a path inside the sandbox's
+    folders that is not there) counts as file access when the path is a file of this
+    machine: the command reached for something it was not given."""
     out: list[Violation] = []
     for line in data.decode("utf-8", "replace").splitlines():
         try:
@@ -391,6 +395,10 @@ def _parse_reports(data: bytes) -> list[Violation]:
             detail = str(d["detail"])[:300]
         except (ValueError, KeyError, TypeError):
             continue
+        if kind == "missing":
+            if not detail.startswith("/") or not os.path.lexists(detail):
+                continue
+            kind = "file_access"
         if kind in ("network", "file_access"):
             v = Violation(kind, detail)
             if v not in out:

@@ -11,6 +11,11 @@ The hook (:pep:`578`; it cannot be removed once added) reports, on the file desc
 
 - ``open`` of a path outside the folders mounted in the sandbox (``$MARBENCH_SANDBOX_ALLOWED``):
   "file_access";
+- reading a path inside them that does not exist there (``/tmp``, ``/proc`` and ``/dev`` are
+  the sandbox's own): reported as "missing", not refused (the open fails by itself); the
+  board names it as file access when that path is a file of its own machine, so probing
+  e.g. ``/tmp/...`` or another process's ``/proc/<pid>`` is named, and a program that merely
+  looks for an optional file of its own is not;
 - connecting an internet socket (``AF_INET``, ``AF_INET6``, ``AF_PACKET``) or sending on one
   to an address, or resolving a host name: "network". (Creating or binding a socket is not
   named: libraries probe for IPv6 support that way, e.g. pip's urllib3, and nothing leaves.)
@@ -52,27 +57,39 @@ def _install() -> None:
         except OSError:
             pass
 
-    def visible(path: object) -> bool:
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def absolute(path: object) -> str | None:
         if isinstance(path, int):  # an open file descriptor: already inside
-            return True
+            return None
         try:
             p = os.fsdecode(path)  # type: ignore[arg-type]
         except TypeError:
-            return True
+            return None
         if not p.startswith("/"):
             try:
                 cwd[0] = os.getcwd()
             except OSError:
                 pass
             p = os.path.join(cwd[0], p)
-        p = os.path.normpath(p)
-        return p in allowed or p.startswith(prefixes)
+        return os.path.normpath(p)
+
+    def reading(mode: object, flags: object) -> bool:
+        if isinstance(mode, str):
+            return not any(c in mode for c in "wax+")
+        return isinstance(flags, int) and not flags & write_flags
 
     def hook(event: str, args: tuple) -> None:  # type: ignore[type-arg]
         if event == "open":
-            if args and args[0] is not None and not visible(args[0]):
-                report("file_access", str(args[0]))
+            p = absolute(args[0]) if args and args[0] is not None else None
+            if p is None:
+                return
+            if not (p in allowed or p.startswith(prefixes)):
+                report("file_access", p)
                 raise PermissionError(f"sandbox: {args[0]!r} is outside the method's inputs")
+            if reading(args[1] if len(args) > 1 else None, args[2] if len(args) > 2 else 0) \
+                    and not os.path.exists(p):
+                report("missing", p)
         elif event in addressed:
             sock = args[0] if args else None
             if getattr(sock, "family", None) in inet:

@@ -1,0 +1,333 @@
+"""The hidden track: seasons, what a method is given, entries on the board, and a whole
+season at tiny size (methods installed from throwaway packages, run in the sandbox, scored).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import board_config
+from methodpkgs import CLASSES, write_card, write_package, write_smoothing_weights
+from test_sandbox import require_sandbox
+
+from leaderboard.board import Board, BoardSlice, RankedMetric, board_summary
+from leaderboard.card import CardError, HiddenCard, MethodCard, training_label
+from leaderboard.efficiency import count_parameters, run_measured
+from leaderboard.hidden import EVALUATION_FILE, Evaluation, PackageRecord, SliceScores
+from leaderboard.render import render_board
+from leaderboard.season import INPUT_COLUMNS, SeasonCard, method_inputs
+from leaderboard.validate import card_problems
+from leaderboard.view import build_view
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def test_method_inputs_hold_no_reference(write_tiny_pairs, tmp_path, isolated_datasets_cache):
+    """What a hidden-track method is given: its input columns, and a gsi column that is the
+    ordinary image again; the harness reads it like any split."""
+    from benchmark.data import open_split
+
+    data = write_tiny_pairs(tmp_path / "data", size=16, slices=2)
+    inputs = method_inputs(data, tmp_path / "inputs")
+    src = pq.read_table(data / "pairs/test-00000-of-00001.parquet")
+    got = pq.read_table(inputs / "pairs/test-00000-of-00001.parquet")
+    assert set(got.column_names) == {*INPUT_COLUMNS, "gsi"}
+    assert got.column("gsi").to_pylist() == src.column("ordinary").to_pylist()
+    assert got.column("gsi").to_pylist() != src.column("gsi").to_pylist()
+    meta = json.loads(got.schema.metadata[b"huggingface"])["info"]["features"]
+    assert set(meta) == {*INPUT_COLUMNS, "gsi"}
+    split = open_split(inputs, "test", require_manifest=False)
+    assert len(split) == src.num_rows and not split.has_ideal
+    batch = next(split.iter_batches(len(split)))
+    order = sorted(range(src.num_rows), key=lambda i: (src.column("patient_id")[i].as_py(),
+                                                       src.column("slice_index")[i].as_py()))
+    want = np.stack([np.asarray(src.column("ordinary")[i].as_py(), np.float32) for i in order])
+    np.testing.assert_array_equal(batch.input.ordinary[:, 0].numpy(), want)
+    np.testing.assert_array_equal(batch.gsi_hu[:, 0].numpy(), want)  # no reference in it
+
+
+# ----------------------------------------------------------------------------- cards
+
+TRAINED = """training_data:
+  - dataset: org/data
+    splits: [train]
+  - dataset: other/ct
+    splits: [train, validation]
+hub_model: me/my-mar
+"""
+
+
+def test_cards_declare_their_training_data(tmp_path):
+    cfg = board_config()
+    own = cfg.benchmark_datasets
+    assert own == {"org/data"}
+    none = MethodCard.load(write_card(tmp_path / "a.yaml", "A"))
+    assert training_label(none, own) == ("undeclared", "not declared")
+    classic = MethodCard.load(write_card(tmp_path / "b.yaml", "B", extra="training_data: []\n"))
+    assert training_label(classic, own)[0] == "zero-shot"
+    other = MethodCard.load(write_card(tmp_path / "c.yaml", "C", extra=(
+        "training_data: [{dataset: other/ct, splits: [train]}]\n")))
+    assert training_label(other, own) == ("zero-shot", "other/ct: train")
+    mine = MethodCard.load(write_card(tmp_path / "d.yaml", "D", extra=TRAINED))
+    assert training_label(mine, own) == ("in-domain",
+                                         "org/data: train; other/ct: train, validation")
+    assert mine.hub_model == "me/my-mar"
+    assert MethodCard.model_validate(__import__("yaml").safe_load(mine.to_yaml())) == mine
+    # The public track: a card may not list the board's test split while it says no test
+    # patient was used ...
+    cheat = MethodCard.load(write_card(tmp_path / "e.yaml", "E", extra=(
+        "training_data: [{dataset: org/data, splits: [train, test]}]\n")))
+    assert [p.code for p in card_problems(cheat, cfg)] == ["card"]
+    assert card_problems(mine, cfg) == []
+    with pytest.raises(CardError, match="no_test_patients"):
+        MethodCard.load(write_card(tmp_path / "f.yaml", "F", no_test=False))
+    # ... the hidden track may take it (its test set is new), and shows it.
+    saw = HiddenCard.load(write_card(tmp_path / "g.yaml", "G", no_test=False, extra=(
+        "training_data: [{dataset: org/data, splits: [train, test]}]\n")))
+    assert training_label(saw, own)[0] == "saw-test"
+    with pytest.raises(CardError, match="hub_model"):
+        MethodCard.load(write_card(tmp_path / "h.yaml", "H", extra="hub_model: not a repo\n"))
+
+
+# ----------------------------------------------------------------------------- efficiency
+
+
+def test_parameters_are_counted_from_the_weights_files(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    (tmp_path / "w").mkdir()
+    save_file({"a": np.zeros((3, 4, 5), np.float32), "b": np.zeros(7, np.float16)},
+              str(tmp_path / "w" / "model.safetensors"))
+    write_smoothing_weights(tmp_path / "w" / "sub" / "k.safetensors")
+    independent = sum(v.size for f in (tmp_path / "w").rglob("*.safetensors")
+                      for v in load_file(str(f)).values())
+    assert count_parameters(tmp_path / "w") == independent == 3 * 4 * 5 + 7 + 9
+    assert count_parameters(tmp_path / "w" / "sub" / "k.safetensors") == 9
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    assert count_parameters(tmp_path / "junk.safetensors") is None
+    assert count_parameters(tmp_path / "nothing") is None
+
+
+def test_cost_is_measured_by_the_kernel_not_reported(tmp_path):
+    code = ("import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+            "time.sleep(0.5); print('I took 0 s and 1 MB')")
+    r = run_measured([sys.executable, "-c", code], timeout=60)
+    assert r.returncode == 0 and "0 s and 1 MB" in r.stdout
+    assert r.peak_rss_mib >= 300 and r.wall_s >= 0.5
+    slow = run_measured([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
+    assert slow.timed_out and slow.wall_s < 20
+
+
+# ----------------------------------------------------------------------------- the board
+
+SEASON_SLICES = [("Pa", 0, "hip_prosthesis"), ("Pa", 1, "hip_prosthesis"),
+                 ("Pb", 0, "spinal_fixation"), ("Pb", 1, "spinal_fixation"),
+                 ("Pc", 0, "hip_prosthesis")]
+
+
+def _season_card(name: str = "s1") -> SeasonCard:
+    return SeasonCard(name=name, created_utc=datetime(2026, 1, 1, tzinfo=timezone.utc),  # noqa: UP017
+                      preset="standard", simulate={"size": 32}, seed_sha256="5" * 64,
+                      manifest_sha256="6" * 64, image_shape=(32, 32), n_patients=3,
+                      slices=[BoardSlice(patient_id=p, slice_index=s, implant_type=t,
+                                         comparisons=["method_vs_gsi"])
+                              for p, s, t in SEASON_SLICES])
+
+
+def _evaluation(method: str, offset: float, status: str = "scored", reason: str | None = None,
+                message: str | None = None, season: str = "s1") -> Evaluation:
+    from leaderboard.efficiency import Efficiency
+
+    per_slice = [SliceScores(patient_id=p, slice_index=s, implant_type=t,
+                             scores={"method_vs_gsi": {"psnr": 30 + offset + 0.1 * i,
+                                                       "ssim": 0.8 + offset / 100}})
+                 for i, (p, s, t) in enumerate(SEASON_SLICES)] if status == "scored" else []
+    return Evaluation(season=season, season_manifest_sha256="6" * 64, status=status,
+                      reason=reason, message=message, method=method, version="1",
+                      package=PackageRecord(file=f"{method}-1.whl", sha256="7" * 64),
+                      per_slice=per_slice,
+                      efficiency=Efficiency(seconds_per_slice=0.5 + offset, wall_s=2.5,
+                                            cpu_s=2.0, n_slices=5, peak_memory_mib=900.0,
+                                            parameters=1234 if offset > 0 else None,
+                                            measured_by="test", machine="test"),
+                      evaluated_utc=datetime(2026, 1, 2, tzinfo=timezone.utc))  # noqa: UP017
+
+
+def _file_hidden(board: Path, ev: Evaluation, card: str) -> Path:
+    d = board / "hidden" / ev.season / ev.method / ev.version
+    d.mkdir(parents=True)
+    (d / "card.yaml").write_text(card)
+    (d / EVALUATION_FILE).write_text(ev.model_dump_json(indent=1))
+    return d
+
+
+def test_hidden_entries_on_the_board(board_dir, make_run, tmp_path):
+    from leaderboard.submit import add_to_folder, prepare
+
+    add_to_folder(prepare(make_run("pub", offset=1), board_config()), board_dir)
+    season = board_dir / "hidden" / "s1"
+    season.mkdir(parents=True)
+    _season_card().save(season / "season.json")
+    card = "name: {n}\nauthors: [T]\ncode: https://x.org\nlicence: MIT\ntrack: classic\n" \
+           "no_test_patients: {t}\ntraining_data: {d}\n"
+    _file_hidden(board_dir, _evaluation("good", 2), card.format(n="Good", t="false", d=(
+        "[{dataset: org/data, splits: [test]}]")))
+    _file_hidden(board_dir, _evaluation("fair", 0), card.format(n="Fair", t="true", d="[]"))
+    _file_hidden(board_dir, _evaluation("nosy", 0, "failed", "file_access",
+                                        "nosy tried to open a file outside its inputs "
+                                        "(/srv/season/built/pairs/test.parquet)"),
+                 card.format(n="Nosy", t="true", d="[]"))
+    wrong = _evaluation("short", 1)
+    wrong.per_slice = wrong.per_slice[:-1]           # not the season's slices
+    _file_hidden(board_dir, wrong, card.format(n="Short", t="true", d="[]"))
+    extra = _file_hidden(board_dir, _evaluation("extra", 1), card.format(n="X", t="true",
+                                                                        d="[]"))
+    (extra / "predictions.parquet").write_bytes(b"")  # only the scores are kept
+    linked = _file_hidden(board_dir, _evaluation("linked", 1), card.format(n="L", t="true",
+                                                                           d="[]"))
+    secret = tmp_path / "secret.json"
+    secret.write_text((linked / EVALUATION_FILE).read_text())
+    (linked / EVALUATION_FILE).unlink()
+    (linked / EVALUATION_FILE).symlink_to(secret)    # out of the board: refused
+    b = Board.open(board_dir)
+    status = {e.key: e.status for e in b.seasons[0].entries}
+    assert status == {"good/1": "evaluated", "fair/1": "evaluated", "nosy/1": "failed",
+                      "short/1": "invalid", "extra/1": "invalid", "linked/1": "invalid"}
+    hidden = board_summary(b)["hidden"]["s1"]
+    reasons = {h["key"]: " ".join(h["reasons"]) for h in hidden}
+    assert "[file_access] nosy tried to open a file outside its inputs" in reasons["nosy/1"]
+    assert "not the season's hidden slices" in reasons["short/1"]
+    assert "predictions.parquet" in reasons["extra/1"]
+    assert "leads outside" in reasons["linked/1"]
+    view = build_view(b)
+    [tab] = view.hidden
+    assert [r.key for r in tab.rows] == ["good/1", "fair/1"]
+    good = tab.rows[0]
+    assert good.cells[0].mean == pytest.approx(np.mean([32 + 0.1 * i for i in range(5)]))
+    assert good.training[0] == "saw-test" and tab.rows[1].training[0] == "zero-shot"
+    assert good.efficiency is not None and good.efficiency.parameters == 1234
+    assert [r.key for r in view.tabs[0].rows] == ["pub/1"]
+    assert view.tabs[0].rows[0].efficiency is None  # the board never ran it
+    html = render_board(b, tmp_path / "site").read_text()
+    assert "Hidden · s1" in html and "Training data" in html and "s / slice" in html
+    assert "hidden/s1/nosy/1" in html.split("Not ranked")[1]
+    assert "tried to open a file outside its inputs" in html
+    assert (tmp_path / "site/entries/hidden/s1/good/1/card.yaml").is_file()
+
+
+# ----------------------------------------------------------------------------- a season
+
+
+def _direct_scores(module: str, pkg: Path, built: Path, out: Path,
+                   options: dict) -> dict[tuple[str, int], dict]:
+    """The method run directly on the hidden set (no sandbox, no install): per-slice scores
+    of method_vs_* comparisons. One torch thread, as the board's runs use: the sums inside
+    SSIM then add in the same order, so the scores agree to the last bit."""
+    import torch
+
+    from benchmark.run import run_benchmark
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(pkg))
+    try:
+        r = run_benchmark(f"{module}:{CLASSES[module]}", built, split="test", out=out,
+                          lpips=None, clinical=False, figure=False, verbose=False,
+                          options=options, reference_cache=None)
+    finally:
+        sys.path.remove(str(pkg))
+        torch.set_num_threads(threads)
+    return {(s.patient_id, s.slice_index): {c: v for c, v in s.scores.items()
+                                            if c.startswith("method_")}
+            for s in r.per_slice}
+
+
+@pytest.mark.slow
+def test_a_hidden_season(tmp_path, isolated_datasets_cache):
+    """A season at tiny size: three methods from throwaway packages installed, run in the
+    sandbox and scored, ranked, with the scores of a direct run; a method that reads the
+    hidden set, one that opens a connection and one that never ends are stopped and named."""
+    require_sandbox()
+    from leaderboard.hidden import evaluate_method
+    from leaderboard.sandbox import Limits
+    from leaderboard.season import new_season, open_season
+
+    season = new_season(tmp_path / "season", "t1", patients=3, slices=2, size=32, seed=4242)
+    card_, built = open_season(tmp_path / "season")
+    assert card_ == season and "seed" not in json.loads(
+        (tmp_path / "season/season.json").read_text())
+    assert (tmp_path / "season/secret/seed").read_text().strip() == "4242"
+    board = tmp_path / "board"
+    board.mkdir()
+    cfg = board_config()
+    cfg.metrics.append(RankedMetric(comparison="method_vs_ideal", metric="psnr",
+                                    label="PSNR vs ideal", higher_is_better=True, unit="dB"))
+    cfg.save(board / "board.json")
+    pkgs = tmp_path / "pkgs"
+    weights = write_smoothing_weights(tmp_path / "weights" / "smooth.safetensors")
+    # One package as a wheel (built here, as its author would), the others as folders.
+    smooth_src = write_package(pkgs, "mar_smooth", "2.0")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-q", "-w", str(tmp_path / "dist"), str(smooth_src)],
+                   check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    runs = {"mar_scale": (write_package(pkgs, "mar_scale"), {"factor": 0.95}, None),
+            "mar_smooth": (wheel, {}, str(weights)),
+            "mar_inpaint": (write_package(pkgs, "mar_inpaint"), {"fill_hu": 0.0}, None)}
+    evaluated = {}
+    for module, (pkg, opts, w) in runs.items():
+        ev, dest = evaluate_method(board, tmp_path / "season", pkg,
+                                   write_card(tmp_path / f"{module}.yaml", module,
+                                              extra="training_data: []\n"),
+                                   options=opts, weights=w, limits=Limits(time_s=900))
+        assert ev.status == "scored", (ev.reason, ev.message)
+        assert sorted(p.name for p in dest.iterdir()) == ["card.yaml", "evaluation.json"]
+        evaluated[module] = ev
+    assert evaluated["mar_smooth"].weights.parameters == 9
+    assert evaluated["mar_smooth"].package.version == "2.0"
+    for ev in evaluated.values():
+        e = ev.efficiency
+        assert e.n_slices == len(season.slices) and e.seconds_per_slice > 0
+        assert e.peak_memory_mib > 100  # python + torch: the kernel's count, not the method's
+    assert evaluated["mar_smooth"].efficiency.parameters == 9
+    # The same scores as the methods run directly on the same hidden set.
+    for module, (pkg, opts, w) in runs.items():
+        src = smooth_src if module == "mar_smooth" else pkg
+        direct = _direct_scores(module, src, built, tmp_path / "direct" / module,
+                                {**opts, **({"weights": w} if w else {})})
+        assert evaluated[module].values() == direct, module
+    # Ranked by PSNR vs GSI, in the order of the direct runs' means.
+    means = {m: np.mean([s.scores["method_vs_gsi"]["psnr"] for s in ev.per_slice])
+             for m, ev in evaluated.items()}
+    b = Board.open(board)
+    [tab] = build_view(b).hidden
+    entry_of = {"mar_scale": "scale/1.0", "mar_smooth": "smooth/2.0",
+                "mar_inpaint": "inpaint/1.0"}
+    assert [r.key for r in tab.rows] == [entry_of[m] for m in sorted(means, key=means.get,
+                                                                      reverse=True)]
+    for r in tab.rows:
+        assert r.cells[0].mean == pytest.approx(means[next(
+            m for m, k in entry_of.items() if k == r.key)])
+    # Hostile methods: stopped and named.
+    target = next((built / "pairs").glob("test-*.parquet"))
+    hostile = {"mar_reader": ({"target": str(target)}, 900, "file_access", str(target)),
+               "mar_caller": ({}, 900, "network", "203.0.113.7"),
+               "mar_sleeper": ({}, 45, "time_limit", "45 s")}
+    for module, (opts, limit, reason, named) in hostile.items():
+        ev, _ = evaluate_method(board, tmp_path / "season", write_package(pkgs, module),
+                                write_card(tmp_path / f"{module}.yaml", module),
+                                options=opts, limits=Limits(time_s=limit))
+        assert (ev.status, ev.reason) == ("failed", reason), (module, ev.message)
+        assert named in ev.message and ev.method in ev.message
+        assert ev.per_slice == []
+    listed = {h["key"]: h for h in board_summary(Board.open(board))["hidden"]["t1"]}
+    assert listed["reader/1.0"]["status"] == "failed"
+    assert "[file_access]" in listed["reader/1.0"]["reasons"][0]
+    assert "[time_limit]" in listed["sleeper/1.0"]["reasons"][0]

@@ -319,7 +319,7 @@ def test_a_hidden_season(tmp_path, isolated_datasets_cache):
     target = next((built / "pairs").glob("test-*.parquet"))
     hostile = {"mar_reader": ({"target": str(target)}, 900, "file_access", str(target)),
                "mar_caller": ({}, 900, "network", "203.0.113.7"),
-               "mar_sleeper": ({}, 45, "time_limit", "45 s")}
+               "mar_sleeper": ({}, 20, "time_limit", "20 s")}
     for module, (opts, limit, reason, named) in hostile.items():
         ev, _ = evaluate_method(board, tmp_path / "season", write_package(pkgs, module),
                                 write_card(tmp_path / f"{module}.yaml", module),

@@ -110,6 +110,10 @@ def init(
                                      "[default: PSNR, SSIM(, LPIPS) vs GSI, then vs ideal]"),
     n_resamples: int = typer.Option(2000, min=100, help="bootstrap resamples"),
     unit: str = typer.Option("patient", help="bootstrap unit: patient, slice, two-stage"),
+    own_dataset: list[str] = typer.Option(["artifactgsi/ArtifactGSI-Sim"], "--own-dataset",
+                                          help="dataset ids that count as this benchmark's "
+                                          "data in the cards' training_data (the zero-shot "
+                                          "column), besides the reference's Hub repo"),
 ) -> None:
     """Create BOARD/board.json from a reference run."""
     from benchmark.results import Results
@@ -120,6 +124,7 @@ def init(
         cfg = config_from_results(Results.load(reference), title, metric or None,
                                   run_dir=reference)
         cfg.bootstrap = BootstrapSettings(n_resamples=n_resamples, unit=unit)  # type: ignore[arg-type]
+        cfg.own_datasets = list(own_dataset)
     except (FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
     if (board / BOARD_FILE).exists():

@@ -18,8 +18,8 @@ backend that installs it). :func:`run_sandboxed` runs such a command so that:
   when its first process ends, or the time limit is reached, every process in it is killed;
 - **limits**: a wall-clock limit (the whole process group and the namespace are killed),
   a memory limit (a memory cgroup when this machine lets us make one, and ``RLIMIT_AS`` on the
-  address space in any case), ``RLIMIT_FSIZE`` on each file written, tmpfs sizes for
-  ``/tmp``.
+  address space in any case), ``RLIMIT_FSIZE`` on each file written, ``RLIMIT_NPROC`` on
+  processes and threads, tmpfs sizes for ``/tmp`` and ``/dev/shm``.
 
 On top, every Python process started in the sandbox installs an audit hook
 (``sitecustomize`` from :mod:`leaderboard.sandbox_boot`) that *names* what the kernel would
@@ -63,6 +63,8 @@ SANDBOX_UID = 65534
 #: x86-64 Linux with torch 2.x): added to the memory limit for ``RLIMIT_AS``, which counts
 #: reserved address space, not resident memory.
 ADDRESS_SPACE_HEADROOM_MIB = 4096
+#: Processes and threads the sandbox user may have at once (``RLIMIT_NPROC``).
+MAX_PROCESSES = 512
 #: Where the boot files (sitecustomize) appear in the sandbox.
 BOOT_DIR = "/sandbox/boot"
 #: Largest text kept of the command's stdout / stderr, and of the hook's reports.
@@ -467,6 +469,8 @@ def run_sandboxed(argv: list[str], work: Path, mounts: list[Mount], *,
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mib * 2**20,) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Processes and threads of the sandbox user (nobody) on this machine: no fork bomb.
+        resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
         if cgroup is not None:
             cgroup.join()
 

@@ -104,12 +104,13 @@ class PackageRecord(_Model):
 
 
 class WeightsRecord(_Model):
-    """The weights handed to the method (a file / folder, or a Hub model repo)."""
+    """The weights handed to the method (a file / folder, or a Hub model repo: ``repo_id``)."""
 
     source: str
     sha256: str
     files: int
     parameters: int | None = None
+    repo_id: str | None = None
 
 
 class SliceScores(_Model):
@@ -308,13 +309,13 @@ def _copy_in(src: Path, dest_dir: Path) -> Path:
     return dest
 
 
-def fetch_weights(spec: str, dest_dir: Path) -> tuple[Path, str]:
+def fetch_weights(spec: str, dest_dir: Path) -> tuple[Path, str | None]:
     """The weights named by ``spec`` (a file or folder here, or a Hub model repo id
     ``org/name[@revision]``, downloaded here, outside the sandbox) copied into ``dest_dir``;
-    (path, what was asked)."""
+    (path, the Hub repo id or None)."""
     p = Path(spec).expanduser()
     if p.exists():
-        return _copy_in(p.resolve(), dest_dir), spec
+        return _copy_in(p.resolve(), dest_dir), None
     m = HUB_ID.fullmatch(spec)
     if m is None:
         raise EvaluateError(f"weights {spec!r}: no such file or folder here, and not a Hub "
@@ -329,7 +330,7 @@ def fetch_weights(spec: str, dest_dir: Path) -> tuple[Path, str]:
         raise EvaluateError(f"weights {spec!r}: cannot download the Hub model repo "
                             f"({type(e).__name__}: {short(str(e), 300)})") from None
     shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's download records
-    return dest, spec
+    return dest, repo
 
 
 def _method_entry_points(site: Path) -> tuple[list[tuple[str, str, str, str]], list[str]]:
@@ -548,12 +549,12 @@ def _evaluate(work: Path, run: _Run, board: BoardConfig, season: SeasonCard, bui
             "--out", f"{SANDBOX_OUT}/run", "--no-verify", "--no-lpips", "--no-clinical"]
     wpath: Path | None = None
     if weights:
-        wpath, source = fetch_weights(weights, work / "weights")
+        wpath, repo_id = fetch_weights(weights, work / "weights")
         sha, n = _tree_sha256(wpath)
         from .efficiency import count_parameters
 
-        run.weights = WeightsRecord(source=source, sha256=sha, files=n,
-                                    parameters=count_parameters(wpath))
+        run.weights = WeightsRecord(source=weights, sha256=sha, files=n,
+                                    parameters=count_parameters(wpath), repo_id=repo_id)
         mounts.append(Mount(wpath.parent, SANDBOX_WEIGHTS))
         run.options = {**run.options, weights_option: f"{SANDBOX_WEIGHTS}/{wpath.name}"}
     for k, v in run.options.items():

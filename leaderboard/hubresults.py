@@ -16,8 +16,9 @@ The Hugging Face Hub gathers evaluation results from model repos onto benchmark 
 
 :func:`build` makes both from a board: one task per ranked metric on the public track
 (``psnr-vs-gsi``, ...) and per hidden season (``hidden-2026-1-psnr-vs-gsi``); for each entry
-whose card names a ``hub_model``, and that the board vouches for (verified or reproduced
-predictions, or a scored hidden-track run), one results file whose values are the means the
+whose card names a ``hub_model`` (on the hidden track, else whose weights came from a Hub
+model repo), and that the board vouches for (verified or reproduced predictions, or a
+scored hidden-track run), one results file whose values are the means the
 board's page shows. :func:`publish` writes them: eval.yaml into the board (a commit on a Hub
 board) and a pull request per model repo.
 """
@@ -141,12 +142,17 @@ def build(board: Board, board_repo: str, endpoint: str | None = None,
     for tab in view.hidden:
         season = next(s for s in board.seasons if s.name == tab.season)
         for h in season.entries:
-            if h.card is None or h.card.hub_model is None or h.evaluation is None \
+            if h.card is None or h.evaluation is None \
                     or not any(r.key == h.key for r in tab.rows):
+                continue
+            # The card's model repo, else the Hub repo its weights came from.
+            w = h.evaluation.weights
+            model = h.card.hub_model or (w.repo_id if w is not None else None)
+            if model is None:
                 continue
             folder = f"hidden/{season.name}/{h.key}"
             out.models.append(ModelResults(
-                model=h.card.hub_model, entry=folder,
+                model=model, entry=folder,
                 path=f"{EVAL_RESULTS_DIR}/{_slug(board_repo)}-hidden-{_slug(season.name)}-"
                      f"{_slug(h.key)}.yaml",
                 items=_items(tab, h.key, view, board_repo, rev,

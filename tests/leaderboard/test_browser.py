@@ -136,10 +136,9 @@ def test_hidden_season_and_cost_columns_in_the_page(browser, three_entry_board, 
     import json
     from datetime import datetime, timezone
 
-    from test_hidden import _evaluation, _file_hidden, _season_card
-
     from leaderboard.board import Verification, write_json
     from leaderboard.efficiency import Efficiency
+    from tests.helpers.hidden import evaluation, file_hidden, season_card
 
     root = three_entry_board.root
     good = root / "submissions/good/1"
@@ -153,14 +152,14 @@ def test_hidden_season_and_cost_columns_in_the_page(browser, three_entry_board, 
     ).model_dump(mode="json"))
     season = root / "hidden" / "s1"
     season.mkdir(parents=True)
-    _season_card().save(season / "season.json")
+    season_card().save(season / "season.json")
     card = ("name: {n}\nauthors: [T]\ncode: https://x.org\nlicence: MIT\ntrack: {t}\n"
             "no_test_patients: true\ntraining_data: {d}\n")
-    _file_hidden(root, _evaluation("deep", 2), card.format(
+    file_hidden(root, evaluation("deep", 2), card.format(
         n="Deep (hidden)", t="paired-supervised", d="[{dataset: org/data, splits: [train]}]"))
-    _file_hidden(root, _evaluation("plain", 0), card.format(n="Plain (hidden)", t="classic",
+    file_hidden(root, evaluation("plain", 0), card.format(n="Plain (hidden)", t="classic",
                                                             d="[]"))
-    _file_hidden(root, _evaluation("nosy", 0, "failed", "network",
+    file_hidden(root, evaluation("nosy", 0, "failed", "network",
                                    "nosy tried to reach the network (connect "
                                    "('203.0.113.7', 443)); the sandbox has no network"),
                  card.format(n="Nosy", t="classic", d="[]"))

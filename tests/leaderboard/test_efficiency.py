@@ -8,9 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import board_config
-from hostile import FAKE_MARBENCH
-from methodpkgs import write_smoothing_weights
 
 from benchmark.results import Results
 from leaderboard.board import Board
@@ -18,6 +15,9 @@ from leaderboard.efficiency import count_parameters, run_measured
 from leaderboard.submit import add_to_folder, prepare
 from leaderboard.verify import verify_entry
 from leaderboard.view import build_view
+from tests.helpers.board import board_config
+from tests.helpers.hidden import write_smoothing_weights
+from tests.helpers.hostile import FAKE_MARBENCH
 
 
 def test_parameters_are_counted_from_the_weights_files(tmp_path):

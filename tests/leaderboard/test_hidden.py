@@ -7,24 +7,31 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import board_config
-from methodpkgs import CLASSES, write_card, write_package, write_smoothing_weights
-from test_hub_verify import hub_env, run_cli  # noqa: F401 (a fixture)
-from test_sandbox import require_sandbox
 
-from leaderboard.board import Board, BoardSlice, RankedMetric, board_summary
+from leaderboard.board import Board, RankedMetric, board_summary
 from leaderboard.card import CardError, HiddenCard, MethodCard, training_label
-from leaderboard.hidden import EVALUATION_FILE, Evaluation, PackageRecord, SliceScores
+from leaderboard.hidden import EVALUATION_FILE, Evaluation
 from leaderboard.render import render_board
-from leaderboard.season import INPUT_COLUMNS, SeasonCard, method_inputs
+from leaderboard.season import INPUT_COLUMNS, method_inputs
 from leaderboard.validate import card_problems
 from leaderboard.view import build_view
+from tests.helpers.board import board_config
+from tests.helpers.hidden import (
+    CLASSES,
+    evaluation,
+    file_hidden,
+    require_sandbox,
+    season_card,
+    write_card,
+    write_package,
+    write_smoothing_weights,
+)
+from tests.helpers.hubcli import run_cli
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -98,70 +105,29 @@ def test_cards_declare_their_training_data(tmp_path):
 
 # ----------------------------------------------------------------------------- the board
 
-SEASON_SLICES = [("Pa", 0, "hip_prosthesis"), ("Pa", 1, "hip_prosthesis"),
-                 ("Pb", 0, "spinal_fixation"), ("Pb", 1, "spinal_fixation"),
-                 ("Pc", 0, "hip_prosthesis")]
-
-
-def _season_card(name: str = "s1") -> SeasonCard:
-    return SeasonCard(name=name, created_utc=datetime(2026, 1, 1, tzinfo=timezone.utc),  # noqa: UP017
-                      preset="standard", simulate={"size": 32}, seed_sha256="5" * 64,
-                      manifest_sha256="6" * 64, image_shape=(32, 32), n_patients=3,
-                      slices=[BoardSlice(patient_id=p, slice_index=s, implant_type=t,
-                                         comparisons=["method_vs_gsi"])
-                              for p, s, t in SEASON_SLICES])
-
-
-def _evaluation(method: str, offset: float, status: str = "scored", reason: str | None = None,
-                message: str | None = None, season: str = "s1") -> Evaluation:
-    from leaderboard.efficiency import Efficiency
-
-    per_slice = [SliceScores(patient_id=p, slice_index=s, implant_type=t,
-                             scores={"method_vs_gsi": {"psnr": 30 + offset + 0.1 * i,
-                                                       "ssim": 0.8 + offset / 100}})
-                 for i, (p, s, t) in enumerate(SEASON_SLICES)] if status == "scored" else []
-    return Evaluation(season=season, season_manifest_sha256="6" * 64, status=status,
-                      reason=reason, message=message, method=method, version="1",
-                      package=PackageRecord(file=f"{method}-1.whl", sha256="7" * 64),
-                      per_slice=per_slice,
-                      efficiency=Efficiency(seconds_per_slice=0.5 + offset, wall_s=2.5,
-                                            cpu_s=2.0, n_slices=5, peak_memory_mib=900.0,
-                                            parameters=1234 if offset > 0 else None,
-                                            measured_by="test", machine="test"),
-                      evaluated_utc=datetime(2026, 1, 2, tzinfo=timezone.utc))  # noqa: UP017
-
-
-def _file_hidden(board: Path, ev: Evaluation, card: str) -> Path:
-    d = board / "hidden" / ev.season / ev.method / ev.version
-    d.mkdir(parents=True)
-    (d / "card.yaml").write_text(card)
-    (d / EVALUATION_FILE).write_text(ev.model_dump_json(indent=1))
-    return d
-
-
 def test_hidden_entries_on_the_board(board_dir, make_run, tmp_path):
     from leaderboard.submit import add_to_folder, prepare
 
     add_to_folder(prepare(make_run("pub", offset=1), board_config()), board_dir)
     season = board_dir / "hidden" / "s1"
     season.mkdir(parents=True)
-    _season_card().save(season / "season.json")
+    season_card().save(season / "season.json")
     card = "name: {n}\nauthors: [T]\ncode: https://x.org\nlicence: MIT\ntrack: classic\n" \
            "no_test_patients: {t}\ntraining_data: {d}\n"
-    _file_hidden(board_dir, _evaluation("good", 2), card.format(n="Good", t="false", d=(
+    file_hidden(board_dir, evaluation("good", 2), card.format(n="Good", t="false", d=(
         "[{dataset: org/data, splits: [test]}]")))
-    _file_hidden(board_dir, _evaluation("fair", 0), card.format(n="Fair", t="true", d="[]"))
-    _file_hidden(board_dir, _evaluation("nosy", 0, "failed", "file_access",
+    file_hidden(board_dir, evaluation("fair", 0), card.format(n="Fair", t="true", d="[]"))
+    file_hidden(board_dir, evaluation("nosy", 0, "failed", "file_access",
                                         "nosy tried to open a file outside its inputs "
                                         "(/srv/season/built/pairs/test.parquet)"),
                  card.format(n="Nosy", t="true", d="[]"))
-    wrong = _evaluation("short", 1)
+    wrong = evaluation("short", 1)
     wrong.per_slice = wrong.per_slice[:-1]           # not the season's slices
-    _file_hidden(board_dir, wrong, card.format(n="Short", t="true", d="[]"))
-    extra = _file_hidden(board_dir, _evaluation("extra", 1), card.format(n="X", t="true",
+    file_hidden(board_dir, wrong, card.format(n="Short", t="true", d="[]"))
+    extra = file_hidden(board_dir, evaluation("extra", 1), card.format(n="X", t="true",
                                                                         d="[]"))
     (extra / "predictions.parquet").write_bytes(b"")  # only the scores are kept
-    linked = _file_hidden(board_dir, _evaluation("linked", 1), card.format(n="L", t="true",
+    linked = file_hidden(board_dir, evaluation("linked", 1), card.format(n="L", t="true",
                                                                            d="[]"))
     secret = tmp_path / "secret.json"
     secret.write_text((linked / EVALUATION_FILE).read_text())
@@ -221,7 +187,7 @@ def _direct_scores(module: str, pkg: Path, built: Path, out: Path,
 
 
 @pytest.mark.slow
-def test_a_hidden_season(tmp_path, isolated_datasets_cache, hub_env):  # noqa: F811
+def test_a_hidden_season(tmp_path, isolated_datasets_cache, hub_env):
     """A season at tiny size: three methods from throwaway packages installed, run in the
     sandbox and scored, ranked, with the scores of a direct run; a method that reads the
     hidden set, one that opens a connection and one that never ends are stopped and named."""

@@ -8,14 +8,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import board_config
-from test_hidden import _evaluation, _file_hidden, _season_card
-from test_hub_verify import client, hub_env, run_cli  # noqa: F401 (fixture)
 
 from leaderboard.board import Board, Verification, write_json
 from leaderboard.hubresults import EVAL_RESULTS_DIR, build, task_id
 from leaderboard.submit import add_to_folder, prepare
 from leaderboard.view import build_view
+from tests.helpers.board import board_config
+from tests.helpers.hidden import evaluation, file_hidden, season_card
+from tests.helpers.hubcli import client, run_cli
 
 HIDDEN_CARD = ("name: {n}\nauthors: [T]\ncode: https://x.org\nlicence: MIT\ntrack: classic\n"
                "no_test_patients: true\ntraining_data: []\nhub_model: {m}\n")
@@ -41,10 +41,10 @@ def _board(board_dir: Path, make_run) -> Path:  # type: ignore[no-untyped-def]
             ).model_dump(mode="json"))
     season = board_dir / "hidden" / "s1"
     season.mkdir(parents=True)
-    _season_card().save(season / "season.json")
-    _file_hidden(board_dir, _evaluation("hgood", 1),
+    season_card().save(season / "season.json")
+    file_hidden(board_dir, evaluation("hgood", 1),
                  HIDDEN_CARD.format(n="Good (hidden)", m="org/good-mar"))
-    _file_hidden(board_dir, _evaluation("hfail", 0, "failed", "network", "tried"),
+    file_hidden(board_dir, evaluation("hfail", 0, "failed", "network", "tried"),
                  HIDDEN_CARD.format(n="Failing", m="org/mid-mar"))
     return board_dir
 
@@ -82,8 +82,7 @@ def test_results_are_made_for_vouched_entries_with_a_model(board_dir, make_run):
 
 
 @pytest.mark.slow
-def test_published_results_read_back_through_the_hub(board_dir, make_run,
-                                                    hub_env):  # noqa: F811 (the fixture)
+def test_published_results_read_back_through_the_hub(board_dir, make_run, hub_env):
     hub, env = hub_env
     _board(board_dir, make_run)
     sha = hub.add_folder("org/board", board_dir, message="The board")

@@ -24,16 +24,7 @@ from leaderboard.sandbox import (
     run_sandboxed,
     sandbox_unavailable,
 )
-
-
-def require_sandbox() -> None:
-    """Skip without a sandbox here; fail under CI=true, where it must work."""
-    why = sandbox_unavailable()
-    if why is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"the sandbox must work in CI: {why}")
-    pytest.skip(f"no sandbox on this machine: {why}")
+from tests.helpers.hidden import require_sandbox
 
 
 @pytest.fixture

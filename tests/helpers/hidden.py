@@ -1,15 +1,26 @@
-"""Throwaway method packages for the hidden-track tests, written into a test's folder.
+"""The hidden track's test helpers: throwaway method packages, hand-made seasons and
+evaluations, and the sandbox's skip.
 
-Each is a real installable project (pyproject.toml + one module, setuptools backend) that
-registers its methods under the ``marbench.methods`` entry-point group, as a third party
+Each package is a real installable project (pyproject.toml + one module, setuptools backend)
+that registers its methods under the ``marbench.methods`` entry-point group, as a third party
 would ship one. Good methods are deterministic and differ in quality; hostile ones try what
 the sandbox forbids.
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
+
+import pytest
+
+from leaderboard.board import BoardSlice
+from leaderboard.efficiency import Efficiency
+from leaderboard.hidden import EVALUATION_FILE, Evaluation, PackageRecord, SliceScores
+from leaderboard.sandbox import sandbox_unavailable
+from leaderboard.season import SeasonCard
 
 PYPROJECT = """\
 [build-system]
@@ -188,3 +199,58 @@ def write_card(path: Path, name: str, track: str = "classic", no_test: bool = Tr
     path.write_text(CARD.format(name=name, track=track, no_test=str(no_test).lower(),
                                 extra=extra))
     return path
+
+
+def require_sandbox() -> None:
+    """Skip without a sandbox here; fail under CI=true, where it must work."""
+    why = sandbox_unavailable()
+    if why is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"the sandbox must work in CI: {why}")
+    pytest.skip(f"no sandbox on this machine: {why}")
+
+
+# ----------------------------------------------------------------------------- hand-made entries
+
+SEASON_SLICES = [("Pa", 0, "hip_prosthesis"), ("Pa", 1, "hip_prosthesis"),
+                 ("Pb", 0, "spinal_fixation"), ("Pb", 1, "spinal_fixation"),
+                 ("Pc", 0, "hip_prosthesis")]
+
+
+def season_card(name: str = "s1") -> SeasonCard:
+    """A season's card with :data:`SEASON_SLICES` (the images never exist)."""
+    return SeasonCard(name=name, created_utc=datetime(2026, 1, 1, tzinfo=timezone.utc),  # noqa: UP017
+                      preset="standard", simulate={"size": 32}, seed_sha256="5" * 64,
+                      manifest_sha256="6" * 64, image_shape=(32, 32), n_patients=3,
+                      slices=[BoardSlice(patient_id=p, slice_index=s, implant_type=t,
+                                         comparisons=["method_vs_gsi"])
+                              for p, s, t in SEASON_SLICES])
+
+
+def evaluation(method: str, offset: float, status: str = "scored", reason: str | None = None,
+                message: str | None = None, season: str = "s1") -> Evaluation:
+    """An ``evaluation.json`` as `leaderboard evaluate` writes it, with PSNR rising with
+    ``offset`` (``status`` "failed": no score, the ``reason`` and ``message``)."""
+    per_slice = [SliceScores(patient_id=p, slice_index=s, implant_type=t,
+                             scores={"method_vs_gsi": {"psnr": 30 + offset + 0.1 * i,
+                                                       "ssim": 0.8 + offset / 100}})
+                 for i, (p, s, t) in enumerate(SEASON_SLICES)] if status == "scored" else []
+    return Evaluation(season=season, season_manifest_sha256="6" * 64, status=status,
+                      reason=reason, message=message, method=method, version="1",
+                      package=PackageRecord(file=f"{method}-1.whl", sha256="7" * 64),
+                      per_slice=per_slice,
+                      efficiency=Efficiency(seconds_per_slice=0.5 + offset, wall_s=2.5,
+                                            cpu_s=2.0, n_slices=5, peak_memory_mib=900.0,
+                                            parameters=1234 if offset > 0 else None,
+                                            measured_by="test", machine="test"),
+                      evaluated_utc=datetime(2026, 1, 2, tzinfo=timezone.utc))  # noqa: UP017
+
+
+def file_hidden(board: Path, ev: Evaluation, card: str) -> Path:
+    """File ``ev`` and ``card`` (YAML text) as a hidden entry of ``board``."""
+    d = board / "hidden" / ev.season / ev.method / ev.version
+    d.mkdir(parents=True)
+    (d / "card.yaml").write_text(card)
+    (d / EVALUATION_FILE).write_text(ev.model_dump_json(indent=1))
+    return d

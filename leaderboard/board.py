@@ -9,6 +9,10 @@ Layout::
         card.yaml                           the method card (leaderboard.card.MethodCard)
         figure.png                          optional, the run's figure (PNG only)
         verification.json                   written by `leaderboard verify` (maintainer side)
+    hidden/<season>/                        the hidden track (:mod:`leaderboard.hidden`)
+        season.json                         the season's card (never its seed)
+        <method>/<version>/card.yaml, evaluation.json   written by `leaderboard evaluate`
+    eval.yaml                               optional: the Hub's benchmark declaration
 
 An entry holds these files and nothing else (:mod:`leaderboard.files`). A board read from a
 Hub repo is read at one commit (``revision``, resolved to its sha), and lists exactly the
@@ -26,13 +30,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.results import COMPARISONS, Results, atomic_write_text
 
 from .card import CARD_FILE, CardError, MethodCard
+from .efficiency import Efficiency
 from .errors import LeaderboardError
 from .files import (
     FIGURE_FILE,
@@ -45,6 +50,9 @@ from .files import (
     read_limited,
     reencode_png,
 )
+
+if TYPE_CHECKING:
+    from .hidden import HiddenSeason
 
 BOARD_FILE = "board.json"
 BOARD_FORMAT = "marbench-board/1"
@@ -122,6 +130,9 @@ class BoardConfig(_Model):
     slices: list[BoardSlice] = Field(min_length=1)
     metrics: list[RankedMetric] = Field(min_length=1)
     bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
+    #: Dataset ids that count as this benchmark's own data for the "zero-shot" column
+    #: (besides ``dataset.repo_id``), e.g. other revisions or mirrors of it.
+    own_datasets: list[str] = Field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path | str) -> BoardConfig:
@@ -146,9 +157,17 @@ class BoardConfig(_Model):
     def implant_types(self) -> list[str]:
         return sorted({s.implant_type for s in self.slices})
 
+    @property
+    def benchmark_datasets(self) -> set[str]:
+        """Ids of the data this board ranks on: what a card's ``training_data`` is compared
+        with for the "zero-shot" column."""
+        ids = {self.dataset.repo_id, *self.own_datasets}
+        return {i for i in ids if i}
+
 
 class Verification(_Model):
-    """``verification.json``: the maintainer's check of one entry."""
+    """``verification.json``: the maintainer's check of one entry; ``efficiency`` is what
+    ``--reproduce`` measured of the re-run (seconds per slice, peak memory, parameters)."""
 
     status: Literal["verified", "reproduced", "rejected"]
     reasons: list[str] = Field(default_factory=list)
@@ -157,6 +176,7 @@ class Verification(_Model):
     checked_utc: datetime
     max_abs_score_diff: float | None = None
     max_abs_prediction_diff_hu: float | None = None
+    efficiency: Efficiency | None = None
     tool: str = ""
 
 
@@ -419,6 +439,7 @@ class Board:
     entries: list[Entry]
     source: str
     revision: str | None = None
+    seasons: list[HiddenSeason] = field(default_factory=list)
 
     @classmethod
     def open(cls, source: str | Path, revision: str | None = None,
@@ -426,10 +447,13 @@ class Board:
         """Read a board folder, or the Hub dataset repo ``source`` at ``revision`` (a branch,
         ``refs/pr/N`` or a commit; default ``main``), resolved to its commit sha. With
         ``check`` every entry is checked against the board (see the module docstring)."""
+        from .hidden import read_seasons
+
         root, sha = resolve_board(source, revision, cache_dir)
         config = BoardConfig.load(root)
         board = cls(root=root, config=config, entries=list_entries(root), source=str(source),
                     revision=sha)
+        board.seasons = read_seasons(root, board.trusted_root)
         if check:
             from .validate import assess_entries
 
@@ -539,7 +563,9 @@ def board_summary(board: Board) -> dict[str, Any]:
          "predictions_sha256": (e.results.predictions.sha256
                                 if e.results and e.results.predictions else None),
          "reasons": e.reasons}
-        for e in board.entries]}
+        for e in board.entries],
+        "hidden": {s.name: [{"key": e.key, "status": e.status, "reasons": e.reasons}
+                            for e in s.entries] for s in board.seasons}}
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -9,13 +9,28 @@ A card is a short YAML (or JSON) mapping::
     track: paired-supervised        # or unsupervised, classic
     no_test_patients: true          # no test patient was used to train or tune the method
     description: one paragraph (optional)
+    training_data:                  # what the method learnt from ([] for none); optional
+      - dataset: artifactgsi/ArtifactGSI-Sim
+        splits: [train]
+      - dataset: other-org/other-ct-data
+        splits: [train, validation]
+    hub_model: me/my-mar            # its Hub model repo, for the Hub's evaluation results
 
 ``track`` separates methods trained on paired (ordinary, GSI) slices, methods trained without
 pairs, and classic methods that need no training; the board shows and filters by it.
+
+``training_data`` declares the data the method was trained, tuned or selected on: the board
+shows it and marks an entry "zero-shot" when none of it is the board's own dataset (MTEB's
+idea: a score on data the method never saw tells more). Leaving it out shows "not declared";
+``[]`` says the method learnt nothing (classic methods). On the public track a card may never
+list the board's test split (``no_test_patients`` must hold); a hidden-track card
+(:class:`HiddenCard`) may, since its test set is drawn fresh each season, and the board then
+shows that it saw the public test patients.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 from typing import Literal
@@ -64,11 +79,47 @@ licence: Apache-2.0
 track: classic            # paired-supervised | unsupervised | classic
 no_test_patients: true    # no test patient was used to train, tune or select the method
 description: One paragraph on what the method does.
+training_data: []         # datasets and splits it learnt from, e.g.
+                          # [{dataset: artifactgsi/ArtifactGSI-Sim, splits: [train]}]
 """
 
 
 class CardError(LeaderboardError, ValueError):
     """The card is missing or invalid (the message names the file and the field)."""
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
+
+
+class TrainingData(BaseModel):
+    """One dataset a method learnt from: its Hub id (or name) and the splits used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1, max_length=200)
+    splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1, max_length=20)
+    revision: str | None = Field(None, max_length=100)
+
+    @field_validator("dataset", "revision")
+    @classmethod
+    def _plain(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("is blank")
+        problem = _text_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v.strip()
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", s):
+                raise ValueError(f"split {s[:40]!r} is not a split name (letters, digits, "
+                                 "'_', '.', '-')")
+        return v
 
 
 class MethodCard(BaseModel):
@@ -83,6 +134,15 @@ class MethodCard(BaseModel):
     track: Literal["paired-supervised", "unsupervised", "classic"]
     no_test_patients: bool
     description: str = Field("", max_length=5000)
+    training_data: list[TrainingData] | None = Field(None, max_length=50)
+    hub_model: str | None = Field(None, max_length=200, description="Hub model repo id")
+
+    @field_validator("hub_model")
+    @classmethod
+    def _hub_model(cls, v: str | None) -> str | None:
+        if v is not None and not _ID.fullmatch(v):
+            raise ValueError(f"{v[:100]!r} is not a Hub model repo id (org/name)")
+        return v
 
     @field_validator("name", "code", "licence")
     @classmethod
@@ -151,4 +211,39 @@ class MethodCard(BaseModel):
             raise CardError(f"{p}: invalid method card: {fields}") from None
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True)
+        # Fields left out stay out, so a card written back reads as its author wrote it.
+        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False,
+                              allow_unicode=True)
+
+    def trained_on(self, datasets: set[str], split: str) -> bool:
+        """Whether ``training_data`` lists ``split`` of one of ``datasets`` (the board's)."""
+        return any(t.dataset in datasets and split in t.splits
+                   for t in self.training_data or [])
+
+
+class HiddenCard(MethodCard):
+    """A hidden-track card: like :class:`MethodCard`, but ``no_test_patients: false`` is
+    allowed (the hidden test set is new each season; the board shows what the method saw)."""
+
+    @field_validator("no_test_patients")
+    @classmethod
+    def _statement(cls, v: bool) -> bool:
+        return v
+
+
+def training_label(card: MethodCard | None, datasets: set[str],
+                   test_split: str = "test") -> tuple[str, str]:
+    """How the page labels what an entry learnt from (MTEB's "zero-shot"): (kind, text), kind
+    being ``zero-shot`` (none of the board's ``datasets``), ``in-domain`` (their training
+    splits), ``saw-test`` (the board's test split, or ``no_test_patients: false``), or
+    ``undeclared``."""
+    if card is None or card.training_data is None:
+        return "undeclared", "not declared"
+    if not card.training_data:
+        return "zero-shot", "none (no training)"
+    text = "; ".join(f"{t.dataset}: {', '.join(t.splits)}" for t in card.training_data)
+    if card.trained_on(datasets, test_split) or not card.no_test_patients:
+        return "saw-test", text
+    if any(t.dataset in datasets for t in card.training_data):
+        return "in-domain", text
+    return "zero-shot", text

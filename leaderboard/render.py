@@ -29,11 +29,11 @@ from pathlib import Path
 
 from benchmark.results import atomic_write_text
 
-from .board import Board
+from .board import Board, Entry
 from .card import CARD_FILE
 from .files import FIGURE_FILE, EntryFileError, reencode_png
 from .significance import cd_diagram
-from .view import BoardView, build_view, display_names
+from .view import BoardView, Row, build_view, display_names
 
 TEMPLATES = Path(__file__).parent / "templates"
 WHISKER_W = 110
@@ -112,26 +112,34 @@ def _write_site(view: BoardView, out: Path, cd: bool) -> Path:
 
     board = view.board
     links: dict[str, dict[str, str]] = {}
-    for tab in view.tabs:
+    all_tabs = [*view.tabs, *view.hidden]
+    for tab in all_tabs:
         for row in tab.rows:
-            if row.key in links:
+            if row.link_id in links:
                 continue
-            dest = out / "entries" / row.key
+            dest = out / "entries" / row.link_id
             dest.mkdir(parents=True, exist_ok=True)
             item = {}
             if row.entry.card is not None:  # written from the validated fields
                 (dest / CARD_FILE).write_text(row.entry.card.to_yaml(), encoding="utf-8")
-                item["card"] = f"entries/{row.key}/{CARD_FILE}"
-            fig = row.entry.figure_path()
+                item["card"] = f"entries/{row.link_id}/{CARD_FILE}"
+            fig = row.entry.figure_path() if isinstance(row.entry, Entry) else None
             if fig is not None:
                 try:
                     (dest / FIGURE_FILE).write_bytes(reencode_png(fig))
-                    item["figure"] = f"entries/{row.key}/{FIGURE_FILE}"
+                    item["figure"] = f"entries/{row.link_id}/{FIGURE_FILE}"
                 except EntryFileError:
                     pass  # listed as a problem of the entry when the board was read
-            links[row.key] = item
+            links[row.link_id] = item
+    seasons = {s.name: s for s in board.seasons}
+
+    def names_of(tab):  # type: ignore[no-untyped-def]
+        if tab.season:
+            return display_names(seasons[tab.season].entries)
+        return display_names(board.entries)
+
     tables = []
-    for tab in view.tabs:
+    for tab in all_tabs:
         cols = []
         for j, m in enumerate(view.metrics):
             cells = [r.cells[j] for r in tab.rows if r.cells[j] is not None]
@@ -140,7 +148,8 @@ def _write_site(view: BoardView, out: Path, cd: bool) -> Path:
             cols.append({"metric": m, "vmin": vmin, "vmax": vmax})
         rows = []
         for r in tab.rows:
-            rows.append({"row": r, "links": links.get(r.key, {}), "cells": [
+            rows.append({"row": r, "links": links.get(r.link_id, {}), "cost": _cost(r),
+                         "cells": [
                 None if c is None else
                 {"cell": c, "text": _fmt(c.mean), "lo": _fmt(c.lo), "hi": _fmt(c.hi),
                  "svg": _whisker(c.lo, c.mean, c.hi, cols[j]["vmin"], cols[j]["vmax"])}
@@ -151,10 +160,11 @@ def _write_site(view: BoardView, out: Path, cd: bool) -> Path:
             if s is None:
                 continue
             svg = None
-            # Diagrams for all slices only: per implant type they add little and cost time.
-            if cd and tab.id == "all" and s.avg_ranks is not None:
+            # Diagrams for all slices only (and each hidden season): per implant type they
+            # add little and cost time.
+            if cd and (tab.id == "all" or tab.season) and s.avg_ranks is not None:
                 name = f"cd-{tab.id}-{m.comparison}-{m.metric}.svg"
-                s_named = _relabel(s, display_names(board.entries))
+                s_named = _relabel(s, names_of(tab))
                 try:
                     if cd_diagram(s_named, str(out / name), title=f"{m.label}: mean rank "
                                   f"over {tab.n_patients} patients (Nemenyi, "
@@ -164,17 +174,34 @@ def _write_site(view: BoardView, out: Path, cd: bool) -> Path:
                 except (ValueError, RuntimeError):
                     svg = None  # the page stands without its diagram
             sig.append({"metric": m, "stats": s, "cd": svg, "primary": j == 0})
-        names = display_names(board.entries)
-        tables.append({"tab": tab, "cols": cols, "rows": rows, "sig": sig, "names": names})
+        tables.append({"tab": tab, "cols": cols, "rows": rows, "sig": sig,
+                       "names": names_of(tab)})
     env = Environment(loader=FileSystemLoader(TEMPLATES),
                       autoescape=select_autoescape(["html", "j2"]))
     env.filters["num"] = _fmt
     script = (TEMPLATES / "board.js").read_text(encoding="utf-8")
     html = env.get_template("board.html.j2").render(
         view=view, board=board, cfg=board.config, tables=tables,
+        season_cards={s.name: s.card for s in board.seasons if s.card is not None},
         built=view.built_utc.strftime("%Y-%m-%d %H:%M UTC"), version=_tool_version(),
         excluded=view.excluded, script=script, csp=_csp(script))
     return atomic_write_text(out / "index.html", html)
+
+
+def _cost(row: Row) -> dict[str, str]:
+    """The measured-cost cells of a row: text and sort key (``-1``: not measured)."""
+    e = row.efficiency
+    if e is None:
+        return {"sps": "—", "sps_sort": "-1", "params": "—", "params_sort": "-1",
+                "mem": "—", "mem_sort": "-1", "title": "not measured: the board has not run "
+                "this method (leaderboard verify --reproduce measures it)"}
+    p = e.parameters
+    params = "—" if p is None else f"{p / 1e6:.2f} M" if p >= 1e5 else f"{p:,}"
+    return {"sps": f"{e.seconds_per_slice:.3g}", "sps_sort": repr(e.seconds_per_slice),
+            "params": params, "params_sort": "-1" if p is None else str(p),
+            "mem": f"{e.peak_memory_mib:,.0f}", "mem_sort": repr(e.peak_memory_mib),
+            "title": f"measured by {e.measured_by} on {e.machine}: {e.wall_s:.1f} s wall, "
+                     f"{e.cpu_s:.1f} s CPU over {e.n_slices} slices"}
 
 
 def _short_label(text: str, limit: int = 48) -> str:

@@ -38,17 +38,24 @@ def _require_extra() -> tuple[Any, Any]:
 
 
 def board_dataframe(view: BoardView) -> Any:
-    """A pandas DataFrame: one row per (entry, tab), a mean and a CI column per metric."""
+    """A pandas DataFrame: one row per (entry, tab) of the public track, a mean and a CI
+    column per metric, what the entry learnt from and what the board measured of it."""
     import pandas as pd
 
     records = []
     for tab in view.tabs:
         implant = "all" if tab.id == "all" else tab.id.removeprefix("implant-")
         for r in tab.rows:
+            eff = r.efficiency
             rec: dict[str, Any] = {"rank": r.rank, "method": r.name, "entry": r.key,
                                    "track": r.track, "status": r.status,
+                                   "training data": r.training[0],
                                    "implant type": implant,
-                                   "rank range": ""}
+                                   "rank range": "",
+                                   "s / slice": None if eff is None else
+                                   round(eff.seconds_per_slice, 4),
+                                   "peak MiB": None if eff is None else
+                                   round(eff.peak_memory_mib)}
             first = next((c for c in r.cells if c is not None), None)
             if first is not None:
                 rec["rank range"] = f"{first.rank_lo}–{first.rank_hi}"
@@ -56,9 +63,11 @@ def board_dataframe(view: BoardView) -> Any:
                 rec[m.label] = None if c is None else round(c.mean, 4)
                 rec[f"{m.label} 95% CI"] = "" if c is None else f"[{c.lo:.4g}, {c.hi:.4g}]"
             records.append(rec)
-    cols = ["rank", "method", "entry", "track", "status", "implant type", "rank range"]
+    cols = ["rank", "method", "entry", "track", "status", "training data", "implant type",
+            "rank range"]
     for m in view.metrics:
         cols += [m.label, f"{m.label} 95% CI"]
+    cols += ["s / slice", "peak MiB"]
     return pd.DataFrame.from_records(records, columns=cols)
 
 
@@ -68,8 +77,9 @@ def build_app(board: Board) -> Any:
     view = build_view(board)
     df = board_dataframe(view)
     cfg = board.config
-    datatype = ["number", "str", "str", "str", "str", "str", "str"]
+    datatype = ["number", "str", "str", "str", "str", "str", "str", "str"]
     datatype += ["number", "str"] * len(view.metrics)
+    datatype += ["number", "number"]
     with gr.Blocks(title=cfg.title) as app:
         gr.Markdown(f"# {cfg.title}\nRanked by **{view.metrics[0].label}** on "
                     f"{cfg.dataset.config}/{cfg.dataset.split} ({len(cfg.slices)} slices); "

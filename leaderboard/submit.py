@@ -30,7 +30,7 @@ from .files import (
     inside,
     reencode_png,
 )
-from .validate import Problem, check_results
+from .validate import Problem, card_problems, check_results
 
 
 @dataclass
@@ -107,6 +107,8 @@ def prepare(run_dir: Path | str, config: BoardConfig, card: Path | str | None = 
     if sub.results is None:
         return sub
     r = sub.results
+    if sub.card is not None:
+        sub.problems += card_problems(sub.card, config)
     checked = check_results(r, run, config)
     sub.problems += checked.problems
     sub.entry = entry_path(r)

@@ -7,7 +7,7 @@
 code                 meaning
 ==================== ==========================================================================
 schema               results.json missing, not JSON, or not the results schema
-card                 the method card is missing or invalid
+card                 the method card is missing or invalid, or lists the board's test split
 protocol             a protocol version the board does not accept
 dataset_revision     scored on another dataset revision than the board's
 manifest_sha256      scored on data with another manifest (another build)
@@ -312,6 +312,17 @@ def validate_results(results: Results, run_dir: Path, board: BoardConfig,
     return check_results(results, run_dir, board, root).problems
 
 
+def card_problems(card: MethodCard, board: BoardConfig) -> list[Problem]:
+    """A card that lists the board's own test split among its training data, while it
+    states that no test patient was used."""
+    if card.trained_on(board.benchmark_datasets, board.dataset.split):
+        return [Problem("card", f"training_data lists the {board.dataset.split!r} split of "
+                        f"the board's dataset, but the card states that no test patient was "
+                        "used (no_test_patients); the public track ranks only methods that "
+                        "never saw a test patient")]
+    return []
+
+
 # ----------------------------------------------------------------------------- the board
 
 
@@ -344,6 +355,8 @@ def assess_entries(entries: list[Entry], board: BoardConfig, root: Path) -> None
     """
     for e in entries:
         e.checks = []
+        if e.card is not None:
+            e.checks += [str(p) for p in card_problems(e.card, board)]
         if e.results is None:
             continue
         try:
@@ -393,7 +406,8 @@ def validate_run(run_dir: Path | str, board: BoardConfig, card: Path | str | Non
         problems.append(Problem("schema", short(str(e))))
     if check_card:
         try:
-            MethodCard.load(Path(card) if card else run / CARD_FILE)
+            problems += card_problems(MethodCard.load(Path(card) if card else run / CARD_FILE),
+                                      board)
         except CardError as e:
             problems.append(Problem("card", str(e)))
     if results is not None:

@@ -12,9 +12,12 @@ writes ``TMP/results.json``. Every per-slice value is compared with the submitte
 - ``verified``: all agree (relative tolerance :data:`SCORE_TOLERANCE`);
 - ``reproduced``: verified, and the registered method re-run from its recorded name, version
   and options (``marbench run``; ``--reproduce``) gives the same predictions (within
-  :data:`PREDICTION_TOLERANCE_HU`, the int16 rounding of another machine). Only a registered
-  method *name* is ever run (:data:`REGISTERED_NAME`): a ``module:Class`` import path in a
-  results file is refused, since it could name code that replays the submitted predictions;
+  :data:`PREDICTION_TOLERANCE_HU`, the int16 rounding of another machine). What the re-run
+  cost is measured here and kept (:mod:`leaderboard.efficiency`): seconds per slice, peak
+  memory, and the parameters of a ``weights`` option that names safetensors files here.
+  Only a registered method *name* is ever run (:data:`REGISTERED_NAME`): a ``module:Class``
+  import path in a results file is refused, since it could name code that replays the
+  submitted predictions;
 - ``rejected``: a validation problem (predictions that cannot be scored, copies of the
   references), predictions identical to those of an entry verified before, or a re-scored
   value that differs; the reasons say which slice and metric.
@@ -50,6 +53,8 @@ from .board import (
     short,
     write_json,
 )
+from .card import CARD_FILE
+from .efficiency import Efficiency, efficiency_of, run_measured
 from .files import VERIFICATION_FILE
 from .validate import check_results, copy_problem
 
@@ -82,12 +87,17 @@ def marbench_command() -> list[str]:
     return shlex.split(env) if env else [sys.executable, "-m", "benchmark.cli"]
 
 
-def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     # The benchmark is single-machine CPU work; keep the child from oversubscribing cores.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return env
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=_child_env())
 
 
 def _tail(text: str, n: int = 6) -> str:
@@ -184,17 +194,19 @@ def compare_predictions(a: Path, b: Path) -> float:
 
 def reproduce(results: Results, entry_dir: Path, data: str, out: Path,
               revision: str | None = None, marbench: list[str] | None = None,
-              timeout: float = 3600) -> tuple[bool, str, float | None]:
+              timeout: float = 3600) -> tuple[bool, str, float | None, Efficiency | None]:
     """Re-run the registered method with the recorded options; (same predictions?, note,
-    largest prediction difference in HU or None). Only a registered method name is run."""
+    largest prediction difference in HU or None, what the re-run cost as measured here).
+    Only a registered method name is run."""
     m = results.method
     if not REGISTERED_NAME.fullmatch(m.name):
         return False, f"method {short(m.name, 120)!r} is not a registered method name: " \
                       "--reproduce runs registered methods by name only, never an import " \
-                      "path", None
+                      "path", None, None
     bad = [k for k in m.options if not OPTION_KEY.fullmatch(k)]
     if bad:
-        return False, f"option {short(bad[0], 60)!r} is not an option name; not re-run", None
+        return False, f"option {short(bad[0], 60)!r} is not an option name; not re-run", \
+            None, None
     # `--x=VALUE`: a value is never read as another option, whatever it starts with.
     cmd = [*(marbench or marbench_command()), "run", f"--method={m.name}", "--data", data,
            f"--split={results.dataset.split}", f"--config={results.dataset.config}",
@@ -203,25 +215,30 @@ def reproduce(results: Results, entry_dir: Path, data: str, out: Path,
         cmd += ["--revision", revision]
     for k, v in m.options.items():
         cmd.append(f"--option={k}={json.dumps(v) if not isinstance(v, str) else v}")
-    r = _run(cmd, timeout)
+    r = run_measured(cmd, timeout, env=_child_env())
     if r.returncode != 0:
         return False, f"re-running {m.name!r} failed (exit {r.returncode}): " \
-                      f"{_tail(r.stderr + r.stdout, 3)}", None
+                      f"{_tail(r.stderr + r.stdout, 3)}", None, None
     rerun = Results.load(out)
+    weights = m.options.get("weights")
+    eff = efficiency_of(r.wall_s, r.cpu_s, r.peak_rss_mib, rerun.dataset.n_slices_scored,
+                        "leaderboard verify --reproduce",
+                        Path(weights) if isinstance(weights, str) and Path(weights).exists()
+                        else None)
     if rerun.method.name != m.name:
-        return False, f"re-running {m.name!r} ran {rerun.method.name!r}", None
+        return False, f"re-running {m.name!r} ran {rerun.method.name!r}", None, eff
     if rerun.method.version != m.version:
         return False, f"the installed {m.name!r} is version {rerun.method.version}, the " \
-                      f"entry was made with version {m.version}", None
+                      f"entry was made with version {m.version}", None, eff
     if m.weights_sha256 and rerun.method.weights_sha256 != m.weights_sha256:
         return False, f"re-run used weights {rerun.method.weights_sha256}, the entry " \
-                      f"{m.weights_sha256}", None
+                      f"{m.weights_sha256}", None, eff
     if rerun.predictions is None or results.predictions is None:
-        return False, "no predictions to compare", None
+        return False, "no predictions to compare", None, eff
     d = compare_predictions(entry_dir / results.predictions.path, out / rerun.predictions.path)
     if d <= PREDICTION_TOLERANCE_HU:
-        return True, f"re-run predictions agree (max |diff| {d:g} HU)", d
-    return False, f"re-run predictions differ (max |diff| {d:g} HU)", d
+        return True, f"re-run predictions agree (max |diff| {d:g} HU)", d, eff
+    return False, f"re-run predictions differ (max |diff| {d:g} HU)", d, eff
 
 
 def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str | None = None,
@@ -276,15 +293,17 @@ def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str |
             mismatches, notes, worst = compare_scores(results, rescored, board, tol)
             status = "rejected" if mismatches else "verified"
             pred_diff = None
+            eff = None
             if status == "verified" and reproduce_method:
-                ok, note, pred_diff = reproduce(results, entry.folder, data,
-                                                Path(tmp) / "rerun", revision, marbench)
+                ok, note, pred_diff, eff = reproduce(results, entry.folder, data,
+                                                     Path(tmp) / "rerun", revision, marbench)
                 notes.append(note)
                 if ok:
                     status = "reproduced"
             v = Verification(status=status, reasons=mismatches, notes=notes,
                              predictions_sha256=sha, checked_utc=now,
                              max_abs_score_diff=worst, max_abs_prediction_diff_hu=pred_diff,
+                             efficiency=eff if status == "reproduced" else None,
                              tool=_tool())
     if write:
         write_json(entry.folder / "verification.json", v.model_dump(mode="json"))
@@ -325,6 +344,58 @@ def submitted_verifications(board: Board) -> dict[str, str]:
                                       revision=main)).read_bytes() != mine.read_bytes():
                 out[e.key] = f"[verification] the pull request changes {VERIFICATION_FILE}; " \
                              "only the maintainers' `leaderboard verify` writes it"
+    except Exception as e:  # every Hub failure names the board
+        raise BoardUnavailable(f"{board.source}: cannot compare with main "
+                               f"({type(e).__name__}: {short(str(e), 300)})") from None
+    return out
+
+
+def submitted_hidden(board: Board) -> dict[str, str]:
+    """Hidden-track files of a Hub board read at a pull request that are not those on
+    ``main`` (``hidden/<season>/...``: season.json, card.yaml, evaluation.json): only the
+    maintainers' `leaderboard evaluate` writes them. Folder -> reason; each such entry is
+    marked invalid with the reason. Empty for a folder, or at main.
+
+    Raises:
+        BoardUnavailable: the Hub cannot be asked.
+    """
+    if board.revision is None or not board.seasons:
+        return {}
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from .board import BoardUnavailable
+    from .hidden import EVALUATION_FILE, HIDDEN
+    from .season import SEASON_FILE
+
+    out: dict[str, str] = {}
+    try:
+        api = HfApi()
+        main = api.repo_info(board.source, repo_type="dataset", revision="main").sha
+        if main == board.revision:
+            return {}
+        on_main = set(api.list_repo_files(board.source, repo_type="dataset", revision=main))
+
+        def changed(local: Path, path: str) -> str | None:
+            if not local.exists():
+                return None
+            if path not in on_main:
+                return "adds"
+            same = Path(hf_hub_download(board.source, path, repo_type="dataset",
+                                        revision=main)).read_bytes() == local.read_bytes()
+            return None if same else "changes"
+
+        for season in board.seasons:
+            base = f"{HIDDEN}/{season.name}"
+            how = changed(season.folder / SEASON_FILE, f"{base}/{SEASON_FILE}")
+            for e in season.entries:
+                hows = [how] + [changed(e.folder / f, f"{base}/{e.key}/{f}")
+                                for f in (CARD_FILE, EVALUATION_FILE)]
+                verb = next((h for h in hows if h), None)
+                if verb:
+                    reason = (f"[evaluation] the pull request {verb} the hidden track's files; "
+                              "only the maintainers' `leaderboard evaluate` writes them")
+                    out[e.link_id] = reason
+                    e.problems.append(reason)
     except Exception as e:  # every Hub failure names the board
         raise BoardUnavailable(f"{board.source}: cannot compare with main "
                                f"({type(e).__name__}: {short(str(e), 300)})") from None

@@ -29,12 +29,15 @@
       });
     });
   });
-  // Track filter.
-  document.querySelectorAll('.track-filter').forEach(function (sel) {
+  // Filters by track and by what the method learnt from (both apply).
+  document.querySelectorAll('.track-filter, .training-filter').forEach(function (sel) {
     sel.addEventListener('change', function () {
       const panel = sel.closest('.tabpanel');
-      panel.querySelectorAll('tbody tr').forEach(function (tr) {
-        tr.hidden = !!sel.value && tr.dataset.track !== sel.value;
+      const track = panel.querySelector('.track-filter').value;
+      const training = panel.querySelector('.training-filter').value;
+      panel.querySelectorAll('table.board tbody tr').forEach(function (tr) {
+        tr.hidden = (!!track && tr.dataset.track !== track) ||
+                    (!!training && tr.dataset.training !== training);
       });
     });
   });

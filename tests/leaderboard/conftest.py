@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.board import board_config, make_results, method_scores
+from tests.helpers.fakehub import FakeHub
+from tests.helpers.hubcli import hub_environment
 
 
 @pytest.fixture
@@ -25,3 +27,10 @@ def board_dir(tmp_path: Path) -> Path:
     d.mkdir()
     board_config().save(d / "board.json")
     return d
+
+
+@pytest.fixture
+def hub_env(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fake Hub and an environment for subprocesses that talk to it: (hub, env)."""
+    with FakeHub(page_size=3) as hub:
+        yield hub, hub_environment(hub, tmp_path / "hf_home")

@@ -127,3 +127,69 @@ def test_serve_names_the_missing_extra(monkeypatch, three_entry_board):
     monkeypatch.setitem(sys.modules, "gradio_leaderboard", None)
     with pytest.raises(BoardExtraMissing, match=r"gradio is not installed.*artifactgsi\[board\]"):
         build_app(three_entry_board)
+
+
+@pytest.mark.slow
+def test_hidden_season_and_cost_columns_in_the_page(browser, three_entry_board, tmp_path):
+    """The new columns (training data; seconds per slice, parameters, peak memory measured by
+    the board) and a hidden season's tab, filtered and sorted in a real browser."""
+    import json
+    from datetime import datetime, timezone
+
+    from leaderboard.board import Verification, write_json
+    from leaderboard.efficiency import Efficiency
+    from tests.helpers.hidden import evaluation, file_hidden, season_card
+
+    root = three_entry_board.root
+    good = root / "submissions/good/1"
+    sha = json.loads((good / "results.json").read_text())["predictions"]["sha256"]
+    write_json(good / "verification.json", Verification(
+        status="reproduced", predictions_sha256=sha,
+        checked_utc=datetime(2026, 1, 5, tzinfo=timezone.utc),  # noqa: UP017
+        efficiency=Efficiency(seconds_per_slice=0.042, wall_s=0.5, cpu_s=0.4, n_slices=12,
+                              peak_memory_mib=812.0, parameters=2_500_000,
+                              measured_by="leaderboard verify --reproduce", machine="test"),
+    ).model_dump(mode="json"))
+    season = root / "hidden" / "s1"
+    season.mkdir(parents=True)
+    season_card().save(season / "season.json")
+    card = ("name: {n}\nauthors: [T]\ncode: https://x.org\nlicence: MIT\ntrack: {t}\n"
+            "no_test_patients: true\ntraining_data: {d}\n")
+    file_hidden(root, evaluation("deep", 2), card.format(
+        n="Deep (hidden)", t="paired-supervised", d="[{dataset: org/data, splits: [train]}]"))
+    file_hidden(root, evaluation("plain", 0), card.format(n="Plain (hidden)", t="classic",
+                                                            d="[]"))
+    file_hidden(root, evaluation("nosy", 0, "failed", "network",
+                                   "nosy tried to reach the network (connect "
+                                   "('203.0.113.7', 443)); the sandbox has no network"),
+                 card.format(n="Nosy", t="classic", d="[]"))
+    site = tmp_path / "site"
+    render_board(Board.open(root), site)
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.goto((site / "index.html").as_uri())
+    heads = page.eval_on_selector_all("#table-all thead th", "hs => hs.map(h => h.innerText)")
+    assert [h for h in heads if h in ("Training data", "s / slice", "Params", "Peak MiB")] == \
+        ["Training data", "s / slice", "Params", "Peak MiB"]
+    i = heads.index("s / slice")
+    cost = page.eval_on_selector_all(
+        "#table-all tbody tr", f"rs => rs.map(r => [r.dataset.key, r.cells[{i}].innerText, "
+        f"r.cells[{i + 1}].innerText, r.cells[{i + 2}].innerText])")
+    assert cost == [["good/1", "0.042", "2.50 M", "812"], ["mid/1", "—", "—", "—"],
+                    ["bad/1", "—", "—", "—"]]
+    # The hidden season's tab: its own table, the season's card, the failed entry named.
+    page.click("#tab-hidden-s1")
+    assert page.is_visible("#table-hidden-s1") and not page.is_visible("#table-all")
+    assert _order(page, "#table-hidden-s1") == ["deep/1", "plain/1"]
+    assert "Hidden track, season s1" in page.inner_text("#panel-hidden-s1")
+    page.select_option("#panel-hidden-s1 .training-filter", "zero-shot")
+    visible = page.eval_on_selector_all("#table-hidden-s1 tbody tr",
+                                        "rs => rs.filter(r => !r.hidden).map(r => r.dataset.key)")
+    assert visible == ["plain/1"]
+    page.select_option("#panel-hidden-s1 .training-filter", "")
+    page.click("#table-hidden-s1 thead th:has-text('s / slice')")
+    assert _order(page, "#table-hidden-s1") == ["plain/1", "deep/1"]  # 0.5 s before 2.5 s
+    excluded = page.inner_text("ul.excluded")
+    assert "hidden/s1/nosy/1" in excluded and "tried to reach the network" in excluded
+    shot = tmp_path / "hidden.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

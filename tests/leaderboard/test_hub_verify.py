@@ -7,12 +7,8 @@ The clients run in subprocesses, since huggingface_hub reads HF_ENDPOINT at impo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,9 +16,7 @@ import pytest
 from benchmark.results import Results
 from leaderboard.board import Board, config_from_results
 from tests.helpers.board import summary_np
-from tests.helpers.fakehub import FakeHub
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.hubcli import client, marbench_env, run_cli
 
 HERE = Path(__file__).resolve().parent
 CARD = """\
@@ -33,11 +27,6 @@ licence: Apache-2.0
 track: classic
 no_test_patients: true
 """
-
-
-def marbench_env() -> str:
-    """The re-scoring command: this interpreter's ``marbench`` (``rescore`` subcommand)."""
-    return f"{sys.executable} -m benchmark.cli"
 
 
 @pytest.fixture(scope="module")
@@ -70,39 +59,6 @@ def cheat_copy(run: Path, dest: Path, version: str = "2") -> Path:
                                       True)
     r.save(dest / "results.json")
     return dest
-
-
-@pytest.fixture
-def hub_env(tmp_path):
-    with FakeHub(page_size=3) as hub:
-        env = {k: v for k, v in os.environ.items()
-               if not k.upper().startswith(("HF_", "HUGGINGFACE_"))
-               and not k.lower().endswith("_proxy")}
-        env.update({"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf_home"),
-                    "HF_TOKEN": hub.token, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
-                    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                    "NO_PROXY": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1",
-                    "MARBENCH": marbench_env(),
-                    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT),
-                                                   os.environ.get("PYTHONPATH", "")])})
-        yield hub, env
-
-
-def run_cli(env: dict[str, str], *args: object, ok: bool = True) -> str:
-    proc = subprocess.run([sys.executable, "-m", "leaderboard.cli", *map(str, args)], env=env,
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    if (proc.returncode == 0) != ok:
-        raise AssertionError(f"leaderboard {args}: exit {proc.returncode}\n{proc.stdout}\n"
-                             f"{proc.stderr}")
-    return proc.stdout + proc.stderr
-
-
-def client(env: dict[str, str], code: str) -> dict:
-    prelude = "import json\nfrom huggingface_hub import HfApi\napi = HfApi()\n"
-    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def entries_in_repo(env: dict[str, str], revision: str) -> list[str]:

@@ -145,7 +145,7 @@ class BeamPath:
                 self._bhc = ChannelWaterBHC(self.beam, self.air_log, slabs, self.bhc_degree)
         return self._bhc
 
-    def correct(self, p_raw: torch.Tensor, photons_per_ray: float | None) -> torch.Tensor:
+    def correct(self, p_raw: torch.Tensor) -> torch.Tensor:
         """The scanner's processing of :meth:`measure`'s output: scatter correction (the
         kernel model assuming water), then division by the air scan. Returns the log
         attenuation of the patient ``(..., D)`` (float64; unchanged without bowtie and
@@ -155,9 +155,8 @@ class BeamPath:
             return p_raw
         p_raw = p_raw.double()
         if sc is not None and sc.correction:
-            n0 = None if photons_per_ray is None else photons_per_ray * self.photon_scale
-            floor = 1e-30 if n0 is None else 0.25 / n0  # the detector's own floor
             measured = torch.exp(-p_raw)
+            floor = sc.correction_floor * measured
             primary = measured
             air = self.air_log.to(p_raw.device)
             bhc = self.water_bhc()
@@ -167,7 +166,7 @@ class BeamPath:
                 water_mm = bhc(-torch.log(primary) - air) / bhc.mu_water_eff
                 source = primary * mu_s_w * water_mm.clamp(0.0, 1000.0)
                 s = sc.spread(source, self.geom.det_pitch_mm)
-                primary = (measured - s).clamp_min(floor)
+                primary = torch.maximum(measured - s, floor)
             p_raw = -torch.log(primary)
         return p_raw - self.air_log.to(p_raw.device) if self.physics.bowtie else p_raw
 

@@ -158,7 +158,7 @@ class Scanner:
         p = path.measure(lines.movedim(1, -1), materials, photons,
                          pr.electronic_noise_photons, generator)
         bhc = path.water_bhc()
-        return bhc(path.correct(p, photons).double()).float()[:, None], bhc.mu_water_eff
+        return bhc(path.correct(p).double()).float()[:, None], bhc.mu_water_eff
 
     def ordinary(self, lines: torch.Tensor, materials: tuple[str, ...], grid: ImageGrid,
                  generator: torch.Generator | None = None, noise: bool = True) -> torch.Tensor:
@@ -190,8 +190,8 @@ class Scanner:
                                pr.electronic_noise_photons, generator)
         p_hi = path_hi.measure(ln[:, 1::2], materials, n_hi if noise else None,
                                pr.electronic_noise_photons, generator)
-        p_lo = path_lo.correct(p_lo, n_lo if noise else None)
-        p_hi = path_hi.correct(p_hi, n_hi if noise else None)
+        p_lo = path_lo.correct(p_lo)
+        p_hi = path_hi.correct(p_hi)
         # Each kVp is seen on every other view; fill the others by linear interpolation in
         # angle between the neighbouring views (circular), as rapid-switching scanners do.
         lo = torch.empty((ln.shape[0], ln.shape[1], self.geom.n_det), dtype=p_lo.dtype,

@@ -21,9 +21,10 @@ per unit attenuation than water.
 Scatter photons add Poisson noise. The scanner subtracts its own estimate: the same kernel and
 amplitude, with the source computed from the measured (scatter-contaminated) signal under the
 assumption that everything is water (``p_s`` from the water-equivalent thickness of its water
-beam-hardening calibration), iterated a few times. This is exact for water and leaves a
-residual elsewhere: over-correction behind bone and metal, under-correction where the estimate
-of the primary is poor (photon-starved rays between implants).
+beam-hardening calibration), iterated a few times, and keeps at least a fraction of the
+measured signal. This is exact for water and leaves a residual elsewhere: over-correction
+behind bone and metal, and errors where the reading is mostly scatter (photon-starved rays
+between implants).
 
 Calibration. The default yield gives a scatter-to-primary ratio (SPR) of 0.15 at the centre of
 a 350 mm water cylinder at 120 kVp with 40 mm collimation behind the default grid, the value the
@@ -63,6 +64,10 @@ class ScatterModel:
             the detector; the grid's septa keep it narrow across the fan.
         correction: whether the scanner applies its kernel-based scatter correction.
         correction_iterations: fixed-point iterations of that correction.
+        correction_floor: the corrected signal is kept above this fraction of the measured
+            one. Where the primary is photon-starved (behind metal) the reading is mostly
+            scatter and the estimate's error would otherwise drive it to zero or below (an
+            infinite log); kernel corrections bound the subtraction for that reason.
     """
 
     collimation_mm: float = 40.0
@@ -72,6 +77,7 @@ class ScatterModel:
     kernel_mm: float = 12.0
     correction: bool = True
     correction_iterations: int = 2
+    correction_floor: float = 0.1
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,6 +87,7 @@ class ScatterModel:
             (0 <= self.grid_scatter_transmission <= 1, "grid_scatter_transmission in [0, 1]"),
             (self.kernel_mm > 0, "kernel_mm must be > 0"),
             (self.correction_iterations >= 1, "correction_iterations must be >= 1"),
+            (0 < self.correction_floor < 1, "correction_floor must be in (0, 1)"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -152,6 +152,13 @@ def test_profile_reaches_dicom_manifest_and_record(tmp_path):
     assert gsi.ManufacturerModelName == SCANNER_PROFILES[DEFAULT_SCANNER].model
     rec = json.loads((raw / "simulation.json").read_text())
     assert rec["scanner"] == name and rec["ordinary_protocol"]["filter"] == "shepp-logan"
+    # The scanner physics of both scanners are recorded (and, through the fingerprint, bind).
+    phys = rec["scanner_physics"]
+    assert phys["ordinary"]["scatter"]["collimation_mm"] == prof.scatter.collimation_mm
+    assert phys["ordinary"]["blur"]["focal_spot_mm"] == prof.focal_spot_mm
+    assert phys["gsi"] == SCANNER_PROFILES[DEFAULT_SCANNER].physics().to_dict()
+    truth = json.loads((raw / row["patient_id"] / "truth.json").read_text())
+    assert truth["scanner_physics"] == phys
     # Resuming the folder with another profile is refused by name.
     with pytest.raises(ValueError, match="other settings"):
         simulate_dataset(replace(cfg, scanner=DEFAULT_SCANNER), raw)

@@ -3,7 +3,7 @@ simulator, the one the AAPM CT-MAR Grand Challenge data came from).
 
 Usage:
     make validate-sim                    # creates .venv-xcist with gecatsim, then runs this
-    python benchmarks/validate_simulator.py [--size 256] [--xcist-python .venv-xcist/bin/python]
+    python benchmarks/validate_simulator.py [--size 128] [--xcist-python .venv-xcist/bin/python]
         [--work out/validate-sim] [--json out/validate-sim/results.json]
 
 The same phantoms (written as XCIST analytic phantoms, rasterised for ArtifactGSI-Sim as its

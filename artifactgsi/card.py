@@ -116,7 +116,29 @@ def _simulation_lines(sim: dict[str, Any]) -> list[str]:
                              for k, v in mc.items())
         lines.append("- GSI metal correction (normalised sinogram interpolation, the same "
                      f"implementation as the NMAR baseline's): {settings}.")
+    phys = sim.get("scanner_physics")
+    if phys:
+        for series, p in (("Ordinary", phys.get("ordinary") or {}), ("GSI", phys.get("gsi") or {})):
+            lines.append(f"- {series} scanner physics: {_physics_text(p)}.")
+    else:
+        lines.append("- Scanner physics: ideal scanner (no bowtie, no scatter, a point focal "
+                     "spot and one ray per detector channel).")
     return lines
+
+
+def _physics_text(p: dict[str, Any]) -> str:
+    """One line of a ``scanner_physics`` record (bowtie, scatter, blur)."""
+    bt, sc, bl = p.get("bowtie"), p.get("scatter"), p.get("blur") or {}
+    parts = [f"{bt['material']} bowtie {bt['centre_mm']:g}-{bt['max_mm']:g} mm" if bt
+             else "no bowtie"]
+    parts.append(f"scatter at {sc['collimation_mm']:g} mm collimation behind an anti-scatter "
+                 f"grid (primary / scatter transmission {sc['grid_primary_transmission']:g} / "
+                 f"{sc['grid_scatter_transmission']:g}), "
+                 f"{'corrected by the scanner' if sc['correction'] else 'uncorrected'}"
+                 if sc else "no scatter")
+    parts.append(f"focal spot {bl.get('focal_spot_mm', 0):g} mm, "
+                 f"{bl.get('detector_aperture_subsamples', 1)} sub-rays per detector channel")
+    return "; ".join(parts)
 
 
 def render_card(summary: dict[str, Any]) -> str:

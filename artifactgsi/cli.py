@@ -91,6 +91,9 @@ def simulate(
                                    help="implant patients' split_hint: '' (the builder "
                                         "splits), train, test (a held-out set), or "
                                         "generalization (ordinary series only, no GSI)"),
+    ideal_scanner: bool = typer.Option(False, "--ideal-scanner",
+                                       help="no bowtie, scatter or focal-spot / detector blur "
+                                            "(the simulator of earlier releases)"),
 ) -> None:
     """Simulate ArtifactGSI-Sim: paired ordinary / GSI DICOM series, labels, ideal images."""
     from dataclasses import replace
@@ -120,7 +123,8 @@ def simulate(
         cfg = SimConfig(patients=patients, slices=slices, size=size, seed=seed,
                         clean_patients=clean_patients, thickness_mm=thickness, device=device,
                         gsi=gsi, scanner=scanner, split_hint=split_hint, implant_mix=mix,
-                        preset=p.name if preset is not None else "")
+                        preset=p.name if preset is not None else "",
+                        scanner_physics=not ideal_scanner)
         stats = simulate_dataset(cfg, out, workers=workers)
     Console().print(f"[green]wrote[/] {stats['patients']} patients to {out} "
                     f"({stats['simulated']} simulated in {stats['seconds']:.1f} s)")

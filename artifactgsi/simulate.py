@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .fileio import replace_dir
+from .physics.acquisition import ScanPhysics
 from .physics.geometry import FanBeamGeometry, ImageGrid
 from .physics.scan import GSIProtocol, OrdinaryProtocol, Scanner
 from .scanners import DEFAULT_SCANNER, SCANNER_PROFILES, ScannerProfile, scanner_profile
@@ -80,6 +81,9 @@ class SimConfig:
     implant_mix: tuple[int, int, int] | None = None
     # The preset that set the counts (recorded in simulation.json and the card).
     preset: str = ""
+    # The scanner profiles' bowtie, scatter and focal-spot / detector blur (False: the ideal
+    # scanner of earlier releases, whose data and fingerprints it reproduces exactly).
+    scanner_physics: bool = True
 
     def profile(self) -> ScannerProfile:
         """The scanner profile of the ordinary series."""
@@ -88,6 +92,12 @@ class SimConfig:
     def ordinary_protocol(self) -> OrdinaryProtocol:
         """The ordinary series' protocol: ``ordinary`` if set, else the profile's."""
         return self.ordinary if self.ordinary is not None else self.profile().ordinary
+
+    def physics(self) -> tuple[ScanPhysics | None, ScanPhysics | None]:
+        """``(ordinary, GSI)`` scanners' physics: the profile's and the GSI scanner's."""
+        if not self.scanner_physics:
+            return None, None
+        return self.profile().physics(), SCANNER_PROFILES[DEFAULT_SCANNER].physics()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad setting."""
@@ -235,13 +245,15 @@ def _slice_positions(patient, cfg: SimConfig) -> np.ndarray:
 def make_scanners(cfg: SimConfig) -> tuple[Scanner, Scanner]:
     """``(ordinary scanner, GSI scanner)``: one object when the ordinary series comes from the
     GSI scanner itself (the default profile)."""
-    gsi = Scanner(FanBeamGeometry.scaled(cfg.size), OrdinaryProtocol(), cfg.gsi, cfg.device)
+    ord_physics, gsi_physics = cfg.physics()
+    gsi = Scanner(FanBeamGeometry.scaled(cfg.size), OrdinaryProtocol(), cfg.gsi, cfg.device,
+                  gsi_physics)
     profile = cfg.profile()
     geom = profile.geometry(cfg.size)
-    if geom == gsi.geom:
+    if geom == gsi.geom and ord_physics == gsi_physics:
         gsi.ordinary_protocol = cfg.ordinary_protocol()
         return gsi, gsi
-    return Scanner(geom, cfg.ordinary_protocol(), cfg.gsi, cfg.device), gsi
+    return Scanner(geom, cfg.ordinary_protocol(), cfg.gsi, cfg.device, ord_physics), gsi
 
 
 def simulate_patient(cfg: SimConfig, plan: PatientPlan,
@@ -326,6 +338,7 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan,
         "ordinary_protocol": asdict(cfg.ordinary_protocol()),
         "gsi_protocol": asdict(cfg.gsi),
         "gsi_metal_correction": asdict(cfg.gsi.metal_correction_setup()),
+        **physics_record(cfg),
         "seed": plan.seed,
     }
     return PatientResult(
@@ -424,7 +437,20 @@ def config_fingerprint(cfg: SimConfig) -> str:
     for k, v in _LATER_ORDINARY_DEFAULTS.items():
         if d["ordinary"][k] == v:
             d["ordinary"].pop(k)
+    # The scanner physics enter as the settings they use, so that changing a profile's bowtie,
+    # scatter or blur changes the fingerprint; without them the ideal scanner's is unchanged.
+    d.pop("scanner_physics")
+    d.update(physics_record(cfg))
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def physics_record(cfg: SimConfig) -> dict:
+    """``{"scanner_physics": {"ordinary": ..., "gsi": ...}}`` (bowtie, scatter, blur of the two
+    scanners), or ``{}`` for the ideal scanner."""
+    ordinary, gsi = cfg.physics()
+    if ordinary is None:
+        return {}
+    return {"scanner_physics": {"ordinary": ordinary.to_dict(), "gsi": gsi.to_dict()}}
 
 
 def _uid(seed: int, index: int, what: str) -> str:
@@ -461,6 +487,7 @@ def simulation_record(cfg: SimConfig) -> dict:
         "ordinary_protocol": asdict(cfg.ordinary_protocol()),
         "gsi_protocol": asdict(cfg.gsi),
         "gsi_metal_correction": asdict(cfg.gsi.metal_correction_setup()),
+        **physics_record(cfg),
     }
 
 

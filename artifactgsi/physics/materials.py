@@ -11,6 +11,7 @@ Mixtures are built by mass fraction from elemental mass attenuation coefficients
 - CoCrMo: ASTM F75 nominal (Co 65.5, Cr 28.5, Mo 6 wt %), 8.29 g/cm3.
 - Stainless steel 316L: ASTM F138 nominal (Fe bal., Cr 17, Ni 12, Mo 2.5, Mn 2, Si 0.75,
   C 0.03 wt %), 8.00 g/cm3.
+- Aluminium (pure, 2.699 g/cm3): the bowtie filter's material (physics/bowtie.py).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ MATERIAL_TABLE: dict[str, Material] = {
         _m("cocrmo", 8.29, Co=0.655, Cr=0.285, Mo=0.06),
         _m("steel316l", 8.00, Fe=0.6572, Cr=0.17, Ni=0.12, Mo=0.025, Mn=0.02, Si=0.0075,
            C=0.0003),
+        _m("aluminium", 2.699, Al=1.0),
     )
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -59,6 +60,8 @@ def measure(
     photons_per_ray: float | None,
     electronic_noise_photons: float = 0.0,
     generator: torch.Generator | None = None,
+    aperture: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    scatter: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Log-normalised projection ``p = -ln(I / I0)`` of an energy-integrating detector.
 
@@ -71,6 +74,12 @@ def measure(
         electronic_noise_photons: SD of additive Gaussian electronic noise, in units of the
             signal of one photon of the incident beam's mean energy.
         generator: random generator (determinism for a seed).
+        aperture: sub-rays to readings (``physics/blur.py``): maps the noise-free photon and
+            energy fractions of the rays, ``(..., 2)``, to those of the readings (an
+            intensity average over each reading's sub-rays); ``None``: one ray per reading.
+        scatter: scatter signal of each reading (``physics/scatter.py``), in units of the
+            incident beam's signal, from the readings' noise-free primary signal ``(...)``;
+            scattered photons add to the reading (Poisson, at the incident mean energy).
 
     Returns:
         ``(...)`` float tensor. Noise: the number of detected photons is Poisson with the
@@ -92,15 +101,22 @@ def measure(
     w = torch.stack([s, s * torch.as_tensor(e_k, dtype=torch.float32, device=dev)], dim=1)
     flat = lines_mm.reshape(-1, len(materials)).to(torch.float32)
     tr = _transmission(flat, mu, w).to(dt)
+    if aperture is not None:
+        tr = aperture(tr.reshape(*shape, 2))
+        shape = tr.shape[:-1]
+        tr = tr.reshape(-1, 2)
     n_frac, e_frac = tr[:, 0], tr[:, 1]  # photon fraction, photon-energy fraction
     mean_e0 = float((beam.photon_weights * energies).sum())
+    sc = None if scatter is None else scatter((e_frac / mean_e0).reshape(shape)).reshape(-1)
     if photons_per_ray is None:
-        ratio = e_frac / mean_e0
+        ratio = e_frac / mean_e0 if sc is None else e_frac / mean_e0 + sc
         return (-torch.log(ratio.clamp_min(1e-30))).reshape(shape).to(lines_mm.dtype)
     expected = photons_per_ray * n_frac
     counts = torch.poisson(expected, generator=generator)
     mean_e = e_frac / n_frac.clamp_min(1e-300)  # mean energy of the transmitted photons
     signal = counts * mean_e / mean_e0  # in incident-photon equivalents
+    if sc is not None:
+        signal = signal + torch.poisson(photons_per_ray * sc.clamp_min(0), generator=generator)
     if electronic_noise_photons > 0:
         signal = signal + electronic_noise_photons * torch.randn(
             signal.shape, generator=generator, dtype=dt, device=dev)

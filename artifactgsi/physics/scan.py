@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .acquisition import BeamPath, ScanPhysics
 from .geometry import FanBeamGeometry, ImageGrid
 from .materials import mu_matrix
-from .polychromatic import Beam, Decomposer, WaterBHC, measure
+from .polychromatic import Beam, Decomposer
 from .spectra import TubeSpec
 
 # Photon counts are quoted for the clinical geometry (984 views, 888 channels at
@@ -37,7 +38,7 @@ class OrdinaryProtocol:
     electronic_noise_photons: float = 5.0
     bhc_degree: int = 5
     filter: str = "hann"  # FBP kernel, one of physics.projector.FBP_FILTERS
-    # Beam filtration (inherent + added), in mm; the bowtie is not modelled.
+    # Beam filtration (inherent + added), in mm; the bowtie is the scanner's (ScanPhysics).
     filter_al_mm: float = 3.0
     filter_cu_mm: float = 0.1
 
@@ -112,22 +113,38 @@ def dose_scale(geom: FanBeamGeometry) -> float:
 
 @dataclass
 class Scanner:
-    """A fan-beam scanner with its two protocols, holding the (cached) projector."""
+    """A fan-beam scanner with its two protocols, holding the (cached) projector.
+
+    ``physics`` adds the bowtie, scatter and focal-spot / detector blur of
+    :mod:`artifactgsi.physics.acquisition` (``None``: the ideal scanner)."""
 
     geom: FanBeamGeometry
     ordinary_protocol: OrdinaryProtocol = field(default_factory=OrdinaryProtocol)
     gsi_protocol: GSIProtocol = field(default_factory=GSIProtocol)
     device: str = "cpu"
+    physics: ScanPhysics | None = None
 
     def __post_init__(self) -> None:
         from .projector import FanBeamProjector
 
         self.projector = FanBeamProjector(self.geom, device=self.device)
+        self._paths: dict[tuple, BeamPath] = {}
+        # With detector sub-sampling, projections are taken on the sub-ray detector.
+        blur = self.physics.blur if self.physics else None
+        self._ray_projector = (FanBeamProjector(blur.fine_geometry(self.geom), device=self.device)
+                               if blur is not None and blur.active else self.projector)
+
+    def beam_path(self, spec: TubeSpec, bhc_degree: int = 5) -> BeamPath:
+        """The (cached) :class:`BeamPath` of one tube spectrum through this scanner."""
+        key = (spec, bhc_degree)
+        if key not in self._paths:
+            self._paths[key] = BeamPath(self.physics, self.geom, Beam(spec), bhc_degree)
+        return self._paths[key]
 
     def project(self, fractions: torch.Tensor) -> torch.Tensor:
         """Material volume fractions ``(B, M, N, N)`` on the object grid -> path lengths in mm,
-        ``(B, M, V, D)``."""
-        return self.projector.forward(fractions.to(self.device, torch.float32))
+        ``(B, M, V, D')`` (``D'`` = channels times the detector sub-rays of ``physics``)."""
+        return self._ray_projector.forward(fractions.to(self.device, torch.float32))
 
     # ---------------------------------------------------------------- ordinary
     def ordinary_sinogram(self, lines: torch.Tensor, materials: tuple[str, ...],
@@ -135,12 +152,13 @@ class Scanner:
                           ) -> tuple[torch.Tensor, float]:
         """-> (water-BHC-corrected log sinogram ``(B, 1, V, D)``, mu_water_eff in 1/mm)."""
         pr = self.ordinary_protocol
-        beam = Beam(pr.tube())
+        path = self.beam_path(pr.tube(), pr.bhc_degree)
+        path.check_lines(lines)
         photons = pr.photons_per_ray * dose_scale(self.geom) if noise else None
-        p = measure(lines.movedim(1, -1), materials, beam, photons,
-                    pr.electronic_noise_photons, generator)
-        bhc = WaterBHC(beam, degree=pr.bhc_degree)
-        return bhc(p.double()).float()[:, None], bhc.mu_water_eff
+        p = path.measure(lines.movedim(1, -1), materials, photons,
+                         pr.electronic_noise_photons, generator)
+        bhc = path.water_bhc()
+        return bhc(path.correct(p).double()).float()[:, None], bhc.mu_water_eff
 
     def ordinary(self, lines: torch.Tensor, materials: tuple[str, ...], grid: ImageGrid,
                  generator: torch.Generator | None = None, noise: bool = True) -> torch.Tensor:
@@ -162,30 +180,43 @@ class Scanner:
         if self.geom.n_views % 2:
             raise ValueError(f"GSI needs an even number of views, got {self.geom.n_views}")
         scale = dose_scale(self.geom)
-        ln = lines.movedim(1, -1)  # (B, V, D, M)
+        ln = lines.movedim(1, -1)  # (B, V, D', M)
         n_lo = pr.photons_low * scale
-        p_lo = measure(ln[:, 0::2], materials, Beam(TubeSpec(pr.kvp_low)),
-                       n_lo if noise else None, pr.electronic_noise_photons, generator)
-        p_hi = measure(ln[:, 1::2], materials, Beam(TubeSpec(pr.kvp_high)),
-                       pr.photons_high * scale if noise else None,
-                       pr.electronic_noise_photons, generator)
+        n_hi = pr.photons_high * scale
+        path_lo = self.beam_path(TubeSpec(pr.kvp_low))
+        path_hi = self.beam_path(TubeSpec(pr.kvp_high))
+        path_lo.check_lines(lines)
+        p_lo = path_lo.measure(ln[:, 0::2], materials, n_lo if noise else None,
+                               pr.electronic_noise_photons, generator)
+        p_hi = path_hi.measure(ln[:, 1::2], materials, n_hi if noise else None,
+                               pr.electronic_noise_photons, generator)
+        p_lo = path_lo.correct(p_lo)
+        p_hi = path_hi.correct(p_hi)
         # Each kVp is seen on every other view; fill the others by linear interpolation in
         # angle between the neighbouring views (circular), as rapid-switching scanners do.
-        lo = torch.empty(ln.shape[:3], dtype=p_lo.dtype, device=p_lo.device)
+        lo = torch.empty((ln.shape[0], ln.shape[1], self.geom.n_det), dtype=p_lo.dtype,
+                         device=p_lo.device)
         hi = torch.empty_like(lo)
         lo[:, 0::2] = p_lo
         lo[:, 1::2] = 0.5 * (p_lo + torch.roll(p_lo, -1, dims=1))
         hi[:, 1::2] = p_hi
         hi[:, 0::2] = 0.5 * (p_hi + torch.roll(p_hi, 1, dims=1))
-        basis = self.decomposer()(lo, hi)
-        bhc = WaterBHC(Beam(TubeSpec(pr.kvp_high)))
+        if self.physics is not None and self.physics.bowtie is not None:
+            # Decompose bowtie and patient together, then remove the bowtie's own basis
+            # thicknesses (aluminium lies in the water / bone basis; physics/bowtie.py).
+            air_lo, air_hi = path_lo.air_log.to(lo.device), path_hi.air_log.to(lo.device)
+            basis = self.decomposer()(lo + air_lo, hi + air_hi) - self.decomposer()(air_lo, air_hi)
+        else:
+            basis = self.decomposer()(lo, hi)
+        bhc = path_hi.water_bhc()
         water_mm = bhc(hi.double()).float() / bhc.mu_water_eff
         # Trust in the decomposition falls to 0 where the low-kVp reading is photon-starved
         # (fewer than ~starved_photons expected): there the pair carries no spectral
         # information and its inverse diverges, so such rays fall back to the high-kVp reading
         # alone (water beam-hardening corrected), as the single-energy series would do.
         p_starved = math.log(n_lo / pr.starved_photons) if noise else float("inf")
-        trust = ((p_starved - lo) / pr.starved_width).clamp(0.0, 1.0).float()
+        trust = ((p_starved - path_lo.log_re_centre_air(lo)) / pr.starved_width
+                 ).clamp(0.0, 1.0).float()
         return GSIMeasurement(basis=basis, water_mm=water_mm, trust=trust)
 
     def gsi(self, lines: torch.Tensor, materials: tuple[str, ...], grid: ImageGrid,
@@ -222,7 +253,9 @@ class Scanner:
         kev = self.gsi_protocol.kev if kev is None else kev
         mu = torch.as_tensor(mu_matrix(materials, np.array([kev]))[:, 0], dtype=torch.float32,
                              device=lines.device)
-        p = torch.einsum("bmvd,m->bvd", lines.float(), mu)[:, None]
+        p = torch.einsum("bmvd,m->bvd", lines.float(), mu)
+        # Sub-rays averaged in line integral: the scanner's resolution, no non-linear effects.
+        p = self.beam_path(TubeSpec(self.gsi_protocol.kvp_high)).reduce_lines(p)[:, None]
         img = self.projector.fbp(p, grid, filter=self.gsi_protocol.filter)
         mu_w = mu_water(kev)
         return 1000.0 * (img - mu_w) / mu_w

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -39,7 +40,9 @@ def test_plans_follow_the_mix_and_the_default_is_unchanged():
     default = SimConfig(patients=6)
     assert [p.implant_type for p in plan_patients(default)][:3] == [
         "hip_prosthesis", "fracture_fixation", "spinal_fixation"]
-    assert config_fingerprint(default) == "697e39be8de15965"
+    # Pinned on the ideal scanner: the default's fingerprint also moved, on purpose, when the
+    # scanner physics came in (see test_scanners.py).
+    assert config_fingerprint(replace(default, scanner_physics=False)) == "697e39be8de15965"
     assert config_fingerprint(cfg) != config_fingerprint(SimConfig(patients=20))
 
 

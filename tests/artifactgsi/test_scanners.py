@@ -53,6 +53,15 @@ def test_profiles_differ_from_the_gsi_scanner_in_every_declared_way():
             assert half_fan >= 250.0 / gs.sid_mm
 
 
+# Pinned fingerprints of CFG. The ideal scanner (``scanner_physics=False``) hashes exactly as
+# before the profiles' bowtie, scatter and blur existed, so raw folders simulated by earlier
+# releases still resume with it. The default (with that physics) changed on purpose when the
+# physics came in: the data changed, and so must the fingerprint. Change these values only
+# for an intended change of the simulator's output (and say so in the commit).
+IDEAL_SCANNER_FINGERPRINT = "ee546eeed389ce8e"
+DEFAULT_FINGERPRINT = "21a6b168b861fa2a"
+
+
 def test_the_default_profile_keeps_the_old_fingerprint_and_protocol():
     # Folders simulated before profiles existed must still resume: the default profile's
     # settings hash as the plain config always did.
@@ -61,6 +70,22 @@ def test_the_default_profile_keeps_the_old_fingerprint_and_protocol():
     assert CFG.ordinary_protocol() == OrdinaryProtocol()
     for name in OTHERS:
         assert config_fingerprint(replace(CFG, scanner=name)) != config_fingerprint(CFG)
+    assert config_fingerprint(CFG) == DEFAULT_FINGERPRINT
+    assert config_fingerprint(replace(CFG, scanner_physics=False)) == IDEAL_SCANNER_FINGERPRINT
+
+
+def test_each_physics_setting_changes_the_fingerprint():
+    prof = SCANNER_PROFILES[DEFAULT_SCANNER]
+    base = config_fingerprint(CFG)
+    for change in (dict(bowtie=None), dict(scatter=None), dict(focal_spot_mm=0.5),
+                   dict(detector_aperture_subsamples=1),
+                   dict(scatter=replace(prof.scatter, collimation_mm=20.0))):
+        patched = replace(prof, **change)
+        try:
+            SCANNER_PROFILES[DEFAULT_SCANNER] = patched
+            assert config_fingerprint(CFG) != base, change
+        finally:
+            SCANNER_PROFILES[DEFAULT_SCANNER] = prof
 
 
 def test_other_scanners_change_only_the_ordinary_series(results):
@@ -127,6 +152,13 @@ def test_profile_reaches_dicom_manifest_and_record(tmp_path):
     assert gsi.ManufacturerModelName == SCANNER_PROFILES[DEFAULT_SCANNER].model
     rec = json.loads((raw / "simulation.json").read_text())
     assert rec["scanner"] == name and rec["ordinary_protocol"]["filter"] == "shepp-logan"
+    # The scanner physics of both scanners are recorded (and, through the fingerprint, bind).
+    phys = rec["scanner_physics"]
+    assert phys["ordinary"]["scatter"]["collimation_mm"] == prof.scatter.collimation_mm
+    assert phys["ordinary"]["blur"]["focal_spot_mm"] == prof.focal_spot_mm
+    assert phys["gsi"] == SCANNER_PROFILES[DEFAULT_SCANNER].physics().to_dict()
+    truth = json.loads((raw / row["patient_id"] / "truth.json").read_text())
+    assert truth["scanner_physics"] == phys
     # Resuming the folder with another profile is refused by name.
     with pytest.raises(ValueError, match="other settings"):
         simulate_dataset(replace(cfg, scanner=DEFAULT_SCANNER), raw)

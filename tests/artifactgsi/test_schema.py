@@ -65,6 +65,8 @@ def test_card_quotes_the_column_docs_and_the_simulation(tiny_built):
         assert f"| `{names}` | {meaning} |" in card
     # The simulator's GSI metal correction settings, as recorded in the raw tree.
     assert "## Simulation" in card and "metal_hu 2500" in card and "trace_threshold_px" in card
+    # ... and its scanner physics (bowtie, scatter, blur).
+    assert "scanner physics: aluminium bowtie 2.5-36 mm; scatter at 40 mm collimation" in card
 
 
 def test_hu_to_unit01_matches_the_formula_for_numpy_and_torch():

@@ -229,7 +229,7 @@ def compare(
             typer.echo(f"unverified: {u}", err=True)
         return
     if table == "segmentation":
-        from .seg_report import segmentation_rich, segmentation_table
+        from .segmentation.report import segmentation_rich, segmentation_table
 
         labelled = [(lab if i not in unverified_rows else f"{lab} (unverified)", r)
                     for i, (lab, r) in enumerate(runs)]

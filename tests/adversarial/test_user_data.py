@@ -582,7 +582,7 @@ def test_one_key_value_parser_for_every_command():
     assert own == []
     users = {str(p.relative_to(REPO)) for p, text in sources.items()
              if "parse_key_values" in text and p.name != "cli_common.py"}
-    assert {"benchmark/cli.py", "benchmark/apply_cli.py"} <= users
+    assert {"benchmark/cli.py", "benchmark/apply/cli.py"} <= users
 
 
 def test_one_error_printer_for_every_command():

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from artifactgsi.build import build_dataset
 from artifactgsi.simulate import SimConfig, simulate_dataset
+from benchmark.apply.cross_scanner import load_scanner_runs, scanner_table
 from benchmark.cli import app
-from benchmark.cross_scanner import load_scanner_runs, scanner_table
 from benchmark.errors import MARBenchError
 from benchmark.run import run_benchmark
 

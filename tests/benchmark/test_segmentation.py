@@ -15,7 +15,6 @@ import torch
 
 from benchmark.learn.split import patient_split
 from benchmark.metrics.segmentation import CLASS_NAMES, SUMMARY_KEYS
-from benchmark.seg_analysis import evaluate_rows, evaluate_segmenter, score_predictions
 from benchmark.segmentation import (
     HU_WINDOW,
     SegConfig,
@@ -31,6 +30,7 @@ from benchmark.segmentation import (
     segmenter_identity,
     train,
 )
+from benchmark.segmentation.analysis import evaluate_rows, evaluate_segmenter, score_predictions
 from tests.helpers.fakehub import write_manifest
 
 SIZE = 32
@@ -273,7 +273,7 @@ def test_predictions_are_scored_like_the_same_images(seg_data, tmp_path):
 
 
 def test_sufficiency_reports_both_segmenters(seg_data, tmp_path):
-    from benchmark.seg_analysis import sufficiency
+    from benchmark.segmentation.analysis import sufficiency
 
     g = Segmenter(_tiny_cfg()).save_pretrained(tmp_path / "g")
     o = Segmenter(_tiny_cfg(input="ordinary")).save_pretrained(tmp_path / "o")
@@ -287,7 +287,7 @@ def test_sufficiency_reports_both_segmenters(seg_data, tmp_path):
 
 
 def test_segmentation_table_layout():
-    from benchmark.seg_report import segmentation_table
+    from benchmark.segmentation.report import segmentation_table
 
     nan = float("nan")
     li = {"iou.metal": 0.1, "iou.l_pelvis": 0.7, "iou.r_pelvis": 0.6, "iou.l_femur": 0.5,
@@ -309,7 +309,12 @@ def test_segmentation_table_layout():
 
 
 def test_overlay_figure(tmp_path):
-    from benchmark.seg_figures import CLASS_COLOURS, OverlaySlice, overlay_figure, overlay_rgb
+    from benchmark.segmentation.figures import (
+        CLASS_COLOURS,
+        OverlaySlice,
+        overlay_figure,
+        overlay_rgb,
+    )
 
     img = _slice(np.random.default_rng(1))
     rgb = overlay_rgb(img["gsi"], img["labels"], alpha=1.0)
@@ -335,7 +340,7 @@ def test_segmentation_table_recomputes_from_results_per_slice_counts():
     summed per class: not from any stored summary."""
     from benchmark.metrics.segmentation import count_rows, slice_counts
     from benchmark.results import MethodRecord, Results, SliceRecord
-    from benchmark.seg_report import collect_rows, segmentation_table
+    from benchmark.segmentation.report import collect_rows, segmentation_table
 
     ref = torch.zeros(2, 4, 4, dtype=torch.long)
     ref[:, :2, :2] = 1

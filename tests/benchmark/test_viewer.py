@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.viewer import WINDOW_PRESETS, render
+from benchmark.apply.viewer import WINDOW_PRESETS, render
 
 
 def test_render_tiles_side_by_side_in_window() -> None:
@@ -67,7 +67,7 @@ def screenshot_viewer(series: Path, methods: list[str], png: Path, work: Path,
     from playwright.sync_api import sync_playwright
 
     from artifactgsi.testing import require_tool
-    from benchmark.viewer import build_app
+    from benchmark.apply.viewer import build_app
 
     exe = require_tool("chromium")
     app = build_app([str(series)], work=work, methods=methods)

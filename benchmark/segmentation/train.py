@@ -35,14 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .learn.checkpoint import load_weights, save_weights
-from .learn.loop import Report, Trainer, epoch_batches, epoch_validated
-from .learn.rng import EpochSampler, seed_everything, step_generator
-from .learn.run import Run
-from .learn.schedules import learning_rate
-from .learn.split import patient_split
-from .seg_analysis import evaluate_rows
-from .segmentation import (
+from ..learn.checkpoint import load_weights, save_weights
+from ..learn.loop import Report, Trainer, epoch_batches, epoch_validated
+from ..learn.rng import EpochSampler, seed_everything, step_generator
+from ..learn.run import Run
+from ..learn.schedules import learning_rate
+from ..learn.split import patient_split
+from .analysis import evaluate_rows
+from .model import (
     LabelledSplit,
     SegConfig,
     SegmentationDataError,

@@ -58,7 +58,7 @@ def render(volumes: dict[str, np.ndarray], index: int, preset: str) -> np.ndarra
     Tiles are separated by 4 white pixels and enlarged (nearest) to at least
     :data:`MIN_TILE_PX` wide.
     """
-    from .figures import window_hu
+    from ..figures import window_hu
 
     level, width = WINDOW_PRESETS[preset]
     tiles = []
@@ -94,7 +94,7 @@ def load_series(folder: str, methods: list[str], work: Path, implant_type: str |
     """Read ``folder`` and apply each of ``methods``; outputs are cached under ``work``."""
     from artifactgsi.dicom import read_series
 
-    from .apply import apply_to_series, select_series
+    from .series import apply_to_series, select_series
 
     state = _Loaded(folder=folder)
     files = select_series(Path(folder), series_uid or None)
@@ -162,7 +162,7 @@ def build_app(dirs: list[str] | None = None, work: Path | None = None,
     gradio's cache there and removes the folder at the end."""
     import gradio as gr
 
-    from .registry import REGISTRY
+    from ..registry import REGISTRY
 
     work = private_folder(work)
     names = REGISTRY.names()

@@ -41,7 +41,7 @@ import torch
 
 from artifactgsi.fileio import replace_dir
 
-from .errors import MARBenchError
+from ..errors import MARBenchError
 
 __all__ = [
     "ApplyError", "ApplyResult", "MissingImplantTypeError", "OutputExistsError",
@@ -252,7 +252,7 @@ def iter_reduced(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *,
     """
     from artifactgsi.schema import METAL_THRESHOLD_HU, metal_mask
 
-    from .method import MARInput, validate_output
+    from ..method import MARInput, validate_output
 
     if batch_size < 1:
         raise ApplyError(f"batch_size must be >= 1, got {batch_size}")
@@ -332,8 +332,8 @@ def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *
 
 def _prepare(mar: Any, name: str, dev: torch.device) -> None:
     """``mar.prepare`` with no training data; a failure (e.g. no weights) names the method."""
-    from .method import PrepareContext
-    from .run.calls import method_cache_dir as _method_cache_dir
+    from ..method import PrepareContext
+    from ..run.calls import method_cache_dir as _method_cache_dir
 
     try:
         mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
@@ -554,7 +554,7 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
     """
     from artifactgsi.schema import IMPLANT_TYPES, METAL_THRESHOLD_HU
 
-    from .registry import create_method
+    from ..registry import create_method
 
     t0 = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
@@ -718,7 +718,7 @@ def _generalization_volumes(data: Path, split: str) -> list[_Volume]:
 
     from artifactgsi.schema import IMPLANT_TYPES
 
-    from .data import resolve_source
+    from ..data import resolve_source
 
     source, files = resolve_source(data, "generalization", split)
     cols = ["patient_id", "slice_index", "ordinary", "pixel_spacing_mm", "implant_type"]
@@ -751,7 +751,7 @@ def _volumes(data: Path, split: str) -> list[_Volume]:
             or (data / "generalization").is_dir():
         if (data / "generalization").is_dir():
             return _generalization_volumes(data, split)
-        from .data import open_split
+        from ..data import open_split
 
         pairs = open_split(data, split, config="pairs")
         vols: dict[str, list[np.ndarray]] = {}
@@ -788,9 +788,9 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
     ``out/panels/<patient>.png`` (ordinary | method, the slice with most metal and its
     neighbours, paper window L 500 / W 2000 HU). Returns the JSON document.
     """
-    from .figures import PanelImage, PanelRow, save_panel
-    from .registry import create_method
-    from .run.calls import safe_name as _safe_name
+    from ..figures import PanelImage, PanelRow, save_panel
+    from ..registry import create_method
+    from ..run.calls import safe_name as _safe_name
 
     out = Path(out)
     check_separate(Path(data_or_series), out, input_name="DATA", out_name="OUT")

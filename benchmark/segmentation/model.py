@@ -2,8 +2,9 @@
 left / right pelvis and left / right femur on one CT slice.
 
 Trained on the ``pairs`` train split's GSI images (or, for the information-sufficiency check,
-its ordinary images) against the ``labels`` column (:mod:`benchmark.seg_train`), then frozen
-and applied to a method's output (:class:`benchmark.metrics.segmentation.SegmentationScorer`)::
+its ordinary images) against the ``labels`` column (:mod:`benchmark.segmentation.train`), then
+frozen and applied to a method's output
+(:class:`benchmark.metrics.segmentation.SegmentationScorer`)::
 
     marbench train segmenter --config seg-cpu --data data/built --out runs/seg-gsi
     marbench train segmenter --config seg-cpu --data data/built --out runs/seg-ord \
@@ -12,7 +13,7 @@ and applied to a method's output (:class:`benchmark.metrics.segmentation.Segment
 or from Python: ``train("seg-cpu", "data/built", Path("runs/seg-gsi"))``.
 
 This module holds what scoring needs: the config (:class:`SegConfig`, every setting of the
-recipe; shipped YAML files in ``benchmark/configs/seg-*.yaml``), the model
+recipe; shipped YAML files in ``benchmark/segmentation/configs/``), the model
 (:class:`Segmenter`: ``smp.Unet(encoder_name, encoder_weights=None, in_channels=1,
 classes=6)``, no download; input HU clipped to the fixed window :data:`HU_WINDOW` and scaled
 to [0, 1], resampled to ``image_size``), loading a frozen segmenter for scoring
@@ -38,11 +39,11 @@ from torch import nn
 
 from artifactgsi.schema import HU_MAX, HU_MIN
 
-from .errors import MARBenchError
-from .learn.config import ConfigBase
-from .learn.errors import ConfigError, IncompatibleWeightsError, TrainError, WeightsError
-from .learn.weights import PretrainedModel, hu_window
-from .metrics.segmentation import CLASS_NAMES, NUM_CLASSES, seg_summary
+from ..errors import MARBenchError
+from ..learn.config import ConfigBase
+from ..learn.errors import ConfigError, IncompatibleWeightsError, TrainError, WeightsError
+from ..learn.weights import PretrainedModel, hu_window
+from ..metrics.segmentation import CLASS_NAMES, NUM_CLASSES, seg_summary
 
 #: Folder of the shipped YAML configs.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -397,7 +398,7 @@ def open_labelled(data: str | Path, split: str = "train", *, config: str = "pair
     manifest). :class:`SegmentationDataError` when the split has no ``labels`` at all."""
     import datasets
 
-    from .data import resolve_source, split_content_sha256
+    from ..data import resolve_source, split_content_sha256
 
     source, files = resolve_source(data, config, split, revision)
     ds = datasets.load_dataset("parquet", split=split,
@@ -431,8 +432,8 @@ def open_labelled(data: str | Path, split: str = "train", *, config: str = "pair
 
 def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out: str | Path,
           *, resume: bool = False, overrides: dict[str, Any] | None = None) -> Path:
-    """``marbench train segmenter``: :func:`benchmark.seg_train.train` (see there)."""
-    from .seg_train import train as train_segmenter
+    """``marbench train segmenter``: :func:`benchmark.segmentation.train.train` (see there)."""
+    from .train import train as train_segmenter
 
     return train_segmenter(config, data, out, resume=resume, overrides=overrides)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import MARBenchError
+from ..errors import MARBenchError
 
 #: The scanner the toolkit's datasets come from (listed first when present).
 TRAINING_SCANNER = "gsi-hd"
@@ -37,7 +37,7 @@ class ScannerRuns:
 
 def load_scanner_runs(root: Path) -> ScannerRuns:
     """Read and verify every ``ROOT/<scanner>/results/<method>/results.json``."""
-    from .results import Results, verify_results
+    from ..results import Results, verify_results
 
     root = Path(root)
     if not root.is_dir():

@@ -18,8 +18,8 @@ import torch
 
 from artifactgsi.fileio import atomic_path
 
-from .figures import WINDOW_LEVEL_HU, WINDOW_WIDTH_HU, window_hu
-from .metrics.segmentation import CLASS_KEYS, CLASS_TITLES, slice_counts
+from ..figures import WINDOW_LEVEL_HU, WINDOW_WIDTH_HU, window_hu
+from ..metrics.segmentation import CLASS_KEYS, CLASS_TITLES, slice_counts
 
 #: RGB colours of the foreground classes: metal, L pelvis, R pelvis, L femur, R femur.
 CLASS_COLOURS: tuple[tuple[float, float, float], ...] = (

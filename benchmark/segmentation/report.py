@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .metrics.segmentation import (
+from ..metrics.segmentation import (
     CLASS_KEYS,
     CLASS_TITLES,
     INTER_PREFIX,
@@ -31,7 +31,7 @@ from .metrics.segmentation import (
     seg_summary,
     seg_summary_by,
 )
-from .results import Results
+from ..results import Results
 
 #: The paper's Table 2 (IoU per class: metal, L pelvis, R pelvis, L femur, R femur).
 PAPER_TABLE2: dict[str, tuple[float, float, float, float, float]] = {
@@ -104,7 +104,7 @@ def collect_rows(runs: Sequence[tuple[str, Results | Mapping[str, Any]]]
         res = _as_results(obj)
         if res is None:
             if not isinstance(obj, Mapping) or "miou" not in obj:
-                from .segmentation import SegmentationDataError
+                from .model import SegmentationDataError
 
                 raise SegmentationDataError(f"{label}: neither a results file nor a "
                                             "segmentation summary (a dict with 'miou' and "
@@ -150,7 +150,7 @@ def _blocks(runs: Sequence[tuple[str, Results | Mapping[str, Any]]], paper: bool
     methods, refs, warnings = collect_rows(runs)
     all_rows = methods + refs
     if not all_rows:
-        from .segmentation import SegmentationDataError
+        from .model import SegmentationDataError
 
         raise SegmentationDataError("segmentation table: none of the runs has segmentation "
                                     "scores")

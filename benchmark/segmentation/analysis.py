@@ -1,6 +1,6 @@
 """The downstream segmenter at work: scores of a segmenter on a split's images or on a run's
 predictions, the information-sufficiency check, the paper's Table 2 rows for runs, and label
-overlays of a run (what ``marbench seg ...`` prints; :mod:`benchmark.seg_cli` is its thin
+overlays of a run (what ``marbench seg ...`` prints; :mod:`benchmark.segmentation.cli` is its thin
 command line).
 
 - :func:`evaluate_segmenter`: IoU / mIoU on an image column (``gsi``, ``ordinary``,
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics.segmentation import SegmentationScorer
-from .segmentation import (
+from ..metrics.segmentation import SegmentationScorer
+from .model import (
     LabelledSplit,
     PredictionsNotFoundError,
     SegmentationDataError,
@@ -75,7 +75,7 @@ def evaluate_segmenter(seg: Segmenter, data: str | Path | LabelledSplit, split: 
                        image: str | None = None, batch_size: int = 8) -> SegEvaluation:
     """IoU / mIoU of ``seg`` on a split's ``image`` column (default: the image it was trained
     on), dataset-level, per patient and per implant type."""
-    from .metrics.segmentation import seg_summary_by
+    from ..metrics.segmentation import seg_summary_by
 
     ls = data if isinstance(data, LabelledSplit) else open_labelled(data, split)
     image = image or seg.input
@@ -101,7 +101,7 @@ def score_predictions(seg: Segmenter, data: str | Path | LabelledSplit,
     """
     import pyarrow.parquet as pq
 
-    from .metrics.segmentation import seg_summary_by
+    from ..metrics.segmentation import seg_summary_by
 
     path = Path(predictions)
     if path.is_dir():
@@ -146,7 +146,7 @@ def score_predictions(seg: Segmenter, data: str | Path | LabelledSplit,
 
 def _model_or_train(model: Path | None, input_: str, config: str, data: str, out: Path,
                     resume: bool) -> Path:
-    from .seg_train import train
+    from .train import train
 
     if model is not None:
         return model
@@ -169,8 +169,8 @@ def sufficiency(data: str, config: str = "seg-cpu", out: Path = Path("runs/seg-s
     Returns:
         ``{"gsi": summary, "ordinary": summary}`` (``iou.<class>`` and ``miou``).
     """
-    from .results import atomic_write_text
-    from .seg_report import PAPER_SUFFICIENCY, sufficiency_table
+    from ..results import atomic_write_text
+    from .report import PAPER_SUFFICIENCY, sufficiency_table
 
     out = Path(out)
     test = open_labelled(data, split)
@@ -199,7 +199,8 @@ def sufficiency(data: str, config: str = "seg-cpu", out: Path = Path("runs/seg-s
 def score_runs(runs: list[Path], data: str, segmenter: str, split: str = "test",
                ideal: bool = True) -> list[tuple[str, dict]]:
     """Score each run's predictions (and GSI, ideal once) with ``segmenter``: (label, summary
-    dict with ``per_implant``) pairs for :func:`benchmark.seg_report.segmentation_table`."""
+    dict with ``per_implant``) pairs for
+    :func:`benchmark.segmentation.report.segmentation_table`."""
     seg = load_segmenter(segmenter)
     ls = open_labelled(data, split)
     out: list[tuple[str, dict]] = []
@@ -226,7 +227,7 @@ def segmentation_figure_for_run(run: Path, data: str, segmenter: str, out: Path 
     """The overlay figure for ``n`` slices of a run (most metal pixels, one per patient)."""
     import pyarrow.parquet as pq
 
-    from .seg_figures import OverlaySlice, overlay_figure
+    from .figures import OverlaySlice, overlay_figure
 
     seg = load_segmenter(segmenter)
     ls = open_labelled(data, split)

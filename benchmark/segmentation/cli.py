@@ -7,7 +7,7 @@
   predictions, on GSI and on the ideal image, per class and per implant type.
 - ``marbench seg figure``: label overlays of the segmenter on ordinary, method, GSI and ideal.
 
-Each command parses, calls a function of :mod:`benchmark.seg_analysis` and prints. Heavy
+Each command parses, calls a function of :mod:`benchmark.segmentation.analysis` and prints. Heavy
 libraries are imported inside the commands, so ``--help`` is instant.
 """
 
@@ -42,8 +42,8 @@ def sufficiency_command(
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from .seg_analysis import sufficiency
-    from .seg_report import sufficiency_table
+    from .analysis import sufficiency
+    from .report import sufficiency_table
 
     try:
         res = sufficiency(data, config, out, gsi_model, ordinary_model, split)
@@ -69,9 +69,9 @@ def score_command(
     ideal image; per class, mIoU, and per implant type."""
     from rich.console import Console
 
-    from .results import atomic_write_text
-    from .seg_analysis import score_runs
-    from .seg_report import segmentation_rich, segmentation_table
+    from ..results import atomic_write_text
+    from .analysis import score_runs
+    from .report import segmentation_rich, segmentation_table
 
     try:
         rows = score_runs(runs, data, segmenter, split)
@@ -93,7 +93,7 @@ def figure_command(
     slices: int = typer.Option(3, help="how many slices (the most metal, one per patient)"),
 ) -> None:
     """Label overlays of the segmenter on ordinary, the method's output, GSI and ideal."""
-    from .seg_analysis import segmentation_figure_for_run
+    from .analysis import segmentation_figure_for_run
 
     try:
         path = segmentation_figure_for_run(run, data, segmenter, out, split, slices)

@@ -48,8 +48,8 @@ def apply(
 
     from artifactgsi.cli_common import check_device, cli_errors, parse_key_values, read_secret
 
-    from .apply import apply_to_series, check_report_target, run_reference_free
-    from .errors import MARBenchError
+    from ..errors import MARBenchError
+    from .series import apply_to_series, check_report_target, run_reference_free
 
     with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out_dir):
         options = parse_key_values(option)
@@ -82,11 +82,11 @@ def apply(
 def out_dir_source(input_dir: Path, series: str | None) -> Path:
     """The folder :func:`benchmark.apply.run_reference_free` reads for ``--report``: the
     folder of the series that ``apply`` selects (so both read the same slices)."""
-    from .apply import select_series
+    from .series import select_series
 
     folders = {f.parent for f in select_series(input_dir, series)}
     if len(folders) != 1:
-        from .apply import ApplyError
+        from .series import ApplyError
 
         raise ApplyError(f"--report needs the series ({series or 'of INPUT'}) in a folder of "
                          "its own")
@@ -115,8 +115,8 @@ def generalization(
 
     from artifactgsi.cli_common import check_device, cli_errors, parse_key_values
 
-    from .apply import run_reference_free
-    from .errors import MARBenchError
+    from ..errors import MARBenchError
+    from .series import run_reference_free
 
     with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out):
         check_device(device)

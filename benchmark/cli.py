@@ -161,13 +161,8 @@ def compare(
 ) -> None:
     """Compare runs in the layout of the paper's Table 3: one row per method, PSNR / SSIM /
     LPIPS against GSI (and the ideal image when present), then key clinical metrics."""
-    from .results import (
-        Results,
-        comparison_table,
-        format_value,
-        markdown_table,
-        verify_results,
-    )
+    from .compare import comparison_table, format_value, markdown_table
+    from .results import Results, verify_results
 
     runs = []
     unverified: list[str] = []

@@ -5,6 +5,7 @@ DICOM series out; reference-free measures for data without a reference), :mod:`.
 
 from __future__ import annotations
 
+from .reference_free import reference_free_measures, run_reference_free
 from .series import (
     ApplyError,
     ApplyResult,
@@ -15,8 +16,6 @@ from .series import (
     check_separate,
     iter_reduced,
     method_needs_implant_type,
-    reference_free_measures,
-    run_reference_free,
     select_series,
 )
 

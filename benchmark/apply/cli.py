@@ -49,7 +49,8 @@ def apply(
     from artifactgsi.cli_common import check_device, cli_errors, parse_key_values, read_secret
 
     from ..errors import MARBenchError
-    from .series import apply_to_series, check_report_target, run_reference_free
+    from .reference_free import run_reference_free
+    from .series import apply_to_series, check_report_target
 
     with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out_dir):
         options = parse_key_values(option)
@@ -116,7 +117,7 @@ def generalization(
     from artifactgsi.cli_common import check_device, cli_errors, parse_key_values
 
     from ..errors import MARBenchError
-    from .series import run_reference_free
+    from .reference_free import run_reference_free
 
     with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out):
         check_device(device)

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..results import ComparisonTable, Results, TableCell
+from ..compare import ComparisonTable, TableCell
+from ..results import Results
 from .aapm import SCORE_KEYS
 from .aapm_structures import CaseStructures
 

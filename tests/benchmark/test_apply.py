@@ -530,7 +530,7 @@ def test_reference_free_on_a_dataset_without_gsi(tmp_path: Path) -> None:
     row = next(csv.DictReader((tmp_path / "raw" / "manifest.csv").open()))
     assert doc["patients"][0]["implant_type"] == row["implant_type"] != "none"
     assert doc["mean"]["streak_band_energy_hu2"] == 0.0
-    from benchmark.apply.series import _volumes
+    from benchmark.apply.reference_free import _volumes
 
     (vol,) = _volumes(tmp_path / "built", "test")
     folder = next(p for p in (tmp_path / "raw").iterdir() if p.is_dir()) / "ordinary"

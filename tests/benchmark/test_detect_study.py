@@ -264,8 +264,9 @@ def test_results_json_carries_the_registry_detect_metrics(study, tiny_built, tmp
     from typer.testing import CliRunner
 
     from benchmark.cli import app
+    from benchmark.compare import comparison_table, table_columns
     from benchmark.metrics.registry import metrics_in_group
-    from benchmark.results import Results, comparison_table, table_columns
+    from benchmark.results import Results
     from benchmark.run import run_benchmark
 
     res = run_benchmark("identity", str(tiny_built.built), "test", tmp_path / "id", lpips=None,

@@ -1,7 +1,7 @@
 """Downstream segmentation, the benchmark's instrument: a frozen GSI-trained segmenter
 (segmentation-models-pytorch U-Net) applied to each method's output.
 
-One module per job: :mod:`.model` (config, model, loading, identity), :mod:`.train` (its
+One module per job: :mod:`.model` (config, model, loading, identity), :mod:`.training` (its
 trainer, ``marbench train segmenter``), :mod:`.analysis` (its scores on a split and the
 sufficiency checks), :mod:`.report` (Table 2), :mod:`.figures`, :mod:`.cli`
 (``marbench seg``). The IoU maths is in :mod:`benchmark.metrics.segmentation`.

@@ -146,7 +146,7 @@ def score_predictions(seg: Segmenter, data: str | Path | LabelledSplit,
 
 def _model_or_train(model: Path | None, input_: str, config: str, data: str, out: Path,
                     resume: bool) -> Path:
-    from .train import train
+    from .training import train
 
     if model is not None:
         return model

@@ -2,7 +2,7 @@
 left / right pelvis and left / right femur on one CT slice.
 
 Trained on the ``pairs`` train split's GSI images (or, for the information-sufficiency check,
-its ordinary images) against the ``labels`` column (:mod:`benchmark.segmentation.train`), then
+its ordinary images) against the ``labels`` column (:mod:`benchmark.segmentation.training`), then
 frozen and applied to a method's output
 (:class:`benchmark.metrics.segmentation.SegmentationScorer`)::
 
@@ -432,8 +432,8 @@ def open_labelled(data: str | Path, split: str = "train", *, config: str = "pair
 
 def train(config: str | Path | dict[str, Any] | SegConfig, data: str | Path, out: str | Path,
           *, resume: bool = False, overrides: dict[str, Any] | None = None) -> Path:
-    """``marbench train segmenter``: :func:`benchmark.segmentation.train.train` (see there)."""
-    from .train import train as train_segmenter
+    """``marbench train segmenter``: :func:`benchmark.segmentation.training.train` (see there)."""
+    from .training import train as train_segmenter
 
     return train_segmenter(config, data, out, resume=resume, overrides=overrides)
 

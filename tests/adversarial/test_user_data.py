@@ -162,7 +162,7 @@ def test_report_is_checked_before_the_derived_series_is_written(tmp_path, case):
 
 APPLY_SLOWLY = """
 import pathlib, sys, time
-import benchmark.apply as A
+import benchmark.apply.series as A
 ready, src, out = sys.argv[1:4]
 real = A._to_stored
 def slow(*args, **kwargs):  # widens the window in which the derived series is half written

@@ -82,7 +82,9 @@ def simulate(
     thickness: float = typer.Option(2.5, help="slice thickness and spacing in mm"),
     kev: float = typer.Option(None, help="GSI virtual monochromatic energy in keV"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    workers: int = typer.Option(1, help="worker processes"),
+    workers: int = typer.Option(1, help="worker processes (a local Dask cluster)"),
+    scheduler: str = typer.Option(None, help="a running Dask scheduler (tcp://host:8786 or a "
+                                  "scheduler file): run the patients on its workers"),
     scanner: str = typer.Option("gsi-hd", help="scanner profile of the ordinary series: "
                                 "gsi-hd (the GSI scanner, training domain), long-geometry, "
                                 "low-dose-100kv, aapm (the AAPM CT-MAR challenge's "
@@ -125,7 +127,7 @@ def simulate(
                         gsi=gsi, scanner=scanner, split_hint=split_hint, implant_mix=mix,
                         preset=p.name if preset is not None else "",
                         scanner_physics=not ideal_scanner)
-        stats = simulate_dataset(cfg, out, workers=workers)
+        stats = simulate_dataset(cfg, out, workers=workers, scheduler=scheduler)
     Console().print(f"[green]wrote[/] {stats['patients']} patients to {out} "
                     f"({stats['simulated']} simulated in {stats['seconds']:.1f} s)")
 
@@ -148,7 +150,9 @@ def preview(
 def build(
     raw: Path = typer.Argument(..., help="raw folder: manifest.csv + <patient>/ordinary, gsi"),
     out: Path = typer.Argument(..., help="output folder of the built dataset"),
-    workers: int = typer.Option(1, help="patient worker processes"),
+    workers: int = typer.Option(1, help="patient worker processes (a local Dask cluster)"),
+    scheduler: str = typer.Option(None, help="a running Dask scheduler (tcp://host:8786 or a "
+                                  "scheduler file): run the patients on its workers"),
     resume: bool = typer.Option(False, help="continue an interrupted build"),
     overwrite: bool = typer.Option(False, help="replace a previous build in OUT"),
     seed: int = typer.Option(0, help="seed of the patient-level train/test split"),
@@ -165,7 +169,7 @@ def build(
         secret = read_secret(secret_file) if secret_file else None
         # Warnings are printed once, by the builder, as they are found.
         report = build_dataset(raw, out, workers=workers, resume=resume, overwrite=overwrite,
-                               seed=seed, secret=secret)
+                               seed=seed, secret=secret, scheduler=scheduler)
     c = Console()
     rows = ", ".join(f"{cfg}/{split} {n}" for cfg, splits in report.rows.items()
                      for split, n in splits.items())

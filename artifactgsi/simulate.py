@@ -525,15 +525,21 @@ def _run_one(args: tuple[SimConfig, PatientPlan, str]) -> dict:
 
 
 def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool = True,
-                     console=None) -> dict:
+                     console=None, scheduler: str | None = None) -> dict:
     """Simulate the whole dataset into ``raw``; returns timing statistics.
 
-    Patients whose folder already exists with its ``truth.json`` are kept (``resume``): an
-    interrupted run continues where it stopped and gives the same result.
+    One task per patient (:func:`artifactgsi.workers.run_tasks`): in this process, on a
+    local Dask cluster of ``workers`` processes, or on the Dask cluster at ``scheduler``
+    (whose workers must see ``raw`` at the same path). Every patient depends only on the
+    seed and its index and is written atomically, so any number of workers, in any order,
+    writes the same bytes. Patients whose folder already exists with its ``truth.json`` are
+    kept (``resume``): an interrupted run continues where it stopped and gives the same
+    result.
     """
+    from .workers import check_workers
+
     cfg.validate()
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers, scheduler)
     raw = Path(raw)
     # Folders this call creates are removed again if it fails before writing anything in them.
     created = [d for d in (raw, *raw.parents) if not d.exists()]
@@ -546,11 +552,10 @@ def simulate_dataset(cfg: SimConfig, raw: Path, workers: int = 1, resume: bool =
         _remove_empty(created)
         raise ValueError(f"output folder {raw} is not writable: {e.strerror or e}") from None
     try:
-        return _simulate_into(cfg, raw, workers, resume, console)
+        return _simulate_into(cfg, raw, workers, resume, console, scheduler)
     except BaseException:
         # Half-written patients of this run (also of worker processes ended by SIGTERM).
-        for stale in raw.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        _remove_partial(raw)
         _remove_empty(created)
         raise
 
@@ -564,10 +569,19 @@ def _remove_empty(folders: list[Path]) -> None:
             break
 
 
-def _simulate_into(cfg: SimConfig, raw: Path, workers: int, resume: bool, console) -> dict:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+def _remove_partial(raw: Path) -> None:
+    """Delete temporary patient folders of interrupted or killed tasks (never complete)."""
     for stale in raw.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _simulate_into(cfg: SimConfig, raw: Path, workers: int, resume: bool, console,
+                   scheduler: str | None = None) -> dict:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .workers import run_tasks
+
+    _remove_partial(raw)
     plans = plan_patients(cfg)
     rows, todo = [], []
     fingerprint = config_fingerprint(cfg)
@@ -586,22 +600,15 @@ def _simulate_into(cfg: SimConfig, raw: Path, workers: int, resume: bool, consol
                   "{task.total} patients"), TimeRemainingColumn(), console=console,
                   transient=False) as prog:
         task = prog.add_task("patients", total=len(plans), completed=len(rows))
-        if workers == 1 or len(todo) <= 1:
-            prev = torch.get_num_threads()
-            for p in todo:
-                rows.append(_run_one((cfg, p, str(raw))))
-                torch.set_num_threads(prev)
-                prog.advance(task)
-        else:
-            import concurrent.futures as cf
-            import multiprocessing as mp
-
-            # a clean interpreter per worker: torch after fork is fragile
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-                for row in ex.map(_run_one, [(cfg, p, str(raw)) for p in todo]):
-                    rows.append(row)
-                    prog.advance(task)
+        prev = torch.get_num_threads()
+        try:
+            rows += run_tasks(_run_one, [(cfg, p, str(raw)) for p in todo],
+                              [p.patient_id for p in todo], workers=workers,
+                              scheduler=scheduler, on_done=lambda i, r: prog.advance(task))
+        finally:
+            torch.set_num_threads(prev)  # the serial path runs _run_one here
+    # A worker killed mid-task leaves its temporary folder; its task was run again.
+    _remove_partial(raw)
     _write_manifest(raw, rows)
     _write_simulation_record(raw, cfg)
     dt = time.perf_counter() - t0

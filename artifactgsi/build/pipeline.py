@@ -1,5 +1,6 @@
-"""The build driver: output folder rules, the pseudonymisation key, the patients (in worker
-processes if asked), resume from the cache, then :func:`~artifactgsi.build.merge.finish`."""
+"""The build driver: output folder rules, the pseudonymisation key, the patients (one task each,
+on Dask workers if asked: :mod:`artifactgsi.workers`), resume from the cache, then
+:func:`~artifactgsi.build.merge.finish`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..dicom import pseudonym
 from ..fileio import write_text_atomic
 from ..register import RegistrationConfig
 from ..schema import METAL_THRESHOLD_HU, PatientRecord
-from ..workers import watch_parent
+from ..workers import check_workers, run_tasks, uses_cluster
 from . import patient as _patient
 from .common import KEY_BYTES, WORK_DIR, WORK_FORMAT, BuildError, BuildReport, BuildSettings
 from .merge import finish
@@ -108,16 +109,19 @@ def build_dataset(raw: Path, out: Path, workers: int = 1, resume: bool = False,
                   metal_threshold_hu: float = METAL_THRESHOLD_HU,
                   registration: RegistrationConfig | None = None, rows_per_shard: int = 256,
                   license: str = "cc-by-4.0", pretty_name: str = "ArtifactGSI",
-                  overwrite: bool = False, keep_work: bool = False, console=None
-                  ) -> BuildReport:
+                  overwrite: bool = False, keep_work: bool = False, console=None,
+                  scheduler: str | None = None) -> BuildReport:
     """Build the dataset in ``out`` from the raw tree ``raw``; see :mod:`artifactgsi.build`.
 
     Args:
         raw: raw layout folder (``manifest.csv`` + one folder per patient).
         out: output folder; must be new or empty (or hold only an interrupted build's
             ``.work`` with ``resume``, or a previous build with ``overwrite``).
-        workers: patient processes in parallel (each single-threaded; they exit if this
-            process dies).
+        workers: patient processes in parallel on a local Dask cluster (each
+            single-threaded; they exit if this process dies); 1 = in this process.
+        scheduler: a running Dask scheduler's address or scheduler file: the patients run
+            on its workers, which must see ``raw`` and ``out`` at the same paths. Any
+            number of workers gives the same bytes (:mod:`artifactgsi.workers`).
         resume: reuse the patients cached in ``out/.work`` by an interrupted build with the
             same raw data and settings.
         secret: pseudonymisation key (bytes); default a random one for this build (then two
@@ -142,8 +146,9 @@ def build_dataset(raw: Path, out: Path, workers: int = 1, resume: bool = False,
 
     raw, out = Path(raw), Path(out)
     console = console or Console(stderr=True)
-    if workers < 1:
+    if isinstance(workers, int) and workers < 1:
         raise BuildError(f"workers must be >= 1, got {workers}")
+    check_workers(workers, scheduler)
     if rows_per_shard < 1:
         raise BuildError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     if secret is not None and (not isinstance(secret, bytes | bytearray) or not secret):
@@ -180,31 +185,28 @@ def build_dataset(raw: Path, out: Path, workers: int = 1, resume: bool = False,
                       TextColumn("{task.description}"), console=console,
                       transient=False) as prog:
             task = prog.add_task("", total=len(patients), completed=resumed)
-            if workers == 1 or len(todo) <= 1:
+            if not uses_cluster(workers, scheduler):
                 for p in todo:
                     prog.update(task, description=escape(p.patient_id))
                     # looked up at call time: tests interrupt a build by patching it
                     records[p.patient_id] = _patient.process_patient(p, key, cfg, work)
                     prog.advance(task)
             else:
-                import concurrent.futures as cf
-                import multiprocessing as mp
+                def done(i: int, rec: PatientRecord) -> None:
+                    records[todo[i].patient_id] = rec
+                    prog.update(task, description=escape(todo[i].patient_id))
+                    prog.advance(task)
 
-                ctx = mp.get_context("spawn")  # a clean interpreter per worker
-                with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=watch_parent,
-                                            initargs=(os.getpid(),)) as ex:
-                    futures = {ex.submit(_patient.process_in_worker, (p, key, cfg, str(work))): p
-                               for p in todo}
-                    try:
-                        for fut in cf.as_completed(futures):
-                            p = futures[fut]
-                            records[p.patient_id] = fut.result()
-                            prog.update(task, description=escape(p.patient_id))
-                            prog.advance(task)
-                    except BaseException:
-                        for f in futures:
-                            f.cancel()
-                        raise
+                # The key travels to the workers with each task (use TLS or a trusted
+                # network for a remote cluster); the records come back, the arrays stay in
+                # work/patients.
+                run_tasks(_patient.process_in_worker,
+                          [(p, key, cfg, str(work)) for p in todo],
+                          [p.patient_id for p in todo], workers=workers,
+                          scheduler=scheduler, on_done=done)
+                # a worker killed mid-task leaves a temporary file; its task ran again
+                for stale in (work / "patients").glob(".*.tmp*"):
+                    stale.unlink(missing_ok=True)
         seconds_processing = time.perf_counter() - t0
         report = finish(patients, records, splits, cfg, raw, out, work, old_entries, warnings,
                         console, simulation)

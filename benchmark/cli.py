@@ -121,6 +121,10 @@ def run(
     lesions: Path = typer.Option(None, "--lesions",
                                  help="lesion study folder (marbench detect make): also score "
                                       "lesion detectability and hallucination"),
+    workers: int = typer.Option(1, min=1, help="score the patients in N worker processes "
+                                "(a local Dask cluster); the same results.json"),
+    scheduler: str = typer.Option(None, help="a running Dask scheduler (tcp://host:8786 or a "
+                                  "scheduler file): score the patients on its workers"),
 ) -> None:
     """Run a method over a split, score it (marbench-v1, or --protocol aapm-ctmar-2024) and
     write OUT/results.json, per_slice.csv, figure.png and predictions/."""
@@ -128,6 +132,12 @@ def run(
     from .run import run_benchmark
 
     lpips: Any = None if no_lpips else (lpips_weights or "auto")
+    if workers > 1 or scheduler:  # one task per patient on Dask, merged into one run
+        from functools import partial
+
+        from .distributed import run_distributed
+
+        run_benchmark = partial(run_distributed, workers=workers, scheduler=scheduler)
     if out is not None and out.exists() and not out.is_dir():  # before minutes of scoring
         raise print_error(f"--out {out}: exists and is not a folder; give a folder")
     with cli_errors(MARBenchError, ImportError, TypeError, ValueError, path=out):

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,6 +114,8 @@ class RunOptions:
         lesions: a lesion study folder (``marbench detect make``): the method also runs on
             its paired scans and results.json gets lesion detectability and hallucination
             (``detect``; docs/detect.md).
+        patients: score only these patients' slices (of the first ``limit``): one task of a
+            run sharded by patient (:mod:`benchmark.distributed`).
 
     """
 
@@ -138,6 +141,7 @@ class RunOptions:
     segmenter: str | Path | None = None
     reference_cache: str | Path | None = "auto"
     lesions: str | Path | None = None
+    patients: Collection[str] | None = None
 
 
 def run_options(base: RunOptions | None = None, **settings: Any) -> RunOptions:
@@ -298,6 +302,13 @@ class _Run:
 
         o, name = self.o, self.name
         n_total = len(self.pairs) if o.limit is None else min(o.limit, len(self.pairs))
+        batches = self.pairs.iter_batches(o.batch_size, o.limit, neighbour_slices=self.k)
+        if o.patients is not None:
+            keep = set(o.patients)
+            rows = [r for r in self.pairs.order[:n_total] if self.pairs.slice_id(r)[0] in keep]
+            n_total = len(rows)
+            batches = (self.pairs.batch(rows[i:i + o.batch_size], self.k)
+                       for i in range(0, n_total, o.batch_size))
         writer = PredictionWriter(stage / "predictions"
                                   / f"{safe_name(o.split)}-00000-of-00001.parquet")
         self.picker = FigurePicker(FIGURE_SLICES)
@@ -312,8 +323,7 @@ class _Run:
         try:
             with progress:
                 task = progress.add_task(escape(f"{name} on {o.split}"), total=n_total)
-                for batch in self.pairs.iter_batches(o.batch_size, o.limit,
-                                                     neighbour_slices=self.k):
+                for batch in batches:
                     pred_hu, dt = reduce_batch(self.mar, name, batch.input, self.dev)
                     self.reduce_s += dt
                     pred_i16 = pred_hu.numpy()[:, 0].astype(np.int16)

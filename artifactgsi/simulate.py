@@ -33,7 +33,7 @@ import torch
 from .fileio import replace_dir
 from .physics.acquisition import ScanPhysics
 from .physics.geometry import FanBeamGeometry, ImageGrid
-from .physics.scan import GSIProtocol, OrdinaryProtocol, Scanner
+from .physics.scan import GSIProtocol, OrdinaryProtocol, Scanner, mu_water
 from .scanners import DEFAULT_SCANNER, SCANNER_PROFILES, ScannerProfile, scanner_profile
 from .schema import IMPLANT_TYPES, MANIFEST_COLUMNS
 
@@ -285,6 +285,41 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan,
 
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("ordinary", "gsi", "clean", "ideal",
                                                         "labels")}
+    # Sinograms wait here until ``flush`` reconstructs several batches in one FBP per grid
+    # (an FBP's cost is mostly per pixel and view, not per image; the results are the same
+    # bits as one FBP per image). Noise is still drawn batch by batch in the fixed order.
+    pending: dict[str, list[torch.Tensor]] = {k: [] for k in ("ordinary", "gsi", "use",
+                                                             "ideal", "clean")}
+    flush_slices = _fbp_slices(scanner.geom, cfg.batch)
+    kev = cfg.gsi.kev
+    ord_filter, gsi_filter = cfg.ordinary_protocol().filter, cfg.gsi.filter
+
+    def flush() -> None:
+        if not pending["ordinary"]:
+            return
+        p = {k: torch.cat(v) for k, v in pending.items() if v}
+        for v in pending.values():
+            v.clear()
+        out["ordinary"].append(_hu(ord_scanner.projector.fbp(p["ordinary"], grid_o,
+                                                             filter=ord_filter), mu_ord))
+        if not has_gsi:
+            return
+        n = p["gsi"].shape[0]
+        if ord_scanner is scanner and ord_filter == gsi_filter:
+            mu = scanner.projector.fbp(torch.cat([p["gsi"], p["ideal"], p["clean"]]), grid_g,
+                                       filter=gsi_filter)
+            mu_g, mu_i, mu_c = mu[:n], mu[n:2 * n], mu[2 * n:]
+        else:
+            mu = scanner.projector.fbp(torch.cat([p["gsi"], p["ideal"]]), grid_g,
+                                       filter=gsi_filter)
+            mu_g, mu_i = mu[:n], mu[n:]
+            mu_c = ord_scanner.projector.fbp(p["clean"], grid_g, filter=ord_filter)
+        out["gsi"].append(scanner.vmi_reconstruct(p["gsi"], p["use"], grid_g, kev, fbp=mu_g)
+                          [:, 0].cpu().numpy())
+        out["ideal"].append(_hu(mu_i, mu_water(kev)))
+        out["clean"].append(_hu(mu_c, mu_ord))
+
+    mu_ord = 0.0
     ss = cfg.supersample
     for start in range(0, cfg.slices, cfg.batch):
         idx = range(start, min(cfg.slices, start + cfg.batch))
@@ -306,16 +341,22 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan,
             lo, lc = lines[:b], lines[b:]
             lg = scanner.project(stack[b:2 * b, used]) if has_gsi else None
         # Noise is drawn in a fixed order (ordinary, GSI, clean) from one generator.
-        out["ordinary"].append(ord_scanner.ordinary(lo, mats, grid_o, gen)[:, 0].cpu().numpy())
+        p_ord, mu_ord = ord_scanner.ordinary_sinogram(lo, mats, gen)
+        pending["ordinary"].append(p_ord)
         if has_gsi:
-            out["gsi"].append(scanner.gsi(lg, mats, grid_g, gen)[:, 0].cpu().numpy())
-            out["ideal"].append(scanner.monochromatic(lg, mats, grid_g)[:, 0].cpu().numpy())
-            out["clean"].append(ord_scanner.ordinary(lc, mats, grid_g, gen)[:, 0].cpu().numpy())
+            p_gsi, use = scanner.vmi_sinogram(scanner.gsi_measurement(lg, mats, gen), kev)
+            pending["gsi"].append(p_gsi)
+            pending["use"].append(use)
+            pending["ideal"].append(scanner.monochromatic_sinogram(lg, mats, kev))
+            pending["clean"].append(ord_scanner.ordinary_sinogram(lc, mats, gen)[0])
             out["labels"].append(np.stack([
                 patient.rasterize(float(z_gsi[i]), grid_g, supersample=ss)[1].numpy()
                 for i in idx]))
+        if sum(len(t) for t in pending["ordinary"]) >= flush_slices:
+            flush()
         if progress:
             progress(b)
+    flush()
 
     def cat(k: str) -> np.ndarray | None:
         return np.concatenate(out[k]) if out[k] else None
@@ -347,6 +388,22 @@ def simulate_patient(cfg: SimConfig, plan: PatientPlan,
         labels=cat("labels"), gsi_grid=grid_g, ordinary_grid=grid_o,
         description=patient.describe(), truth=truth,
     )
+
+
+#: Bytes of sinograms reconstructed together per grid (the FBP's work buffers scale with it).
+_FBP_BATCH_BYTES = 128 << 20
+
+
+def _fbp_slices(geom: FanBeamGeometry, batch: int) -> int:
+    """Slices whose sinograms are reconstructed together: as many whole batches as keep the
+    three images per slice on the GSI grid within :data:`_FBP_BATCH_BYTES`."""
+    per_slice = 3 * geom.n_views * geom.n_det * 4
+    return batch * max(1, _FBP_BATCH_BYTES // (per_slice * batch))
+
+
+def _hu(mu: torch.Tensor, mu_water: float) -> np.ndarray:
+    """``(B, 1, H, W)`` attenuation (1/mm) -> ``(B, H, W)`` float32 HU."""
+    return (1000.0 * (mu - mu_water) / mu_water)[:, 0].cpu().numpy()
 
 
 def _nearest(z_ref: np.ndarray, z: float, t: float) -> int | None:

@@ -21,6 +21,7 @@ from .materials import mu_matrix
 from .spectra import TubeSpec, cache_dir, energy_grid_kev, spectrum
 
 _CHUNK = 1 << 17  # rays per chunk: bounds the (rays, energies) intermediate to ~ 40 MB
+_MIN_ROWS = 256  # rays per product at least when the empty rays are left out
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,32 @@ class Beam:
 
 
 def _transmission(lines_mm: torch.Tensor, mu: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_E w_E exp(-sum_m mu_mE L_m) for rays ``(R, M)``, chunked, -> ``(R, K)`` for K weights."""
+    """sum_E w_E exp(-sum_m mu_mE L_m) for rays ``(R, M)``, chunked, -> ``(R, K)`` for K weights.
+
+    Rays through nothing (every ``L_m`` zero: beside the body, often half of a sinogram) all
+    have the transmission of an empty ray; it is computed once and the products run over the
+    other rays only. A row's products do not depend on the other rows of a large product, so
+    the result is bit-identical to the product over every ray. (Products of a handful of rows
+    take another kernel whose rounding differs: the compacted rays are padded with empty rays
+    to at least ``_MIN_ROWS`` per product, as in the product over every ray.)
+    """
+    hit = lines_mm.ne(0).any(1)
+    n_hit = int(hit.sum())
+    if lines_mm.shape[0] < 8 * _MIN_ROWS or n_hit > 0.875 * lines_mm.shape[0]:
+        return _transmission_rows(lines_mm, mu, weights)
+    empty = lines_mm.new_zeros(_MIN_ROWS, lines_mm.shape[1])
+    out = _transmission_rows(empty, mu, weights)[:1].expand(lines_mm.shape[0], -1).clone()
+    if n_hit:
+        rows = lines_mm[hit]
+        tail = n_hit % _CHUNK  # the last product's rows
+        if 0 < tail < _MIN_ROWS:
+            rows = torch.cat([rows, empty[: _MIN_ROWS - tail]])
+        out[hit] = _transmission_rows(rows, mu, weights)[:n_hit]
+    return out
+
+
+def _transmission_rows(lines_mm: torch.Tensor, mu: torch.Tensor, weights: torch.Tensor
+                       ) -> torch.Tensor:
     out = []
     for chunk in lines_mm.split(_CHUNK):
         t = torch.exp(-(chunk @ mu))  # (r, E)

@@ -228,8 +228,13 @@ class Scanner:
 
     def vmi_image(self, m: GSIMeasurement, grid: ImageGrid, kev: float) -> torch.Tensor:
         """VMI at ``kev`` in HU ``(B, 1, H, W)`` from a :class:`GSIMeasurement`."""
+        p, use = self.vmi_sinogram(m, kev)
+        return self.vmi_reconstruct(p, use, grid, kev)
+
+    def vmi_sinogram(self, m: GSIMeasurement, kev: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(VMI line integrals (B, 1, V, D), (B,) bool: the slices that get the metal
+        correction)`` (see :attr:`GSIProtocol.metal_correction`)."""
         p = m.vmi_sinogram(self.decomposer(), kev)[:, None]
-        mu_w = mu_water(kev)
         pr = self.gsi_protocol
         if pr.metal_correction not in ("on", "off", "auto"):
             raise ValueError(f"metal_correction must be 'on', 'off' or 'auto', got "
@@ -237,7 +242,16 @@ class Scanner:
         use = torch.full((p.shape[0],), pr.metal_correction == "on", device=p.device)
         if pr.metal_correction == "auto":
             use = (m.trust < 0.5).flatten(1).float().mean(1) > pr.starved_fraction
-        mu = self.projector.fbp(p, grid, filter=pr.filter)
+        return p, use
+
+    def vmi_reconstruct(self, p: torch.Tensor, use: torch.Tensor, grid: ImageGrid, kev: float,
+                        fbp: torch.Tensor | None = None) -> torch.Tensor:
+        """VMI in HU ``(B, 1, H, W)`` from :meth:`vmi_sinogram`'s output. ``fbp``: the plain
+        FBP of ``p`` on ``grid`` if already computed (e.g. batched with other images; it is
+        overwritten where the metal correction applies)."""
+        mu_w = mu_water(kev)
+        pr = self.gsi_protocol
+        mu = self.projector.fbp(p, grid, filter=pr.filter) if fbp is None else fbp
         if bool(use.any()):
             from .metal_correction import correct
 
@@ -251,14 +265,20 @@ class Scanner:
         """Noise-free monochromatic image at ``kev`` in HU: linear in the line integrals, so no
         beam hardening, no photon starvation, no noise; only the scanner's resolution."""
         kev = self.gsi_protocol.kev if kev is None else kev
+        p = self.monochromatic_sinogram(lines, materials, kev)
+        img = self.projector.fbp(p, grid, filter=self.gsi_protocol.filter)
+        mu_w = mu_water(kev)
+        return 1000.0 * (img - mu_w) / mu_w
+
+    def monochromatic_sinogram(self, lines: torch.Tensor, materials: tuple[str, ...],
+                               kev: float | None = None) -> torch.Tensor:
+        """Monochromatic line integrals at ``kev``, ``(B, 1, V, D)``."""
+        kev = self.gsi_protocol.kev if kev is None else kev
         mu = torch.as_tensor(mu_matrix(materials, np.array([kev]))[:, 0], dtype=torch.float32,
                              device=lines.device)
         p = torch.einsum("bmvd,m->bvd", lines.float(), mu)
         # Sub-rays averaged in line integral: the scanner's resolution, no non-linear effects.
-        p = self.beam_path(TubeSpec(self.gsi_protocol.kvp_high)).reduce_lines(p)[:, None]
-        img = self.projector.fbp(p, grid, filter=self.gsi_protocol.filter)
-        mu_w = mu_water(kev)
-        return 1000.0 * (img - mu_w) / mu_w
+        return self.beam_path(TubeSpec(self.gsi_protocol.kvp_high)).reduce_lines(p)[:, None]
 
 
 def mu_water(kev: float) -> float:

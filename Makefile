@@ -44,7 +44,7 @@ SEG = $(if $(filter 1,$(DEMO_SEG_TRAIN)),$(DATA)/seg-run/model,$(DEMO_SEG_WEIGHT
 train_once = test -f $(2)/model/config.json || $(BIN)/marbench train $(1) --data $(DATA)/built \
 	--out $(2) $(3) $$(test -f $(2)/config.json && echo --resume)
 
-.PHONY: setup demo test test-fast lint bench clean table3 expert-demo board dudodp-demo scanners lga-train seg-train standard validate-sim
+.PHONY: setup demo test test-fast lint bench clean table3 expert-demo board dudodp-demo scanners lga-train seg-train standard validate-sim gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -216,6 +216,13 @@ $(XCIST_VENV)/.installed:
 validate-sim: setup $(XCIST_VENV)/.installed
 	$(BIN)/python benchmarks/validate_simulator.py --size $(VALIDATE_SIZE) \
 	  --xcist-python $(XCIST_VENV)/bin/python --work out/validate-sim
+
+# On one GPU, in under 8 minutes: the gpu tests, training-step time of every *-paper config
+# and LGA inference at 512 px, as one table in $(DATA)/gpu-check (docs/scale.md). Without a
+# GPU it says so and fails within seconds (no set-up first: it must fail fast).
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --out $(DATA)/gpu-check
 
 clean:
 	rm -rf $(DATA) .pytest_cache

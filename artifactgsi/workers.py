@@ -130,9 +130,12 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
     else:
         # memory_limit=0: no nanny kills on a memory estimate; a task holds one patient, and
         # a shared machine's other users would make any fixed share wrong.
+        # No dashboard; the scheduler's small HTTP server on any free port (the default,
+        # 8787, is often taken on a shared machine, which only makes a warning).
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, memory_limit=0,
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.ERROR,
+                               scheduler_kwargs={"dashboard_address": ":0"})
         client = Client(cluster)
     try:
         yield client

@@ -88,6 +88,7 @@ def on_workers(sizes: list[int], slices: int, workers: list[int], patients: int)
         for n in workers:
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                               dashboard_address=None, memory_limit=0,
+                              scheduler_kwargs={"dashboard_address": ":0"},
                               silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
                 client.run(_warm, size)
                 cfg = SimConfig(patients=patients, slices=slices, size=size, clean_patients=0)

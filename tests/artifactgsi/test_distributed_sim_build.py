@@ -88,6 +88,7 @@ class KillOnce(WorkerPlugin):
 def cluster():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, memory_limit=0,
+                      scheduler_kwargs={"dashboard_address": ":0"},
                       silence_logs=logging.CRITICAL) as c, Client(c) as client:
         yield c, client
 
@@ -158,6 +159,7 @@ def test_a_task_that_keeps_killing_workers_fails_clearly_and_the_rerun_resumes(s
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                          dashboard_address=None, memory_limit=0,
+                         scheduler_kwargs={"dashboard_address": ":0"},
                          silence_logs=logging.CRITICAL) as c, Client(c) as client:
         marker = tmp_path / "killed"
         client.register_plugin(KillOnce("artifactgsi.dicom", "write_ct_series", str(marker),

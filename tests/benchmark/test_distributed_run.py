@@ -136,6 +136,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_is_the_same(tiny_built,
     out = tmp_path / "li"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, memory_limit=0,
+                      scheduler_kwargs={"dashboard_address": ":0"},
                       silence_logs=logging.CRITICAL) as c, Client(c) as client:
         client.register_plugin(KillOnce(str(marker)))
         run_distributed("li", tiny_built.built, out=out, scheduler=c.scheduler_address,

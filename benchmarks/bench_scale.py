@@ -5,6 +5,7 @@ Usage:
     python benchmarks/bench_scale.py workers [--patients 20 --slices 12 --size 128
                                               --clean 2 --workers 2 --method li]
     python benchmarks/bench_scale.py memory [--counts 4 16 --size 128 --slices 12]
+    python benchmarks/bench_scale.py paper-slice --patients 3 --clean 1 --slices 4 --size 512
 
 ``workers``: the demo's dataset (20 implant + 2 clean patients, 12 slices, 128 px) made
 serially and on a local Dask cluster of ``--workers`` processes: simulate, build (one fixed
@@ -16,6 +17,10 @@ file of the runs. Times are wall seconds including the cluster's start.
 ``memory``: for each patient count, simulate (on 2 workers), then build serially and score
 (identity) serially, each in a fresh process that reports its own peak RSS: the streaming
 build and runner hold a bounded number of patients, so the peak must not grow with the count.
+
+``paper-slice``: a slice of the paper-size dataset (simulate, then build) on a local Dask
+cluster of ``--workers`` processes: the wall time and the CPU seconds the workers spent (their
+projector builds included), to check docs/scale.md's extrapolation against.
 
 The root folder (``--root``, default a temporary one) keeps everything for inspection.
 """
@@ -140,9 +145,51 @@ def memory(args: argparse.Namespace, root: Path) -> list[dict]:
     return rows
 
 
+def _cpu_s() -> float:
+    """This process's CPU seconds (user + system), for a worker to report."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def paper_slice(args: argparse.Namespace, root: Path) -> list[dict]:
+    """Simulate and build a slice of the paper-size dataset on a local Dask cluster; wall
+    time and the workers' CPU seconds of each step (projector builds included)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from artifactgsi.build import build_dataset
+    from artifactgsi.simulate import SimConfig, simulate_dataset
+
+    cfg = SimConfig(patients=args.patients, slices=args.slices, size=args.size,
+                    clean_patients=args.clean)
+    rows = []
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, memory_limit=0, silence_logs=logging.ERROR,
+                      scheduler_kwargs={"dashboard_address": ":0"}) as c, Client(c) as client:
+        for step in ("simulate", "build"):
+            cpu0 = sum(client.run(_cpu_s).values())
+            t0 = time.perf_counter()
+            if step == "simulate":
+                simulate_dataset(cfg, root / "raw", scheduler=c.scheduler_address,
+                                 console=_quiet())
+            else:
+                build_dataset(root / "raw", root / "built", secret=SECRET,
+                              scheduler=c.scheduler_address, console=_quiet())
+            wall = time.perf_counter() - t0
+            cpu = sum(client.run(_cpu_s).values()) - cpu0
+            rows.append({"step": step, "size": args.size, "patients": args.patients,
+                         "clean": args.clean, "slices": args.slices, "workers": args.workers,
+                         "wall_s": wall, "worker_cpu_s": cpu,
+                         "cpu_share": cpu / (wall * args.workers)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("workers", "memory"))
+    ap.add_argument("what", choices=("workers", "memory", "paper-slice"))
     ap.add_argument("--root", type=Path, default=None)
     ap.add_argument("--patients", type=int, default=20)
     ap.add_argument("--clean", type=int, default=2)
@@ -170,6 +217,15 @@ def main() -> None:
             t.add_row(r["step"], "yes" if r["identical"] else "NO", str(r["files"]),
                       f"{r['serial_s']:.1f}", f"{r['workers_s']:.1f}", f"{r['speedup']:.2f}",
                       f"{r['serial_slices_per_s']:.2f}", f"{r['workers_slices_per_s']:.2f}")
+    elif args.what == "paper-slice":
+        rows = paper_slice(args, args.root)
+        t = Table(title=f"{args.patients} + {args.clean} patients x {args.slices} slices at "
+                        f"{args.size} px on {args.workers} Dask workers (load {load:.1f})")
+        for c in ("step", "wall s", "worker CPU s", "CPU share per worker"):
+            t.add_column(c, justify="right")
+        for r in rows:
+            t.add_row(r["step"], f"{r['wall_s']:.1f}", f"{r['worker_cpu_s']:.1f}",
+                      f"{r['cpu_share']:.2f}")
     else:
         rows = memory(args, args.root)
         t = Table(title=f"peak RSS of build and run (serial) at {args.size} px, "

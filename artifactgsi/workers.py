@@ -131,10 +131,12 @@ def dask_client(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]
         # memory_limit=0: no nanny kills on a memory estimate; a task holds one patient, and
         # a shared machine's other users would make any fixed share wrong.
         # No dashboard; the scheduler's small HTTP server on any free port (the default,
-        # 8787, is often taken on a shared machine, which only makes a warning).
+        # 8787, is often taken on a shared machine, which only makes a warning). Dask's own
+        # log is silenced: a task's failure reaches the caller as an exception, and workers
+        # closing with the cluster log harmless heartbeat errors.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, memory_limit=0,
-                               silence_logs=logging.ERROR,
+                               silence_logs=logging.CRITICAL,
                                scheduler_kwargs={"dashboard_address": ":0"})
         client = Client(cluster)
     try:

@@ -88,10 +88,11 @@ def workers(args: argparse.Namespace, root: Path) -> list[dict]:
         t0 = time.perf_counter()
         kw = dict(out=root / f"run-{n}", lpips=None, verbose=False,
                   data_cache_dir=root / f"cache-{n}")
+        # Both runs score the serial build (results.json records the folder's path).
         if n == 1:
-            run_benchmark(args.method, root / f"built-{n}", **kw)
+            run_benchmark(args.method, root / "built-1", **kw)
         else:
-            run_distributed(args.method, root / f"built-{n}", workers=n, **kw)
+            run_distributed(args.method, root / "built-1", workers=n, **kw)
         timings["run"][n] = time.perf_counter() - t0
     w = args.workers
     same_raw, n_raw = _same_tree(root / "raw-1", root / f"raw-{w}")

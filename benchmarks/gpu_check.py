@@ -230,10 +230,12 @@ def dudodp_jobs(config: Any, device: Any) -> list[Job]:
 
 
 def seg_jobs(config: Any, device: Any) -> list[Job]:
-    """The segmenter (``benchmark.segmentation``): smp U-Net, Dice + cross-entropy."""
+    """The segmenter (``benchmark.segmentation``): smp U-Net, Dice + cross-entropy, as its
+    trainer computes them."""
     import torch
 
-    from benchmark.segmentation import Segmenter, _dice_ce, load_config
+    from benchmark.segmentation.model import Segmenter, load_config
+    from benchmark.segmentation.train import _dice_ce
 
     cfg, _ = load_config(config)
     seg = Segmenter(cfg).to(device)

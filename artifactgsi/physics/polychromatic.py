@@ -48,26 +48,45 @@ class Beam:
 def _transmission(lines_mm: torch.Tensor, mu: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_E w_E exp(-sum_m mu_mE L_m) for rays ``(R, M)``, chunked, -> ``(R, K)`` for K weights.
 
-    Rays through nothing (every ``L_m`` zero: beside the body, often half of a sinogram) all
-    have the transmission of an empty ray; it is computed once and the products run over the
-    other rays only. A row's products do not depend on the other rows of a large product, so
-    the result is bit-identical to the product over every ray. (Products of a handful of rows
-    take another kernel whose rounding differs: the compacted rays are padded with empty rays
-    to at least ``_MIN_ROWS`` per product, as in the product over every ray.)
+    Rays that cross nothing but the last material (beside the body: often half of a sinogram;
+    the last material is the bowtie when :func:`~artifactgsi.physics.bowtie.measure_filtered`
+    appends it, else the path is empty) depend on that one path length only: their
+    transmission is computed once per distinct length (one per detector channel at most) and
+    the products run over the other rays. A row's products do not depend on the other rows of
+    a large product, so the result is bit-identical to the product over every ray. (Products
+    of a handful of rows take another BLAS kernel whose rounding differs, so every product
+    here has at least ``_MIN_ROWS`` rows, padded with empty rays, as over every ray.)
     """
-    hit = lines_mm.ne(0).any(1)
-    n_hit = int(hit.sum())
-    if lines_mm.shape[0] < 8 * _MIN_ROWS or n_hit > 0.875 * lines_mm.shape[0]:
+    n_rays, n_mat = lines_mm.shape
+    if n_rays < 8 * _MIN_ROWS:
         return _transmission_rows(lines_mm, mu, weights)
-    empty = lines_mm.new_zeros(_MIN_ROWS, lines_mm.shape[1])
-    out = _transmission_rows(empty, mu, weights)[:1].expand(lines_mm.shape[0], -1).clone()
-    if n_hit:
-        rows = lines_mm[hit]
-        tail = n_hit % _CHUNK  # the last product's rows
-        if 0 < tail < _MIN_ROWS:
-            rows = torch.cat([rows, empty[: _MIN_ROWS - tail]])
-        out[hit] = _transmission_rows(rows, mu, weights)[:n_hit]
+    tail = n_rays % _CHUNK
+    if 0 < tail < _MIN_ROWS:  # the product over every ray ends with a small one: keep it
+        return torch.cat([_transmission(lines_mm[:-tail], mu, weights),
+                          _transmission_rows(lines_mm[-tail:], mu, weights)])
+    lone = ~lines_mm[:, :-1].ne(0).any(1)  # rays through the last material at most
+    n_lone = int(lone.sum())
+    if n_lone < 0.125 * n_rays:
+        return _transmission_rows(lines_mm, mu, weights)
+    out = lines_mm.new_empty(n_rays, weights.shape[1])
+    values, inverse = torch.unique(lines_mm[lone, -1], return_inverse=True)
+    distinct = lines_mm.new_zeros(values.numel(), n_mat)
+    distinct[:, -1] = values
+    out[lone] = _transmission_padded(distinct, mu, weights)[inverse]
+    if n_lone < n_rays:
+        out[~lone] = _transmission_padded(lines_mm[~lone], mu, weights)
     return out
+
+
+def _transmission_padded(lines_mm: torch.Tensor, mu: torch.Tensor, weights: torch.Tensor
+                         ) -> torch.Tensor:
+    """:func:`_transmission_rows` with the last product padded to ``_MIN_ROWS`` rows."""
+    n = lines_mm.shape[0]
+    tail = n % _CHUNK  # the last product's rows
+    if 0 < tail < _MIN_ROWS:
+        lines_mm = torch.cat([lines_mm, lines_mm.new_zeros(_MIN_ROWS - tail,
+                                                           lines_mm.shape[1])])
+    return _transmission_rows(lines_mm, mu, weights)[:n]
 
 
 def _transmission_rows(lines_mm: torch.Tensor, mu: torch.Tensor, weights: torch.Tensor

@@ -8,18 +8,17 @@ see :mod:`artifactgsi.workers`) call::
 
 Each task is :func:`benchmark.run.run_benchmark` on one patient's slices (the same method,
 options, protocol, segmenter and data), written to its own run folder under
-``OUT/../.<name>.parts/<patient>/`` (atomically, as every run). The merge then writes ``OUT``
-as the serial run does: per-slice values in benchmark order, every summary recomputed from
-them (:func:`benchmark.results.summarize` is exact and order-independent), the predictions
-rewritten into one Parquet file in the serial run's batches (the same bytes), the same
-figure, the same per-slice CSV. ``results.json`` equals the serial run's except the fields
-that describe the run itself: ``created_utc``, ``hardware`` (the worker of the first patient) and
-``timing`` (seconds summed over the tasks; ``total_s`` is the wall time).
-
-This holds for methods whose output for a slice does not depend on the other slices of its
-batch (every shipped method; the metrics are per slice too, and give the same bits for any
-batch). A method that draws random numbers from a shared generator across slices would give
-other numbers in another batch layout, distributed or not.
+``OUT/../.<name>.parts/<patient>/`` (atomically, as every run). A task runs the serial run's
+batches that hold its patient's slices, whole, and keeps its own slices: the method and the
+metrics see exactly the serial run's batches, so no number can depend on the batch layout.
+The merge then writes ``OUT`` as the serial run does: per-slice values in benchmark order,
+every summary recomputed from them (:func:`benchmark.results.summarize` is exact and
+order-independent), the predictions rewritten into one Parquet file in the serial run's
+batches (the same bytes), the same figure, the same per-slice CSV. ``results.json`` equals the
+serial run's except the fields that describe the run itself: ``created_utc``, ``hardware``
+(the worker of the first patient) and ``timing`` (seconds summed over the tasks; ``total_s``
+is the wall time). The protocol ``aapm-ctmar-2024`` and lesion studies score a split as a
+whole and run serially only.
 
 Workers that die are replaced and their patients run again (nothing half-written is kept:
 each part is published by rename). A rerun with the same settings keeps the finished

@@ -213,10 +213,10 @@ def dudodp_jobs(config: Any, device: Any) -> list[Job]:
     import torch
 
     from baselines.dudodp.config import load_dudodp_config
-    from baselines.dudodp.prior import build_prior
+    from baselines.dudodp.prior import DiffusionPrior
 
     cfg = load_dudodp_config(config)
-    model = build_prior(cfg).to(device)
+    model = DiffusionPrior(cfg).to(device)
     s, b = cfg.image_size, cfg.batch_size
     g = torch.Generator(device=device).manual_seed(0)
     batch = {"x0": torch.rand(b, 1, s, s, device=device, generator=g) * 2 - 1,

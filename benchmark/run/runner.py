@@ -115,7 +115,9 @@ class RunOptions:
             its paired scans and results.json gets lesion detectability and hallucination
             (``detect``; docs/detect.md).
         patients: score only these patients' slices (of the first ``limit``): one task of a
-            run sharded by patient (:mod:`benchmark.distributed`).
+            run sharded by patient (:mod:`benchmark.distributed`). The serial run's batches
+            that hold them run whole, so every number is the serial run's; the other
+            patients' slices in them are computed and dropped (``figure`` is not drawn).
 
     """
 
@@ -303,12 +305,17 @@ class _Run:
         o, name = self.o, self.name
         n_total = len(self.pairs) if o.limit is None else min(o.limit, len(self.pairs))
         batches = self.pairs.iter_batches(o.batch_size, o.limit, neighbour_slices=self.k)
+        keep = None
         if o.patients is not None:
+            # The serial run's batches that hold these patients' slices, whole: the method and
+            # the metrics see what they see in the serial run (a result may depend on a batch's
+            # other slices); the other patients' slices are computed and dropped.
             keep = set(o.patients)
-            rows = [r for r in self.pairs.order[:n_total] if self.pairs.slice_id(r)[0] in keep]
-            n_total = len(rows)
-            batches = (self.pairs.batch(rows[i:i + o.batch_size], self.k)
-                       for i in range(0, n_total, o.batch_size))
+            order = self.pairs.order[:n_total]
+            chunks = [order[i:i + o.batch_size] for i in range(0, n_total, o.batch_size)]
+            chunks = [c for c in chunks if any(self.pairs.slice_id(r)[0] in keep for r in c)]
+            n_total = sum(len(c) for c in chunks)
+            batches = (self.pairs.batch(c, self.k) for c in chunks)
         writer = PredictionWriter(stage / "predictions"
                                   / f"{safe_name(o.split)}-00000-of-00001.parquet")
         self.picker = FigurePicker(FIGURE_SLICES)
@@ -327,8 +334,14 @@ class _Run:
                     pred_hu, dt = reduce_batch(self.mar, name, batch.input, self.dev)
                     self.reduce_s += dt
                     pred_i16 = pred_hu.numpy()[:, 0].astype(np.int16)
+                    ids, sidx = batch.input.patient_id, batch.input.slice_index
+                    mine = None if keep is None else [i for i, p in enumerate(ids) if p in keep]
                     if o.save_predictions:
-                        writer.write(batch.input.patient_id, batch.input.slice_index, pred_i16)
+                        if mine is None:
+                            writer.write(ids, sidx, pred_i16)
+                        else:
+                            writer.write([ids[i] for i in mine], [sidx[i] for i in mine],
+                                         pred_i16[mine])
                     t0 = time.perf_counter()
                     records = (anchors.score_batch(self.scorers[anchors.comparison], batch,
                                                    pred_hu)
@@ -338,9 +351,9 @@ class _Run:
                         segment_batch(self.seg_model, batch, pred_hu, records, self.dev,
                                       self.cache, self.seg_record)
                     self.cache.release(set(batch.input.patient_id))
-                    self.slices.extend(records)
+                    self.slices.extend(records if mine is None else [records[i] for i in mine])
                     self.score_s += time.perf_counter() - t0
-                    if o.figure and not self.aapm:
+                    if o.figure and not self.aapm and mine is None:
                         offer_figure(self.picker, batch, pred_i16,
                                      len(self.slices) - batch.input.batch_size)
                     progress.advance(task, batch.input.batch_size)

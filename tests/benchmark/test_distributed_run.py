@@ -116,9 +116,9 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_is_the_same(tiny_built,
             self.marker = marker
 
         def setup(self, worker) -> None:
-            import benchmark.run as run
+            import benchmark.run.runner as runner
 
-            orig, marker = run._reduce, self.marker
+            orig, marker = runner.reduce_batch, self.marker
 
             def wrapper(*args, **kwargs):
                 try:
@@ -130,7 +130,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_is_the_same(tiny_built,
                 orig(*args, **kwargs)
                 os._exit(1)
 
-            run._reduce = wrapper
+            runner.reduce_batch = wrapper
 
     marker = tmp_path / "killed"
     out = tmp_path / "li"

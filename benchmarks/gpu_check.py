@@ -235,7 +235,7 @@ def seg_jobs(config: Any, device: Any) -> list[Job]:
     import torch
 
     from benchmark.segmentation.model import Segmenter, load_config
-    from benchmark.segmentation.train import _dice_ce
+    from benchmark.segmentation.training import _dice_ce
 
     cfg, _ = load_config(config)
     seg = Segmenter(cfg).to(device)

@@ -17,26 +17,26 @@ WORKERS ?= 2
 DEMO_SIM = $(if $(DEMO_PRESET),--preset $(DEMO_PRESET),--patients $(DEMO_PATIENTS) \
 	--slices $(DEMO_SLICES) --clean-patients 2) --size $(DEMO_SIZE) --workers $(WORKERS)
 # 1: the demo scores the toy LGA. By default it uses the weights shipped in
-# $(DEMO_LGA_WEIGHTS), which `make lga-train` made on the demo's training patients (the same
-# patients on every build: the split does not depend on the pseudonymisation key); training
-# them takes about an hour on 2 cores, beyond the demo's budget. DEMO_LGA_TRAIN=1 trains
-# them here first (data/lga-run) and scores those instead.
+# $(DEMO_LGA_WEIGHTS), which `make lga-train` made on the earlier small demo set (seed 0, 20
+# implant patients, ideal scanner; never the standard preset's patients); training on the
+# standard preset takes hours on 2 cores, beyond the demo's budget. DEMO_LGA_TRAIN=1 trains
+# here first (data/lga-run) and scores that instead.
 DEMO_LGA ?= 1
 DEMO_LGA_TRAIN ?= 0
 DEMO_LGA_CONFIG ?= lga-cpu
 DEMO_LGA_WEIGHTS ?= weights/lga-cpu-demo
 LGA_WEIGHTS = $(if $(filter 1,$(DEMO_LGA_TRAIN)),$(DATA)/lga-run/model,$(DEMO_LGA_WEIGHTS))
 # The frozen GSI-trained segmenter that scores downstream segmentation. By default the demo
-# uses the one shipped in $(DEMO_SEG_WEIGHTS), which `make seg-train` made on the demo's
-# training patients (about 23 minutes on one core, beyond the demo's budget for it);
+# uses the one shipped in $(DEMO_SEG_WEIGHTS), which `make seg-train` made on the earlier
+# small demo set (about 23 minutes on one core there; about 2 hours on the standard preset);
 # DEMO_SEG_TRAIN=1 trains one here first (data/seg-run) and scores with it instead.
 DEMO_SEG_CONFIG ?= seg-cpu
 DEMO_SEG_TRAIN ?= 0
 DEMO_SEG_WEIGHTS ?= weights/seg-cpu-demo
-# Learned baselines the demo trains. None by default, to keep the demo short (about 17
-# minutes from a fresh clone); `make demo DEMO_DEEP=oscnet` adds OSCNet, the paper's
-# comparison baseline (about 6 more minutes); `make table3` trains every learned baseline
-# with two seeds.
+# Learned baselines the demo trains. None by default, to keep the demo within its budget;
+# `make demo DEMO_DEEP=oscnet` adds OSCNet, the paper's comparison baseline (epoch-based:
+# longer on the standard preset than on the small set); `make table3` trains every learned
+# baseline with two seeds.
 DEMO_DEEP ?=
 DEEP_SEEDS ?= 0 1
 SEG = $(if $(filter 1,$(DEMO_SEG_TRAIN)),$(DATA)/seg-run/model,$(DEMO_SEG_WEIGHTS))
@@ -83,7 +83,8 @@ demo: setup
 	sed -n '/^\*\*/,$$p' $(DATA)/results/compare.md
 	$(MAKE) board
 
-# The toy LGA on the demo build (lga-cpu; about an hour on 2 cores): an interrupted training
+# The toy LGA on the demo build (lga-cpu; about an hour on 2 cores on the small set, about 5
+# estimated on the standard preset): an interrupted training
 # resumes, a finished one is reused. `make demo DEMO_LGA_TRAIN=1` scores it.
 lga-train: setup
 	$(call train_once,lga,$(DATA)/lga-run,--config $(DEMO_LGA_CONFIG))

@@ -59,8 +59,13 @@ def min_wilcoxon_p(n: int) -> float:
 
 def paired_bootstrap_ci(diffs: np.ndarray, n_resamples: int = 10000, seed: int = 0,
                         level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean of per-patient differences, patients resampled."""
-    d = np.asarray(diffs, dtype=np.float64)
+    """Percentile interval of the mean of per-patient differences, patients resampled.
+
+    The differences are sorted first, so the interval depends on their values only, not on
+    the patients' order: each build draws new pseudonymous patient ids, which reorder the
+    patients, and the same images must give the same interval.
+    """
+    d = np.sort(np.asarray(diffs, dtype=np.float64))
     if d.size == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)

@@ -273,7 +273,11 @@ class Segmenter(PretrainedModel):
         self.eval()
         dev = next(self.parameters()).device
         try:
-            outs = [self.logits(images_hu[i:i + batch_size].to(dev)).argmax(1).to(torch.uint8)
+            # argmax over classes on a channels-last copy: the same labels (first maximum on
+            # ties, as argmax(1)), about 5x faster on CPU than a reduction across strided
+            # channel planes, which was a fifth of scoring's cost at 512 px
+            outs = [self.logits(images_hu[i:i + batch_size].to(dev)).permute(0, 2, 3, 1)
+                    .contiguous().argmax(-1).to(torch.uint8)
                     for i in range(0, images_hu.shape[0], batch_size)]
         finally:
             self.train(was)

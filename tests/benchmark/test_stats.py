@@ -80,3 +80,13 @@ def test_detectable_difference_has_the_stated_power_monte_carlo():
     assert n is not None and n >= 6
     hits = sum(sps.wilcoxon(rng.normal(0.5, sd, n)).pvalue < 0.05 for _ in range(trials))
     assert abs(hits / trials - 0.8) < 0.05
+
+
+def test_bootstrap_interval_does_not_depend_on_the_patients_order() -> None:
+    # Each build pseudonymises patients anew, which reorders them: the same per-patient
+    # differences in another order must give the same interval.
+    d = np.random.default_rng(3).normal(1.0, 0.8, size=23)
+    ref = paired_bootstrap_ci(d)
+    for k in range(3):
+        assert paired_bootstrap_ci(np.random.default_rng(k).permutation(d)) == ref
+    assert ref[0] < d.mean() < ref[1]

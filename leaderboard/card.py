@@ -60,6 +60,16 @@ MAX_NAME_CHARS = 120
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
+def _visible_line(v: str) -> str:
+    """``v`` stripped, or ValueError when it is blank or not plain visible text."""
+    if not v.strip():
+        raise ValueError("is blank")
+    problem = _text_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v.strip()
+
+
 def _text_problem(text: str, *, newlines: bool = False) -> str | None:
     for i, ch in enumerate(text):
         if newlines and ch in "\n\t":
@@ -103,14 +113,7 @@ class TrainingData(BaseModel):
     @field_validator("dataset", "revision")
     @classmethod
     def _plain(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not v.strip():
-            raise ValueError("is blank")
-        problem = _text_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v.strip()
+        return None if v is None else _visible_line(v)
 
     @field_validator("splits")
     @classmethod
@@ -148,12 +151,7 @@ class MethodCard(BaseModel):
     @classmethod
     def _one_line(cls, v: str) -> str:
         # The name is what the page shows: it must be visible, one line, in reading order.
-        if not v.strip():
-            raise ValueError("is blank")
-        problem = _text_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v.strip()
+        return _visible_line(v)
 
     @field_validator("authors")
     @classmethod

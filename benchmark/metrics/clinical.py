@@ -53,15 +53,20 @@ def _distance_mm(mask: np.ndarray, spacing: Spacing) -> np.ndarray:
 # ----------------------------------------------------------------------------- regions
 
 
-def body_mask(reference_hu: np.ndarray, threshold_hu: float) -> np.ndarray:
-    """Body: reference > ``threshold_hu``, largest 8-connected component, holes filled."""
-    above = reference_hu > threshold_hu
-    labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
+def largest_part_filled(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a (H, W) boolean mask, holes filled (the mask
+    itself when it is empty)."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
-        return above
+        return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+
+
+def body_mask(reference_hu: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """Body: reference > ``threshold_hu``, largest 8-connected component, holes filled."""
+    return largest_part_filled(reference_hu > threshold_hu)
 
 
 def dilate_metal(metal_mask: np.ndarray, iterations: int) -> np.ndarray:

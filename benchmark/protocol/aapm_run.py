@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from ..errors import MARBenchError
 from ..method import MARInput, MARMethod, PrepareContext, validate_output
 from ..metrics.registry import MetricComputationError, MetricSpec, metrics_for_protocol
+from ..parquet_stream import ParquetStream
 from ..refcache import source_fingerprint
 from ..registry import create_method
 from ..results import (
@@ -45,7 +45,6 @@ from ..results import (
     METHOD_VS_REFERENCE,
     ComparisonRecord,
     SliceRecord,
-    temporary_sibling,
 )
 from .aapm import AAPM_CTMAR_2024, AAPMProtocol
 from .aapm_scoring import CaseAnchors, case_anchors, score_case
@@ -187,9 +186,7 @@ class AAPMAnchors:
         self.anchors_made = 0
         self._batch: PairsBatch | None = None
         self._anchor_imgs: np.ndarray | None = None
-        self._path: Path | None = None
-        self._tmp: Path | None = None
-        self._writer: Any = None
+        self._structures: ParquetStream | None = None
         self._fig: _FigureCase | None = None
 
     # ------------------------------------------------------------------ per batch
@@ -263,13 +260,13 @@ class AAPMAnchors:
 
     def open(self, stage: Path) -> None:
         """Write the structures file into the run's staging folder."""
-        self._path = Path(stage) / STRUCTURES_FILE
+        self._structures = ParquetStream(Path(stage) / STRUCTURES_FILE)
 
     def record(self, slice_id: tuple[str, int], a: CaseAnchors, values: dict[str, float],
                pred_hu: np.ndarray, reference_hu: np.ndarray) -> None:
         """Keep one scored case: its structures row, and the figure's candidate."""
-        if self._path is not None:
-            self._write_structures(slice_id, a)
+        if self._structures is not None:
+            self._write_structures(self._structures, slice_id, a)
         metal = int(a.structures.metal.sum())
         if self._batch is None or (self._fig is not None and metal <= self._fig.metal_pixels):
             return
@@ -286,22 +283,21 @@ class AAPMAnchors:
             images[self.anchor_name] = self._anchor_imgs[i].astype(np.float64)
         self._fig = _FigureCase(metal, slice_id, one, images, a, dict(values))
 
-    def _write_structures(self, slice_id: tuple[str, int], a: CaseAnchors) -> None:
+    def _write_structures(self, stream: ParquetStream, slice_id: tuple[str, int],
+                          a: CaseAnchors) -> None:
         bits = a.structures.to_bits()
-        if self._writer is None:
-            from datasets import Array2D, Features, Value
-            from datasets.arrow_writer import ParquetWriter
 
-            feats = Features({"patient_id": Value("string"), "slice_index": Value("int32"),
-                              "structures": Array2D(bits.shape, "uint32"),
-                              "anchors": Value("string")})
-            assert self._path is not None
-            self._tmp = temporary_sibling(self._path)
-            self._writer = ParquetWriter(path=str(self._tmp), features=feats)
+        def features():  # type: ignore[no-untyped-def]
+            from datasets import Array2D, Features, Value
+
+            return Features({"patient_id": Value("string"), "slice_index": Value("int32"),
+                             "structures": Array2D(bits.shape, "uint32"),
+                             "anchors": Value("string")})
+
         doc = dict(a.to_json(), structure_bits=[*STRUCTURE_NAMES, *(
             f"beam_{k}" for k in range(len(a.structures.beams)))])
-        self._writer.write_batch({"patient_id": [slice_id[0]], "slice_index": [slice_id[1]],
-                                  "structures": [bits], "anchors": [json.dumps(doc)]})
+        stream.write(features, {"patient_id": [slice_id[0]], "slice_index": [slice_id[1]],
+                                "structures": [bits], "anchors": [json.dumps(doc)]})
 
     def comparisons(self, scorer: Scorer) -> dict[str, ComparisonRecord]:
         """The run's one comparison: the method against the protocol's reference."""
@@ -326,11 +322,7 @@ class AAPMAnchors:
     def finish(self, stage: Path, method_name: str, figure: bool = True) -> list[str]:
         """Close the structures file and draw the figures; the names written into ``stage``."""
         written = []
-        if self._writer is not None and self._tmp is not None and self._path is not None:
-            self._writer.finalize()
-            self._writer = None
-            os.replace(self._tmp, self._path)
-            self._tmp = None
+        if self._structures is not None and self._structures.close():
             written.append(STRUCTURES_FILE)
         f = self._fig
         if figure and f is not None:
@@ -348,14 +340,8 @@ class AAPMAnchors:
         return written
 
     def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.finalize()
-            except Exception:  # best effort: the file is removed anyway
-                pass
-            self._writer = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+        if self._structures is not None:
+            self._structures.abort()
 
 
 def read_structures(run_dir: Path | str) -> dict[tuple[str, int], tuple[CaseStructures, dict]]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage, signal
 
+from ..metrics.clinical import largest_part_filled
 from .aapm import AAPM_CTMAR_2024, AAPMProtocol, beam_frame
 
 __all__ = [
@@ -143,13 +144,7 @@ def body_outline(reference_hu: np.ndarray, metal: np.ndarray,
                  threshold_hu: float = -500.0) -> np.ndarray:
     """The patient: reference above ``threshold_hu`` or metal, the largest 8-connected part
     (the table and anything apart drop out), holes filled."""
-    above = (reference_hu > threshold_hu) | metal
-    labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return above
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+    return largest_part_filled((reference_hu > threshold_hu) | metal)
 
 
 def dilate_metal(metal: np.ndarray, iterations: int = 2) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from artifactgsi.fileio import replace_dir
 
 from ..data import PairsBatch
+from ..parquet_stream import ParquetStream
 from ..results import (
     COMPARISONS,
     GSI_VS_IDEAL,
@@ -26,7 +27,6 @@ from ..results import (
     PredictionsRecord,
     Results,
     SliceRecord,
-    temporary_sibling,
 )
 
 #: How many slices the figure shows (one per patient, most metal first).
@@ -39,33 +39,27 @@ class PredictionWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows = 0
-        self._writer: Any = None
-        self._tmp: Path | None = None
+        self._stream = ParquetStream(path)
+
+    @property
+    def rows(self) -> int:
+        return self._stream.rows
 
     def write(self, patient_id: list[str], slice_index: list[int], pred: np.ndarray) -> None:
         """pred: (B, H, W) int16 HU."""
-        if self._writer is None:
+        def features():  # type: ignore[no-untyped-def]
             from datasets import Array2D, Features, Value
-            from datasets.arrow_writer import ParquetWriter
 
-            features = Features({"patient_id": Value("string"), "slice_index": Value("int32"),
-                                 "prediction": Array2D(pred.shape[1:], "int16")})
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = temporary_sibling(self.path)
-            self._writer = ParquetWriter(path=str(self._tmp), features=features)
-        self._writer.write_batch({"patient_id": list(patient_id),
-                                  "slice_index": [int(s) for s in slice_index],
-                                  "prediction": list(pred)})
-        self.rows += len(patient_id)
+            return Features({"patient_id": Value("string"), "slice_index": Value("int32"),
+                             "prediction": Array2D(pred.shape[1:], "int16")})
+
+        self._stream.write(features, {"patient_id": list(patient_id),
+                                      "slice_index": [int(s) for s in slice_index],
+                                      "prediction": list(pred)})
 
     def close(self, out_dir: Path) -> PredictionsRecord | None:
-        if self._writer is None or self._tmp is None:
+        if not self._stream.close():
             return None
-        self._writer.finalize()
-        self._writer = None
-        os.replace(self._tmp, self.path)
-        self._tmp = None
         from artifactgsi.hub import sha256_file
 
         return PredictionsRecord(path=self.path.relative_to(out_dir).as_posix(),
@@ -73,15 +67,7 @@ class PredictionWriter:
                                  rows=self.rows)
 
     def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.finalize()
-            except Exception:  # best effort: the file is removed anyway
-                pass
-            self._writer = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        self._stream.abort()
 
 
 @dataclass

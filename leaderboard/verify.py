@@ -36,6 +36,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -311,6 +312,31 @@ def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str |
     return v
 
 
+def _against_main(board: Board) -> Callable[[Path, str], str | None] | None:
+    """For a Hub board read at a pull request: a function ``changed(local, path)`` that says
+    whether the local file ``adds`` or ``changes`` the file ``path`` on ``main`` (None when it
+    is the same, or there is no local file). None when the board is read at ``main``. Hub
+    errors propagate (the callers name the board)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    main = api.repo_info(board.source, repo_type="dataset", revision="main").sha
+    if main == board.revision:
+        return None
+    on_main = set(api.list_repo_files(board.source, repo_type="dataset", revision=main))
+
+    def changed(local: Path, path: str) -> str | None:
+        if not local.exists():
+            return None
+        if path not in on_main:
+            return "adds"
+        same = Path(hf_hub_download(board.source, path, repo_type="dataset",
+                                    revision=main)).read_bytes() == local.read_bytes()
+        return None if same else "changes"
+
+    return changed
+
+
 def submitted_verifications(board: Board) -> dict[str, str]:
     """Entries of a Hub board read at a pull request (any commit but ``main``'s) whose
     verification.json is not the one on ``main``: the pull request adds or changes it, and
@@ -321,28 +347,18 @@ def submitted_verifications(board: Board) -> dict[str, str]:
     """
     if board.revision is None:
         return {}
-    from huggingface_hub import HfApi, hf_hub_download
-
     from .board import BoardUnavailable
 
+    out: dict[str, str] = {}
     try:
-        api = HfApi()
-        main = api.repo_info(board.source, repo_type="dataset", revision="main").sha
-        if main == board.revision:
+        changed = _against_main(board)
+        if changed is None:
             return {}
-        on_main = set(api.list_repo_files(board.source, repo_type="dataset", revision=main))
-        out: dict[str, str] = {}
         for e in board.entries:
-            mine = e.folder / VERIFICATION_FILE
-            path = f"{SUBMISSIONS}/{e.key}/{VERIFICATION_FILE}"
-            if not mine.exists():
-                continue
-            if path not in on_main:
-                out[e.key] = f"[verification] the pull request adds {VERIFICATION_FILE}; only " \
-                             "the maintainers' `leaderboard verify` writes it"
-            elif Path(hf_hub_download(board.source, path, repo_type="dataset",
-                                      revision=main)).read_bytes() != mine.read_bytes():
-                out[e.key] = f"[verification] the pull request changes {VERIFICATION_FILE}; " \
+            verb = changed(e.folder / VERIFICATION_FILE,
+                           f"{SUBMISSIONS}/{e.key}/{VERIFICATION_FILE}")
+            if verb:
+                out[e.key] = f"[verification] the pull request {verb} {VERIFICATION_FILE}; " \
                              "only the maintainers' `leaderboard verify` writes it"
     except Exception as e:  # every Hub failure names the board
         raise BoardUnavailable(f"{board.source}: cannot compare with main "
@@ -361,29 +377,15 @@ def submitted_hidden(board: Board) -> dict[str, str]:
     """
     if board.revision is None or not board.seasons:
         return {}
-    from huggingface_hub import HfApi, hf_hub_download
-
     from .board import BoardUnavailable
     from .hidden import EVALUATION_FILE, HIDDEN
     from .season import SEASON_FILE
 
     out: dict[str, str] = {}
     try:
-        api = HfApi()
-        main = api.repo_info(board.source, repo_type="dataset", revision="main").sha
-        if main == board.revision:
+        changed = _against_main(board)
+        if changed is None:
             return {}
-        on_main = set(api.list_repo_files(board.source, repo_type="dataset", revision=main))
-
-        def changed(local: Path, path: str) -> str | None:
-            if not local.exists():
-                return None
-            if path not in on_main:
-                return "adds"
-            same = Path(hf_hub_download(board.source, path, repo_type="dataset",
-                                        revision=main)).read_bytes() == local.read_bytes()
-            return None if same else "changes"
-
         for season in board.seasons:
             base = f"{HIDDEN}/{season.name}"
             how = changed(season.folder / SEASON_FILE, f"{base}/{SEASON_FILE}")

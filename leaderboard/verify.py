@@ -36,7 +36,8 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -312,6 +313,18 @@ def verify_entry(entry: Entry, board: BoardConfig, data: str, *, revision: str |
     return v
 
 
+@contextmanager
+def _naming_board(board: Board) -> Iterator[None]:
+    """Every Hub failure inside becomes a BoardUnavailable that names the board."""
+    from .board import BoardUnavailable
+
+    try:
+        yield
+    except Exception as e:
+        raise BoardUnavailable(f"{board.source}: cannot compare with main "
+                               f"({type(e).__name__}: {short(str(e), 300)})") from None
+
+
 def _against_main(board: Board) -> Callable[[Path, str], str | None] | None:
     """For a Hub board read at a pull request: a function ``changed(local, path)`` that says
     whether the local file ``adds`` or ``changes`` the file ``path`` on ``main`` (None when it
@@ -347,10 +360,8 @@ def submitted_verifications(board: Board) -> dict[str, str]:
     """
     if board.revision is None:
         return {}
-    from .board import BoardUnavailable
-
     out: dict[str, str] = {}
-    try:
+    with _naming_board(board):
         changed = _against_main(board)
         if changed is None:
             return {}
@@ -360,9 +371,6 @@ def submitted_verifications(board: Board) -> dict[str, str]:
             if verb:
                 out[e.key] = f"[verification] the pull request {verb} {VERIFICATION_FILE}; " \
                              "only the maintainers' `leaderboard verify` writes it"
-    except Exception as e:  # every Hub failure names the board
-        raise BoardUnavailable(f"{board.source}: cannot compare with main "
-                               f"({type(e).__name__}: {short(str(e), 300)})") from None
     return out
 
 
@@ -377,12 +385,11 @@ def submitted_hidden(board: Board) -> dict[str, str]:
     """
     if board.revision is None or not board.seasons:
         return {}
-    from .board import BoardUnavailable
     from .hidden import EVALUATION_FILE, HIDDEN
     from .season import SEASON_FILE
 
     out: dict[str, str] = {}
-    try:
+    with _naming_board(board):
         changed = _against_main(board)
         if changed is None:
             return {}
@@ -398,9 +405,6 @@ def submitted_hidden(board: Board) -> dict[str, str]:
                               "only the maintainers' `leaderboard evaluate` writes them")
                     out[e.link_id] = reason
                     e.problems.append(reason)
-    except Exception as e:  # every Hub failure names the board
-        raise BoardUnavailable(f"{board.source}: cannot compare with main "
-                               f"({type(e).__name__}: {short(str(e), 300)})") from None
     return out
 
 

@@ -256,7 +256,12 @@ def _script(root: Path, mounts: list[Mount], links: list[tuple[str, str]], env: 
     q = shlex.quote
     r = q(str(root))
     lines = [f"R={r}",
-             "mount -t tmpfs -o size=16m,mode=755 marbench-sandbox \"$R\""]
+             "mount -t tmpfs -o size=16m,mode=755 marbench-sandbox \"$R\"",
+             # The private /tmp first, so that what is bound below it (a project or an
+             # environment that lives under the host's /tmp) lands on top of it, not under it.
+             "mkdir -p \"$R/tmp\"",
+             f"mount -t tmpfs -o size={limits.tmp_mib}m,mode=1777,nosuid,nodev marbench-tmp "
+             "\"$R/tmp\""]
     for path, target in links:
         lines.append(f"ln -s {q(target)} \"$R\"{q(path)}")
     for m in mounts:
@@ -268,7 +273,7 @@ def _script(root: Path, mounts: list[Mount], links: list[tuple[str, str]], env: 
         opts = "nosuid,nodev" if m.writable else "ro,nosuid,nodev"
         lines.append(f"mount --bind -o {opts} {q(str(m.source))} {dst}")
     lines += [
-        "mkdir -p \"$R/proc\" \"$R/dev\" \"$R/tmp\" \"$R/sys\"",
+        "mkdir -p \"$R/proc\" \"$R/dev\" \"$R/sys\"",
         "mount -t proc -o nosuid,nodev,noexec proc \"$R/proc\"",
         # A sysfs of its own network namespace (the host's would list the host's devices).
         "mount -t sysfs -o ro,nosuid,nodev,noexec sysfs \"$R/sys\"",
@@ -281,8 +286,6 @@ def _script(root: Path, mounts: list[Mount], links: list[tuple[str, str]], env: 
         "mkdir -p \"$R/dev/shm\" && mount -t tmpfs -o size=256m,mode=1777,nosuid,nodev "
         "marbench-shm \"$R/dev/shm\"",
         "ln -s /proc/self/fd \"$R/dev/fd\"",
-        f"mount -t tmpfs -o size={limits.tmp_mib}m,mode=1777,nosuid,nodev marbench-tmp "
-        "\"$R/tmp\"",
         "cd \"$R\" && mkdir .old && pivot_root . .old && umount -l /.old && rmdir /.old",
         "mount -o remount,bind,ro /",
         f"cd {q(cwd)}",

@@ -10,7 +10,6 @@ writing. The scheduler then runs the task again on another worker.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -18,12 +17,12 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from distributed import Client, LocalCluster, WorkerPlugin  # noqa: E402
 
 from artifactgsi.build import build_dataset  # noqa: E402
 from artifactgsi.simulate import SimConfig, simulate_dataset  # noqa: E402
 from artifactgsi.testing import _quiet_console  # noqa: E402
 from artifactgsi.workers import TaskError, check_workers, run_tasks  # noqa: E402
+from tests.helpers.dask import KillOnce, local_cluster  # noqa: E402
 
 CFG = SimConfig(patients=3, slices=2, size=32, seed=4, clean_patients=0, supersample=2)
 SECRET = b"distributed-test-secret"
@@ -52,44 +51,9 @@ def serial(tmp_path_factory) -> tuple[Path, Path]:
     return root / "raw", root / "built"
 
 
-class KillOnce(WorkerPlugin):
-    """On every worker: replace ``module.name`` by a wrapper that, on the first call in the
-    whole cluster (``marker`` is created exclusively), runs ``partial`` (a half-done write)
-    and ends the worker process without any cleanup."""
-
-    def __init__(self, module: str, name: str, marker: str, partial: str) -> None:
-        self.module, self.name, self.marker, self.partial = module, name, marker, partial
-
-    def setup(self, worker) -> None:
-        import importlib
-
-        mod = importlib.import_module(self.module)
-        orig = getattr(mod, self.name)
-        marker, partial = self.marker, self.partial
-
-        def wrapper(*args, **kwargs):
-            try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return orig(*args, **kwargs)
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            if partial == "call":  # the first writes happen, then the process dies
-                orig(*args, **kwargs)
-            else:  # a temporary file begun next to the target
-                path = Path(args[0])
-                (path.parent / f".{path.name}.tmp{os.getpid()}-dead").write_bytes(b"half")
-            os._exit(1)
-
-        setattr(mod, self.name, wrapper)
-
-
 @pytest.fixture
 def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, memory_limit=0,
-                      scheduler_kwargs={"dashboard_address": ":0"},
-                      silence_logs=logging.CRITICAL) as c, Client(c) as client:
+    with local_cluster() as (c, client):
         yield c, client
 
 
@@ -157,10 +121,7 @@ def test_a_task_that_keeps_killing_workers_fails_clearly_and_the_rerun_resumes(s
     import dask
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                         dashboard_address=None, memory_limit=0,
-                         scheduler_kwargs={"dashboard_address": ":0"},
-                         silence_logs=logging.CRITICAL) as c, Client(c) as client:
+            local_cluster() as (c, client):
         marker = tmp_path / "killed"
         client.register_plugin(KillOnce("artifactgsi.dicom", "write_ct_series", str(marker),
                                         "call"))

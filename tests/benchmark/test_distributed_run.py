@@ -5,8 +5,6 @@ when a rerun resumes from finished patients."""
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -106,39 +104,14 @@ def test_two_local_workers_give_the_serial_run(tiny_built, serial, tmp_path):
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_is_replaced_and_the_run_is_the_same(tiny_built, serial,
                                                                       tmp_path):
-    from distributed import Client, LocalCluster, WorkerPlugin
-
-    class KillOnce(WorkerPlugin):
-        """On the first reduce() call in the cluster (a marker file decides): let it run,
-        with the part's predictions file begun, then end the worker process."""
-
-        def __init__(self, marker: str) -> None:
-            self.marker = marker
-
-        def setup(self, worker) -> None:
-            import benchmark.run.runner as runner
-
-            orig, marker = runner.reduce_batch, self.marker
-
-            def wrapper(*args, **kwargs):
-                try:
-                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                except FileExistsError:
-                    return orig(*args, **kwargs)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-                orig(*args, **kwargs)
-                os._exit(1)
-
-            runner.reduce_batch = wrapper
+    from tests.helpers.dask import KillOnce, local_cluster
 
     marker = tmp_path / "killed"
     out = tmp_path / "li"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, memory_limit=0,
-                      scheduler_kwargs={"dashboard_address": ":0"},
-                      silence_logs=logging.CRITICAL) as c, Client(c) as client:
-        client.register_plugin(KillOnce(str(marker)))
+    # the part's predictions file is begun, then the worker ends
+    with local_cluster() as (c, client):
+        client.register_plugin(KillOnce("benchmark.run.runner", "reduce_batch", str(marker),
+                                        "call"))
         run_distributed("li", tiny_built.built, out=out, scheduler=c.scheduler_address,
                         keep_parts=True, data_cache_dir=tmp_path / "cache", **OPTS)
     assert marker.is_file(), "no worker was killed"

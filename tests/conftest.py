@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,12 +33,19 @@ from tests.helpers.fakehub import FakeHub, make_dataset_folder
 from tests.helpers.files import private_datasets_cache
 
 # Tests never read or write the user's reference cache (benchmark.refcache): one private
-# folder per test session, unless a test points elsewhere.
-os.environ.setdefault("MARBENCH_REFERENCE_CACHE",
-                      tempfile.mkdtemp(prefix="marbench-refcache-tests-"))
+# folder per test session, unless a test points elsewhere; removed when the session ends.
+_SESSION_REFCACHE: str | None = None
+if "MARBENCH_REFERENCE_CACHE" not in os.environ:
+    _SESSION_REFCACHE = tempfile.mkdtemp(prefix="marbench-refcache-tests-")
+    os.environ["MARBENCH_REFERENCE_CACHE"] = _SESSION_REFCACHE
 
 # Two shared cores: more torch threads than cores slows everything 2-3x.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_REFCACHE is not None:
+        shutil.rmtree(_SESSION_REFCACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

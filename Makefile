@@ -17,27 +17,28 @@ WORKERS ?= 2
 DEMO_SIM = $(if $(DEMO_PRESET),--preset $(DEMO_PRESET),--patients $(DEMO_PATIENTS) \
 	--slices $(DEMO_SLICES) --clean-patients 2) --size $(DEMO_SIZE) --workers $(WORKERS)
 # 1: the demo scores the toy LGA. By default it uses the weights shipped in
-# $(DEMO_LGA_WEIGHTS), which `make lga-train` made on the earlier small demo set (seed 0, 20
-# implant patients, ideal scanner; never the standard preset's patients); training on the
-# standard preset takes hours on 2 cores, beyond the demo's budget. DEMO_LGA_TRAIN=1 trains
-# here first (data/lga-run) and scores that instead.
+# $(DEMO_LGA_WEIGHTS), which `make lga-train` made on the demo's own data (the standard
+# preset at 128 px, its training patients only; about 40 minutes on 2 idle cores, beyond the
+# demo's budget). DEMO_LGA_TRAIN=1 trains here first (data/lga-run) and scores that instead.
 DEMO_LGA ?= 1
 DEMO_LGA_TRAIN ?= 0
 DEMO_LGA_CONFIG ?= lga-cpu
 DEMO_LGA_WEIGHTS ?= weights/lga-cpu-demo
 LGA_WEIGHTS = $(if $(filter 1,$(DEMO_LGA_TRAIN)),$(DATA)/lga-run/model,$(DEMO_LGA_WEIGHTS))
 # The frozen GSI-trained segmenter that scores downstream segmentation. By default the demo
-# uses the one shipped in $(DEMO_SEG_WEIGHTS), which `make seg-train` made on the earlier
-# small demo set (about 23 minutes on one core there; about 2 hours on the standard preset);
+# uses the one shipped in $(DEMO_SEG_WEIGHTS), which `make seg-train` made on the demo's own
+# data (the GSI images of its training patients; about 11 minutes on 2 idle cores);
 # DEMO_SEG_TRAIN=1 trains one here first (data/seg-run) and scores with it instead.
 DEMO_SEG_CONFIG ?= seg-cpu
 DEMO_SEG_TRAIN ?= 0
 DEMO_SEG_WEIGHTS ?= weights/seg-cpu-demo
 # Learned baselines the demo trains. None by default, to keep the demo within its budget;
-# `make demo DEMO_DEEP=oscnet` adds OSCNet, the paper's comparison baseline (epoch-based:
-# longer on the standard preset than on the small set); `make table3` trains every learned
-# baseline with two seeds.
+# `make demo DEMO_DEEP=oscnet` trains and adds OSCNet, the paper's comparison baseline (300
+# steps, a few minutes); `make table3` trains every learned baseline with two seeds. OSCNet's
+# weights trained on the demo's data are shipped too ($(DEMO_OSCNET_WEIGHTS)): `make standard`
+# scores them when no OSCNet was trained here.
 DEMO_DEEP ?=
+DEMO_OSCNET_WEIGHTS ?= weights/oscnet-cpu-demo
 DEEP_SEEDS ?= 0 1
 SEG = $(if $(filter 1,$(DEMO_SEG_TRAIN)),$(DATA)/seg-run/model,$(DEMO_SEG_WEIGHTS))
 # Train a trainer NAME into RUN once: an interrupted run resumes, a finished one is reused.
@@ -83,9 +84,8 @@ demo: setup
 	sed -n '/^\*\*/,$$p' $(DATA)/results/compare.md
 	$(MAKE) board
 
-# The toy LGA on the demo build (lga-cpu; about an hour on 2 cores on the small set, about 5
-# estimated on the standard preset): an interrupted training
-# resumes, a finished one is reused. `make demo DEMO_LGA_TRAIN=1` scores it.
+# The toy LGA on the demo build (lga-cpu; about 40 minutes on 2 idle cores on the standard
+# preset): an interrupted training resumes, a finished one is reused. `make demo DEMO_LGA_TRAIN=1` scores it.
 lga-train: setup
 	$(call train_once,lga,$(DATA)/lga-run,--config $(DEMO_LGA_CONFIG))
 
@@ -95,7 +95,8 @@ seg-train: setup
 
 # The standard preset at STANDARD_SIZE px (128: the CPU scale, as the demo; 256 or 512: the
 # paper's) simulated, built and scored for identity, LI, NMAR, LGA and every learned baseline
-# that `make demo DEEP=...` / `make table3` trained, under marbench-v1 and aapm-ctmar-2024,
+# that `make demo DEMO_DEEP=...` trained (OSCNet: the shipped weights when none was trained
+# here), under marbench-v1 and aapm-ctmar-2024,
 # with the patient-level significance and power tables and a board. An interrupted run
 # resumes; finished runs are reused.
 STANDARD_SIZE ?= 128
@@ -105,7 +106,8 @@ standard: setup
 	test -f $(STD)/built/manifest.json || $(BIN)/artifactgsi build $(STD)/raw $(STD)/built
 	for m in identity li nmar lga unet dicdnet oscnet oscnet_plus dudodp; do opt=""; \
 	  case $$m in identity|li|nmar) ;; lga) opt="-O weights=$(LGA_WEIGHTS)";; \
-	    *) test -f $(DATA)/$$m-run/model/config.json || continue; opt="-O weights=$(DATA)/$$m-run/model";; esac; \
+	    *) w=$(DATA)/$$m-run/model; test -f $$w/config.json || { test $$m = oscnet && w=$(DEMO_OSCNET_WEIGHTS); }; \
+	       test -f $$w/config.json || continue; opt="-O weights=$$w";; esac; \
 	  test -f $(STD)/results/$$m/results.json || $(BIN)/marbench run --method $$m $$opt --data $(STD)/built \
 	    --out $(STD)/results/$$m --segmenter $(SEG) || exit 1; \
 	  test -f $(STD)/aapm/$$m/results.json || $(BIN)/marbench run --method $$m $$opt --data $(STD)/built \

@@ -73,8 +73,8 @@ class LesionStudyConfig:
     patients: int = 24  # implant patients (the implant types cycle as in the simulator)
     slices: int = 13  # slices per scan
     size: int = 128
-    # 1, not the simulator's 0: other patients than the demo dataset's, on which the shipped
-    # weights were trained.
+    # 1: other patients than the demo dataset's (the standard preset's seed 2025; the earlier
+    # small set's 0), on which the shipped weights were trained.
     seed: int = 1
     thickness_mm: float = 2.5
     margin: int = 2  # neighbour slices kept on each side of an evaluated slice

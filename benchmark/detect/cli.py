@@ -83,8 +83,9 @@ def make_cmd(
     slices: int = typer.Option(13, min=1, help="slices per scan"),
     size: int = typer.Option(128, min=32, help="image matrix (pixels)"),
     seed: int = typer.Option(1, help="seed of the patients and lesion positions (the demo "
-                                     "dataset's is 0: keep another, so that methods trained on "
-                                     "it meet new patients)"),
+                                     "dataset's standard preset uses 2025, the earlier small "
+                                     "set 0: keep another, so that methods trained on them meet "
+                                     "new patients)"),
     lesion: list[str] = typer.Option([], "--lesion", help="lesion type NAME:TISSUE:"
                                      "DIAMETER_MM:CONTRAST_HU (soft or bone; repeatable) "
                                      "[default: soft_hypo:soft:10:-30, soft_hyper:soft:10:30, "

@@ -351,3 +351,18 @@ def test_weights_of_the_earlier_deep_format_still_load(tmp_path):
     (folder / "config.json").write_text(json.dumps(old))
     with pytest.raises(NormalisationMismatchError, match="was edited"):
         load_dictnet(folder)
+
+
+def test_shipped_oscnet_weights_are_oscnet_cpu_and_named_in_their_card():
+    """`make standard` scores weights/oscnet-cpu-demo when no OSCNet was trained: an OSCNet
+    with the oscnet-cpu config as it stands and GSI as its target, accepted by the method,
+    and the card names the file's sha256."""
+    from artifactgsi.fileio import sha256_file
+
+    root = Path(__file__).resolve().parents[2] / "weights" / "oscnet-cpu-demo"
+    model = DictNet.from_pretrained(root)
+    assert model.config == load_dictnet_config("oscnet-cpu") and model.target == "gsi"
+    method = OSCNet(weights=str(root))
+    method.prepare(PrepareContext())
+    assert method.target == "gsi"
+    assert sha256_file(root / "model.safetensors") in (root / "README.md").read_text()

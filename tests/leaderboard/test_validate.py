@@ -180,3 +180,17 @@ def test_summary_reference_is_numpy():
     s = summary_np([1.0, 2.0, 4.0, float("nan")], True)
     assert (s.mean, s.median, s.n_finite, s.n_nan) == (7 / 3, 2.0, 3, 1)
     assert s.std == pytest.approx(np.std([1.0, 2.0, 4.0]))
+
+
+def test_shipped_method_cards_load_and_name_a_registered_method():
+    """`make board` / `make standard` submit each run with leaderboard/cards/<method>.yaml:
+    every shipped card passes the card's own validation and belongs to a registered method."""
+    from benchmark.registry import list_methods
+    from leaderboard.card import MethodCard
+
+    cards = sorted((Path(__file__).resolve().parents[2] / "leaderboard" / "cards").glob("*.yaml"))
+    assert {c.stem for c in cards} >= {"identity", "li", "nmar", "lga", "oscnet"}
+    methods = {m.name for m in list_methods()}
+    for path in cards:
+        card = MethodCard.load(path)
+        assert card.no_test_patients and path.stem in methods, path

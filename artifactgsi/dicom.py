@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactGSIError
-from .fileio import replace_dir
+from .fileio import staged_dir
 from .physics.geometry import ImageGrid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -199,7 +199,7 @@ def write_ct_series(volume_hu: np.ndarray, z_mm: Sequence[float], grid: ImageGri
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     names = []
-    try:
+    with staged_dir(tmp, out_dir):
         for i in range(s):
             number = i + 1
             sop_uid = _instance_uid(series_uid, number)
@@ -277,10 +277,6 @@ def write_ct_series(volume_hu: np.ndarray, z_mm: Sequence[float], grid: ImageGri
             ds.PixelData = stored[i].tobytes()
             ds.save_as(tmp / name, enforce_file_format=True)
             names.append(name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
     return [out_dir / n for n in names]
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import replace_dir
+from .fileio import staged_dir
 from .physics.acquisition import ScanPhysics
 from .physics.geometry import FanBeamGeometry, ImageGrid
 from .physics.scan import GSIProtocol, OrdinaryProtocol, Scanner, mu_water
@@ -433,7 +433,7 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    try:
+    with staged_dir(tmp, final):
         study_uid = _uid(cfg.seed, plan.index, "study")
         frame_uid = _uid(cfg.seed, plan.index, "frame")
         common = dict(plan.identity, study_uid=study_uid, frame_of_reference_uid=frame_uid,
@@ -469,10 +469,6 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
                      body_region=res.body_region, phantom=res.description,
                      config_fingerprint=config_fingerprint(cfg))
         (tmp / "truth.json").write_text(json.dumps(truth, indent=1))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, final)
     return final
 
 

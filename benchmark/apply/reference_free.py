@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifactgsi.fileio import replace_dir
+from artifactgsi.fileio import staged_dir
 
 from .series import (
     ApplyError,
@@ -206,7 +205,7 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     (tmp / "panels").mkdir(parents=True)
     patients = []
-    try:
+    with staged_dir(tmp, out):
         for v in vols:
             itype = implant_type or v.implant_type
             pred, mask, _ = reduce_volume(mar, v.volume_hu, v.pixel_spacing_mm,
@@ -258,10 +257,6 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
             "patients": patients,
         }
         (tmp / "reference_free.json").write_text(json.dumps(_finite(doc), indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     return doc
 
 

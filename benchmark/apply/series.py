@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifactgsi.fileio import replace_dir
+from artifactgsi.fileio import staged_dir
 
 from ..errors import MARBenchError
 
@@ -594,7 +594,7 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
     tmp.mkdir(parents=True)
     clipped_total = metal_total = 0
     written: list[str] = []
-    try:
+    with staged_dir(tmp, out_dir):
         for idx, corrected, mask in iter_reduced(
                 mar, series.volume_hu, series.pixel_spacing_mm,
                 implant_type=implant_type or "none", batch_size=batch_size, device=dev,
@@ -613,10 +613,6 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
                 fname = f"IM{i + 1:05d}.dcm"
                 ds.save_as(tmp / fname, enforce_file_format=True)
                 written.append(fname)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
     warnings = []
     if clipped_total:
         lo, hi, _ = _stored_range(first)

@@ -51,8 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.results import Results
 
-from .board import BoardConfig, safe_segment, short, write_json
-from .card import CARD_FILE, CardError, HiddenCard
+from .board import BoardConfig, read_card, safe_segment, short, write_json
+from .card import CARD_FILE, HiddenCard
 from .efficiency import Efficiency, efficiency_of
 from .errors import LeaderboardError
 from .files import MAX_VERIFICATION_BYTES, EntryFileError, inside, read_limited
@@ -205,12 +205,7 @@ def read_hidden_entry(folder: Path, season: SeasonCard | None, name: str, key: s
         except EntryFileError as err:
             e.problems.append(f"[entry_folder] {short(str(err))}")
             return e
-    try:
-        e.card = HiddenCard.load(folder / CARD_FILE)
-    except CardError as err:
-        e.problems.append(f"[card] {short(str(err))}")
-    except OSError as err:
-        e.problems.append(f"[card] {CARD_FILE}: cannot be read ({err})")
+    e.card = read_card(HiddenCard.load, folder, e.problems)
     try:
         e.evaluation = Evaluation.model_validate_json(
             read_limited(folder / EVALUATION_FILE, MAX_VERIFICATION_BYTES * 64,

@@ -425,7 +425,7 @@ def write_patient(res: PatientResult, cfg: SimConfig, raw: Path) -> Path:
     """Write one patient's folder atomically (a temporary folder renamed at the end)."""
     import SimpleITK as sitk
 
-    from .dicom import SeriesMeta, write_ct_series
+    from .dicom_write import SeriesMeta, write_ct_series
 
     plan = res.plan
     final = raw / plan.patient_id
@@ -508,7 +508,7 @@ def physics_record(cfg: SimConfig) -> dict:
 
 def _uid(seed: int, index: int, what: str) -> str:
     """Deterministic DICOM UID of a simulated study / series / frame of reference."""
-    from .dicom import uid_from
+    from .dicom_write import uid_from
 
     return uid_from(f"artifactgsi-sim/{seed}/{index}/{what}")
 

@@ -403,7 +403,7 @@ def _deidentified_copy(src: Any, key: bytes) -> Any:
     Reference UIDs) in place of the identifiers."""
     from pydicom.dataset import Dataset
 
-    from artifactgsi.dicom import HEADER_ALLOWLIST, pseudonym, remap_uid
+    from artifactgsi.dicom_deid import HEADER_ALLOWLIST, pseudonym, remap_uid
 
     out = Dataset()
     for kw in (*HEADER_ALLOWLIST, *_DEID_IMAGE_KEEP):

@@ -26,26 +26,20 @@ from typing import Any
 
 import numpy as np
 
-# The writer and the de-identification are re-exported: they lived in this module, and
-# callers import them from here.
-from .dicom_deid import HEADER_ALLOWLIST, deidentified_header, pseudonym, remap_uid
-from .dicom_write import (
-    CT_IMAGE_STORAGE,
-    PAIRED_BODY_PARTS,
-    WINDOWS_HU,
-    SeriesMeta,
-    uid_from,
-    write_ct_series,
-)
+# The writer and the de-identification are re-exported (``X as X``): they lived in this
+# module, and callers import them from here.
+from .dicom_deid import HEADER_ALLOWLIST as HEADER_ALLOWLIST
+from .dicom_deid import deidentified_header as deidentified_header
+from .dicom_deid import pseudonym as pseudonym
+from .dicom_deid import remap_uid as remap_uid
+from .dicom_write import CT_IMAGE_STORAGE as CT_IMAGE_STORAGE
+from .dicom_write import PAIRED_BODY_PARTS as PAIRED_BODY_PARTS
+from .dicom_write import WINDOWS_HU as WINDOWS_HU
+from .dicom_write import SeriesMeta as SeriesMeta
+from .dicom_write import uid_from as uid_from
+from .dicom_write import write_ct_series as write_ct_series
 from .errors import ArtifactGSIError
 from .physics.geometry import ImageGrid
-
-__all__ = [
-    "CT_IMAGE_STORAGE", "HEADER_ALLOWLIST", "PAIRED_BODY_PARTS", "POSITION_TOL_MM",
-    "PYDICOM_TRANSFER_SYNTAXES", "SPACING_REL_TOL", "SUPPORTED_TRANSFER_SYNTAXES", "WINDOWS_HU",
-    "DicomError", "Series", "SeriesMeta", "deidentified_header", "pseudonym", "read_series",
-    "remap_uid", "uid_from", "write_ct_series",
-]
 
 #: Transfer syntaxes read exactly: uncompressed, and lossless compression that SimpleITK's
 #: GDCM decodes. Lossy syntaxes (JPEG baseline, JPEG 2000 irreversible, ...) are refused since

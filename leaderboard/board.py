@@ -53,7 +53,7 @@ from .files import (
 )
 
 if TYPE_CHECKING:
-    from .hidden import HiddenSeason
+    from .hidden_records import HiddenSeason
 
 _C = TypeVar("_C")  # the card class read_card returns
 
@@ -457,7 +457,7 @@ class Board:
         """Read a board folder, or the Hub dataset repo ``source`` at ``revision`` (a branch,
         ``refs/pr/N`` or a commit; default ``main``), resolved to its commit sha. With
         ``check`` every entry is checked against the board (see the module docstring)."""
-        from .hidden import read_seasons
+        from .hidden_records import read_seasons
 
         root, sha = resolve_board(source, revision, cache_dir)
         config = BoardConfig.load(root)

@@ -395,7 +395,7 @@ def submitted_hidden(board: Board) -> dict[str, str]:
     """
     if board.revision is None or not board.seasons:
         return {}
-    from .hidden import EVALUATION_FILE, HIDDEN
+    from .hidden_records import EVALUATION_FILE, HIDDEN
     from .season import SEASON_FILE
 
     def collect(changed: Callable[[Path, str], str | None]) -> dict[str, str]:

@@ -17,16 +17,9 @@ import torch
 
 from artifactgsi.fileio import staged_dir
 
-from .series import (
-    ApplyError,
-    MissingImplantTypeError,
-    _dicom_files,
-    _prepare,
-    _prepare_out,
-    check_separate,
-    method_needs_implant_type,
-    reduce_volume,
-)
+from .errors import ApplyError, MissingImplantTypeError
+from .reduce import _prepare, method_needs_implant_type, reduce_volume
+from .series import _dicom_files, _prepare_out, check_separate
 
 __all__ = ["reference_free_measures", "run_reference_free"]
 

@@ -19,6 +19,7 @@ from .cli_common import (
     exit_on_sigterm,
     fail,
     read_secret,
+    scheduler_option,
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -83,8 +84,7 @@ def simulate(
     kev: float = typer.Option(None, help="GSI virtual monochromatic energy in keV"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     workers: int = typer.Option(1, help="worker processes (a local Dask cluster)"),
-    scheduler: str = typer.Option(None, help="a running Dask scheduler (tcp://host:8786 or a "
-                                  "scheduler file): run the patients on its workers"),
+    scheduler: str = scheduler_option(),
     scanner: str = typer.Option("gsi-hd", help="scanner profile of the ordinary series: "
                                 "gsi-hd (the GSI scanner, training domain), long-geometry, "
                                 "low-dose-100kv, aapm (the AAPM CT-MAR challenge's "
@@ -151,8 +151,7 @@ def build(
     raw: Path = typer.Argument(..., help="raw folder: manifest.csv + <patient>/ordinary, gsi"),
     out: Path = typer.Argument(..., help="output folder of the built dataset"),
     workers: int = typer.Option(1, help="patient worker processes (a local Dask cluster)"),
-    scheduler: str = typer.Option(None, help="a running Dask scheduler (tcp://host:8786 or a "
-                                  "scheduler file): run the patients on its workers"),
+    scheduler: str = scheduler_option(),
     resume: bool = typer.Option(False, help="continue an interrupted build"),
     overwrite: bool = typer.Option(False, help="replace a previous build in OUT"),
     seed: int = typer.Option(0, help="seed of the patient-level train/test split"),

@@ -117,6 +117,15 @@ def read_secret(path: Path | str, option: str = "--secret-file") -> bytes:
 # ----------------------------------------------------------------------------- devices
 
 
+def scheduler_option(verb: str = "run") -> Any:
+    """The ``--scheduler`` option of every command that spreads patients over Dask workers
+    (docs/scale.md); ``verb`` says what the workers do with them ("run", "score")."""
+    import typer
+
+    return typer.Option(None, help=f"a running Dask scheduler (tcp://host:8786 or a scheduler "
+                                   f"file): {verb} the patients on its workers")
+
+
 def check_device(device: str) -> str:
     """``device`` if torch knows it and this machine has it (``cpu``, ``cuda``, ``cuda:1``,
     ``mps``...); else :class:`DeviceError` saying which devices exist."""

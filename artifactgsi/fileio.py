@@ -61,6 +61,19 @@ def replace_dir(tmp: Path, final: Path) -> Path:
     return final
 
 
+@contextlib.contextmanager
+def staged_dir(tmp: Path, final: Path) -> Iterator[Path]:
+    """Yield the folder ``tmp`` (made by the caller, beside ``final``) to be filled; when the
+    block ends normally ``tmp`` replaces ``final`` (:func:`replace_dir`), on an exception it
+    is removed and ``final`` is left as it was, so readers never see a half-written folder."""
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

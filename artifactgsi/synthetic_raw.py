@@ -152,7 +152,7 @@ def write_synthetic_raw(raw: Path, patients: Sequence[SyntheticPatient], size: i
     """
     import SimpleITK as sitk
 
-    from .dicom import SeriesMeta, write_ct_series
+    from .dicom_write import SeriesMeta, write_ct_series
 
     raw = Path(raw)
     raw.mkdir(parents=True, exist_ok=True)

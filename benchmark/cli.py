@@ -24,6 +24,7 @@ from artifactgsi.cli_common import (
     parse_flag_overrides,
     parse_key_values,
     print_error,
+    scheduler_option,
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -123,8 +124,7 @@ def run(
                                       "lesion detectability and hallucination"),
     workers: int = typer.Option(1, min=1, help="score the patients in N worker processes "
                                 "(a local Dask cluster); the same results.json"),
-    scheduler: str = typer.Option(None, help="a running Dask scheduler (tcp://host:8786 or a "
-                                  "scheduler file): score the patients on its workers"),
+    scheduler: str = scheduler_option("score"),
 ) -> None:
     """Run a method over a split, score it (marbench-v1, or --protocol aapm-ctmar-2024) and
     write OUT/results.json, per_slice.csv, figure.png and predictions/."""

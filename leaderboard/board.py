@@ -27,10 +27,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -52,7 +53,9 @@ from .files import (
 )
 
 if TYPE_CHECKING:
-    from .hidden import HiddenSeason
+    from .hidden_records import HiddenSeason
+
+_C = TypeVar("_C")  # the card class read_card returns
 
 BOARD_FILE = "board.json"
 BOARD_FORMAT = "marbench-board/1"
@@ -373,6 +376,18 @@ def load_results(path: Path) -> Results:
         raise ValueError(f"{path}: nested too deeply to be a results file") from None
 
 
+def read_card(load: Callable[[Path], _C], folder: Path, problems: list[str]) -> _C | None:
+    """``load(folder / card.yaml)`` (a method's or a hidden entry's card); a card that is not
+    valid or cannot be read is recorded in ``problems`` as ``[card]`` and gives None."""
+    try:
+        return load(folder / CARD_FILE)
+    except CardError as e:
+        problems.append(f"[card] {short(str(e))}")
+    except OSError as e:
+        problems.append(f"[card] {CARD_FILE}: cannot be read ({e})")
+    return None
+
+
 def read_entry(folder: Path, key: str) -> Entry:
     """Load one submission folder; problems are recorded, never raised."""
     entry = Entry(key=key, folder=folder)
@@ -387,12 +402,7 @@ def read_entry(folder: Path, key: str) -> Entry:
         entry.problems.append(f"[schema] {short(str(e))}")
     except OSError as e:
         entry.problems.append(f"[schema] {RESULTS_FILE}: cannot be read ({e})")
-    try:
-        entry.card = MethodCard.load(folder / CARD_FILE)
-    except CardError as e:
-        entry.problems.append(f"[card] {short(str(e))}")
-    except OSError as e:
-        entry.problems.append(f"[card] {CARD_FILE}: cannot be read ({e})")
+    entry.card = read_card(MethodCard.load, folder, entry.problems)
     vpath = folder / VERIFICATION_FILE
     if vpath.exists():
         try:
@@ -447,7 +457,7 @@ class Board:
         """Read a board folder, or the Hub dataset repo ``source`` at ``revision`` (a branch,
         ``refs/pr/N`` or a commit; default ``main``), resolved to its commit sha. With
         ``check`` every entry is checked against the board (see the module docstring)."""
-        from .hidden import read_seasons
+        from .hidden_records import read_seasons
 
         root, sha = resolve_board(source, revision, cache_dir)
         config = BoardConfig.load(root)

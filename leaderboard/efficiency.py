@@ -18,6 +18,7 @@ only between entries measured on one machine, which the page says.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
@@ -25,8 +26,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # POSIX only; the board reads these records on any system
+    import resource
 
 #: Largest safetensors header read (the format caps it at 100 MB).
 MAX_HEADER_BYTES = 100 * 2**20
@@ -98,6 +103,24 @@ class MeasuredRun:
     timed_out: bool = False
 
 
+def wait_or_kill(proc: subprocess.Popen,
+                 deadline: float) -> tuple[int, resource.struct_rusage, bool]:
+    """Wait for ``proc`` (started in a new session) until ``deadline`` (``time.perf_counter``
+    seconds), then kill its whole process group. Returns the wait status, the resource usage
+    of the process and its reaped children (``os.wait4``), and whether it was killed."""
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            return status, ru, False
+        if time.perf_counter() > deadline:
+            # the group may already be gone (its leader is a zombie until reaped below)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, status, ru = os.wait4(proc.pid, 0)
+            return status, ru, True
+        time.sleep(0.05)
+
+
 def run_measured(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> MeasuredRun:
     """Run ``cmd`` to its end (or kill its process group after ``timeout`` s) and measure its
     wall-clock and CPU time and the peak resident memory of its largest process."""
@@ -106,17 +129,7 @@ def run_measured(cmd: list[str], timeout: float, env: dict[str, str] | None = No
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
-        timed_out = False
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - t0 > timeout:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                _, status, ru = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
+        status, ru, timed_out = wait_or_kill(proc, t0 + timeout)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)

@@ -43,7 +43,6 @@ import os
 import resource
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -53,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .efficiency import wait_or_kill
 from .errors import LeaderboardError
 
 #: What the setup script prints when a step fails (with a per-run token).
@@ -508,22 +508,7 @@ def run_sandboxed(argv: list[str], work: Path, mounts: list[Mount], *,
               threading.Thread(target=drain, args=(proc.stderr, "err"), daemon=True)]
     for t in drains:
         t.start()
-    timed_out = False
-    deadline = t0 + limits.time_s
-    status = None
-    rusage = None
-    while status is None:
-        pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            status, rusage = st, ru
-            break
-        if time.perf_counter() > deadline:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _, status, rusage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.05)
+    status, rusage, timed_out = wait_or_kill(proc, t0 + limits.time_s)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     for t in drains:

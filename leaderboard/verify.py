@@ -350,6 +350,16 @@ def _against_main(board: Board) -> Callable[[Path, str], str | None] | None:
     return changed
 
 
+def _differences_from_main(
+    board: Board, collect: Callable[[Callable[[Path, str], str | None]], dict[str, str]]
+) -> dict[str, str]:
+    """``collect(changed)`` with ``changed`` from :func:`_against_main`, every Hub failure
+    naming the board; empty when the board is read at ``main`` (nothing to compare)."""
+    with _naming_board(board):
+        changed = _against_main(board)
+        return {} if changed is None else collect(changed)
+
+
 def submitted_verifications(board: Board) -> dict[str, str]:
     """Entries of a Hub board read at a pull request (any commit but ``main``'s) whose
     verification.json is not the one on ``main``: the pull request adds or changes it, and
@@ -360,18 +370,18 @@ def submitted_verifications(board: Board) -> dict[str, str]:
     """
     if board.revision is None:
         return {}
-    out: dict[str, str] = {}
-    with _naming_board(board):
-        changed = _against_main(board)
-        if changed is None:
-            return {}
+
+    def collect(changed: Callable[[Path, str], str | None]) -> dict[str, str]:
+        out: dict[str, str] = {}
         for e in board.entries:
             verb = changed(e.folder / VERIFICATION_FILE,
                            f"{SUBMISSIONS}/{e.key}/{VERIFICATION_FILE}")
             if verb:
                 out[e.key] = f"[verification] the pull request {verb} {VERIFICATION_FILE}; " \
                              "only the maintainers' `leaderboard verify` writes it"
-    return out
+        return out
+
+    return _differences_from_main(board, collect)
 
 
 def submitted_hidden(board: Board) -> dict[str, str]:
@@ -385,14 +395,11 @@ def submitted_hidden(board: Board) -> dict[str, str]:
     """
     if board.revision is None or not board.seasons:
         return {}
-    from .hidden import EVALUATION_FILE, HIDDEN
+    from .hidden_records import EVALUATION_FILE, HIDDEN
     from .season import SEASON_FILE
 
-    out: dict[str, str] = {}
-    with _naming_board(board):
-        changed = _against_main(board)
-        if changed is None:
-            return {}
+    def collect(changed: Callable[[Path, str], str | None]) -> dict[str, str]:
+        out: dict[str, str] = {}
         for season in board.seasons:
             base = f"{HIDDEN}/{season.name}"
             how = changed(season.folder / SEASON_FILE, f"{base}/{SEASON_FILE}")
@@ -405,7 +412,9 @@ def submitted_hidden(board: Board) -> dict[str, str]:
                               "only the maintainers' `leaderboard evaluate` writes them")
                     out[e.link_id] = reason
                     e.problems.append(reason)
-    return out
+        return out
+
+    return _differences_from_main(board, collect)
 
 
 def _board_entries(root: Path) -> list[Entry]:

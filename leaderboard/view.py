@@ -31,7 +31,7 @@ from benchmark.results import MetricDefinition, study_columns, study_scores
 from .board import Board, BoardSlice, BootstrapSettings, Entry, RankedMetric
 from .card import training_label
 from .efficiency import Efficiency
-from .hidden import HiddenEntry
+from .hidden_records import HiddenEntry
 from .significance import MetricStats, compare_methods
 
 RANKED = ("submitted", "verified", "reproduced")

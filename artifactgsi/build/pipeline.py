@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings as _settings
-from ..dicom import pseudonym
+from ..dicom_deid import pseudonym
 from ..fileio import write_text_atomic
 from ..register import RegistrationConfig
 from ..schema import METAL_THRESHOLD_HU, PatientRecord

@@ -1,5 +1,7 @@
 """A method on one's own scans: :mod:`.series` (``marbench apply``: a CT series in, a derived
-DICOM series out; reference-free measures for data without a reference), :mod:`.cli` (the
+DICOM series out, written by :mod:`.derived`, the method run over the volume by :mod:`.reduce`,
+errors in :mod:`.errors`), :mod:`.reference_free` (reference-free measures for data without a
+reference), :mod:`.cli` (the
 ``apply`` and ``generalization`` commands), :mod:`.viewer` (``marbench view``, a local app) and
 :mod:`.cross_scanner` (``marbench scanners``: methods across scanner profiles)."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,18 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifactgsi.fileio import replace_dir
+from artifactgsi.fileio import staged_dir
 
-from .series import (
-    ApplyError,
-    MissingImplantTypeError,
-    _dicom_files,
-    _prepare,
-    _prepare_out,
-    check_separate,
-    method_needs_implant_type,
-    reduce_volume,
-)
+from .errors import ApplyError, MissingImplantTypeError
+from .reduce import _prepare, method_needs_implant_type, reduce_volume
+from .series import _dicom_files, _prepare_out, check_separate
 
 __all__ = ["reference_free_measures", "run_reference_free"]
 
@@ -206,7 +198,7 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     (tmp / "panels").mkdir(parents=True)
     patients = []
-    try:
+    with staged_dir(tmp, out):
         for v in vols:
             itype = implant_type or v.implant_type
             pred, mask, _ = reduce_volume(mar, v.volume_hu, v.pixel_spacing_mm,
@@ -258,10 +250,6 @@ def run_reference_free(method: str, data_or_series: Path | str, out: Path | str,
             "patients": patients,
         }
         (tmp / "reference_free.json").write_text(json.dumps(_finite(doc), indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
     return doc
 
 

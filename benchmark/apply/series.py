@@ -22,16 +22,11 @@ scanner never seen in training): Fig. 4b-style panels and reference-free measure
 
 from __future__ import annotations
 
-import copy
-import datetime as _dt
-import json
-import math
 import os
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,33 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from artifactgsi.fileio import replace_dir
+from artifactgsi.fileio import staged_dir
 
-from ..errors import MARBenchError
+from .derived import _derivation, _derived_dataset, _now, _stored_range, _to_stored
+from .errors import ApplyError, MissingImplantTypeError, OutputExistsError
+from .reduce import _prepare, _work_size, iter_reduced, method_needs_implant_type, reduce_volume
 
 __all__ = [
     "ApplyError", "ApplyResult", "MissingImplantTypeError", "OutputExistsError",
     "apply_to_series", "check_report_target", "check_separate", "iter_reduced",
-    "method_needs_implant_type", "select_series",
+    "method_needs_implant_type", "reduce_volume", "select_series",
 ]
 
 #: Added to the source SeriesNumber to number the derived series.
 SERIES_NUMBER_OFFSET = 1000
-#: Methods known to need the implant type (besides any with ``needs_implant_type = True``).
-IMPLANT_TYPE_METHODS = frozenset({"lga"})
-
-
-class ApplyError(MARBenchError, ValueError):
-    """The input or the output folder cannot be used; the message says what to do."""
-
-
-class MissingImplantTypeError(ApplyError):
-    """The method needs ``--implant-type`` and none was given."""
-
-
-class OutputExistsError(ApplyError, FileExistsError):
-    """The output folder exists and ``overwrite`` was not asked for."""
-
 
 @dataclass
 class ApplyResult:
@@ -191,289 +173,6 @@ def _read_selected(files: list[Path], input_dir: Path) -> Any:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------- method
-def method_needs_implant_type(method: Any) -> bool:
-    """Whether a method needs the implant type (``needs_implant_type = True`` or LGA)."""
-    return bool(getattr(method, "needs_implant_type", False)) or \
-        str(getattr(method, "name", "")).lower() in IMPLANT_TYPE_METHODS
-
-
-def _trained_spacing(method: Any) -> float | None:
-    value = getattr(method, "pixel_spacing_mm", None)
-    if value is None:
-        return None
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ApplyError(f"method {method.name!r}: pixel_spacing_mm {value} is not a positive "
-                         "size in mm")
-    return value
-
-
-def _resample(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, h, w), bilinear with antialiasing (area-like when shrinking)."""
-    if tuple(img.shape[-2:]) == size:
-        return img
-    return torch.nn.functional.interpolate(img, size=size, mode="bilinear",
-                                           align_corners=False, antialias=True)
-
-
-def iter_reduced(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *,
-                 implant_type: str = "none", patient_id: str = "input",
-                 batch_size: int = 4, device: str | torch.device = "cpu",
-                 threshold_hu: float | None = None
-                 ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
-    """Run a prepared method over a volume, one batch at a time.
-
-    Only the batch (and its neighbour slices) is converted to float32 and handed to the
-    method, so the memory this adds to the volume is bounded by the slices in flight
-    (``batch_size`` plus neighbours), not by the length of the series.
-
-    Args:
-        method: a prepared :class:`benchmark.method.MARMethod`.
-        volume_hu: (S, H, W) HU (any numeric dtype; int16 from the reader).
-        pixel_spacing_mm: in-plane pixel size of ``volume_hu``.
-        implant_type: given to the method for every slice.
-        batch_size: slices per ``reduce`` call.
-        device: where the method runs.
-        threshold_hu: metal threshold (default: the protocol's).
-
-    Yields:
-        (slice indices, (B, H, W) float32 corrected HU, (B, H, W) bool metal mask of the
-        input), in slice order.
-    """
-    from artifactgsi.schema import METAL_THRESHOLD_HU, metal_mask
-
-    from ..method import MARInput, validate_output
-
-    if batch_size < 1:
-        raise ApplyError(f"batch_size must be >= 1, got {batch_size}")
-    thr = METAL_THRESHOLD_HU if threshold_hu is None else float(threshold_hu)
-    dev = torch.device(device)
-    s, h, w = volume_hu.shape
-    target, size = _work_size(method, pixel_spacing_mm, h, w)
-    spacing = pixel_spacing_mm if target is None else target
-    k = int(getattr(method, "neighbour_slices", 0) or 0)
-    name = str(getattr(method, "name", "") or type(method).__name__)
-
-    def slices(rows: Sequence[int]) -> torch.Tensor:
-        """(n, h', w') float32 slices at the method's working size."""
-        img = torch.from_numpy(np.asarray(volume_hu[list(rows)], dtype=np.float32))
-        return img if target is None else _resample(img[:, None], size)[:, 0]
-
-    for start in range(0, s, batch_size):
-        idx = list(range(start, min(start + batch_size, s)))
-        source = np.asarray(volume_hu[idx], dtype=np.float32)
-        ordinary = slices(idx)[:, None].contiguous()
-        neighbours = None
-        if k > 0:
-            rows = sorted({min(max(i + d, 0), s - 1) for i in idx for d in range(-k, k + 1)})
-            at = {r: j for j, r in enumerate(rows)}
-            stack = slices(rows)
-            neighbours = stack[torch.tensor([[at[min(max(i + d, 0), s - 1)]
-                                              for d in range(-k, k + 1)] for i in idx])]
-        inp = MARInput(ordinary=ordinary, metal_mask=metal_mask(ordinary, thr),
-                       pixel_spacing_mm=torch.full((len(idx),), float(spacing)),
-                       implant_type=[implant_type] * len(idx),
-                       patient_id=[patient_id] * len(idx), slice_index=idx,
-                       neighbours=None if neighbours is None else neighbours.contiguous())
-        batch = inp.to(dev)
-        try:
-            with torch.no_grad():
-                res = method.reduce(batch)
-        except Exception as e:
-            raise ApplyError(f"method {name!r}: reduce() raised {type(e).__name__} on slices "
-                             f"{idx[0]}..{idx[-1]}: {e}") from e
-        img = validate_output(name, batch, res).detach().float().cpu()
-        if target is not None:
-            img = _resample(img, (h, w))
-        yield idx, img[:, 0].numpy(), metal_mask(source, thr)
-
-
-def _work_size(method: Any, pixel_spacing_mm: float, h: int, w: int
-               ) -> tuple[float | None, tuple[int, int]]:
-    """(the method's pixel size if the slices must be resampled to it, else ``None``; the
-    (h, w) the method works at)."""
-    target = _trained_spacing(method)
-    if target is None or math.isclose(target, pixel_spacing_mm, rel_tol=1e-3):
-        return None, (h, w)
-    return target, (max(1, round(h * pixel_spacing_mm / target)),
-                    max(1, round(w * pixel_spacing_mm / target)))
-
-
-def reduce_volume(method: Any, volume_hu: np.ndarray, pixel_spacing_mm: float, *,
-                  implant_type: str = "none", patient_id: str = "input",
-                  batch_size: int = 4, device: str | torch.device = "cpu",
-                  threshold_hu: float | None = None) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Run a prepared method over a whole volume (:func:`iter_reduced`, gathered).
-
-    Returns:
-        ((S, H, W) float32 corrected HU, (S, H, W) bool metal mask of the input, the pixel
-        size the method ran at if the slices were resampled, else ``None``).
-    """
-    s, h, w = volume_hu.shape
-    out = np.empty((s, h, w), np.float32)
-    mask = np.empty((s, h, w), bool)
-    for idx, img, m in iter_reduced(method, volume_hu, pixel_spacing_mm,
-                                    implant_type=implant_type, patient_id=patient_id,
-                                    batch_size=batch_size, device=device,
-                                    threshold_hu=threshold_hu):
-        out[idx], mask[idx] = img, m
-    return out, mask, _work_size(method, pixel_spacing_mm, h, w)[0]
-
-
-def _prepare(mar: Any, name: str, dev: torch.device) -> None:
-    """``mar.prepare`` with no training data; a failure (e.g. no weights) names the method."""
-    from ..method import PrepareContext
-    from ..run.calls import method_cache_dir as _method_cache_dir
-
-    try:
-        mar.prepare(PrepareContext(device=dev, cache_dir=_method_cache_dir(name)))
-    except MARBenchError:
-        raise
-    except Exception as e:
-        raise ApplyError(f"method {name!r}: prepare() failed ({type(e).__name__}: {e})") from e
-
-
-# ----------------------------------------------------------------------------- writing
-def _stored_range(ds: Any) -> tuple[int, int, np.dtype]:
-    bits_alloc, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
-    signed = int(ds.PixelRepresentation) == 1
-    lo, hi = ((-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed
-              else (0, (1 << bits_stored) - 1))
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_alloc // 8}")
-    return lo, hi, dtype
-
-
-def _to_stored(hu: np.ndarray, ds: Any, source_hu: np.ndarray) -> tuple[np.ndarray, int]:
-    """(H, W) HU -> stored values of ``ds``'s representation (inverse rescale, rounded,
-    clipped); pixels whose source value (``source_hu``, (H, W) HU of the source slice) is the
-    source's PixelPaddingValue keep it. Returns (values, number clipped)."""
-    slope = float(ds.RescaleSlope)
-    intercept = float(ds.RescaleIntercept)
-    lo, hi, dtype = _stored_range(ds)
-    raw = np.rint((hu.astype(np.float64) - intercept) / slope)
-    clipped = int(((raw < lo) | (raw > hi)).sum())
-    stored = np.clip(raw, lo, hi).astype(dtype)
-    pad = ds.get("PixelPaddingValue")
-    if pad is not None:
-        # The reader checked that stored * slope + intercept are whole HU: compare in HU.
-        stored[np.asarray(source_hu) == np.rint(int(pad) * slope + intercept)] = int(pad)
-    return stored, clipped
-
-
-def _now() -> tuple[str, str]:
-    t = _dt.datetime.now()
-    return t.strftime("%Y%m%d"), t.strftime("%H%M%S")
-
-
-def _derivation(method: Any, options: dict[str, Any], source_series: str,
-                resampled_to: float | None, threshold_hu: float) -> tuple[str, str]:
-    name = str(method.name)
-    version = str(getattr(method, "version", "0"))
-    sha = getattr(method, "weights_sha256", None)
-    series_desc = f"MAR {name} v{version}" + (f" w{sha[:12]}" if sha else "")
-    opts = json.dumps(options, sort_keys=True, default=str)
-    text = (f"Metal artifact reduction by marbench method {name} version {version}; weights "
-            f"sha256 {sha or 'none (no weights)'}; options {opts}; metal mask HU > "
-            f"{threshold_hu:g}; "
-            f"source series {source_series}")
-    if resampled_to is not None:
-        text += f"; resampled in-plane to {resampled_to:g} mm and back"
-    return series_desc[:64], text[:1024]
-
-
-#: Attributes kept by --deidentify besides the builder's allow-list: the image geometry and
-#: pixel description a derived CT image needs (none identifies a person).
-_DEID_IMAGE_KEEP = (
-    "SOPClassUID", "ImageType", "ImagePositionPatient", "ImageOrientationPatient",
-    "SliceLocation", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
-    "BitsStored", "HighBit", "PixelRepresentation", "RescaleIntercept", "RescaleSlope",
-    "WindowCenter", "WindowWidth", "InstanceNumber", "AcquisitionNumber", "PixelPaddingValue",
-    "SpecificCharacterSet",
-)
-#: Type 2 attributes of the CT Image IOD that --deidentify writes empty.
-_DEID_EMPTY = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-               "ReferringPhysicianName", "StudyID", "AccessionNumber",
-               "PositionReferenceIndicator", "SeriesNumber")
-
-
-def _deidentified_copy(src: Any, key: bytes) -> Any:
-    """A new dataset holding only the builder's allow-listed attributes, the image geometry
-    and pixel description, and keyed pseudonyms (PatientID/Name, Study and Frame of
-    Reference UIDs) in place of the identifiers."""
-    from pydicom.dataset import Dataset
-
-    from artifactgsi.dicom import HEADER_ALLOWLIST, pseudonym, remap_uid
-
-    out = Dataset()
-    for kw in (*HEADER_ALLOWLIST, *_DEID_IMAGE_KEEP):
-        if kw in src and kw not in ("Rows", "Columns"):
-            out[kw] = src[kw]
-    out.Rows, out.Columns = src.Rows, src.Columns
-    if "PixelSpacing" in src:
-        out.PixelSpacing = src.PixelSpacing
-    for kw in _DEID_EMPTY:
-        setattr(out, kw, "")
-    pid = pseudonym(key, str(src.get("PatientID", "")))
-    out.PatientID = pid
-    out.PatientName = pid
-    out.StudyInstanceUID = remap_uid(key, str(src.StudyInstanceUID))
-    if src.get("FrameOfReferenceUID"):
-        out.FrameOfReferenceUID = remap_uid(key, str(src.FrameOfReferenceUID))
-    out.PatientIdentityRemoved = "YES"
-    out.DeidentificationMethod = "marbench allow-list, keyed pseudonyms"
-    code = Dataset()  # PS3.16 CID 7050: what was applied
-    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
-    code.CodeMeaning = "Basic Application Confidentiality Profile"
-    out.DeidentificationMethodCodeSequence = [code]
-    out.BurnedInAnnotation = "NO"
-    return out
-
-
-def _derived_dataset(src: Any, stored: np.ndarray, *, series_uid: str, series_number: int,
-                     series_desc: str, derivation: str, deid_key: bytes | None,
-                     date: str, time_: str) -> Any:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.filewriter import correct_ambiguous_vr
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = _deidentified_copy(src, deid_key) if deid_key is not None else copy.deepcopy(src)
-    # The pixel values change: statistics and encodings of the source's pixels no longer hold.
-    for kw in ("PixelData", "SmallestImagePixelValue", "LargestImagePixelValue",
-               "LossyImageCompression", "LossyImageCompressionRatio",
-               "LossyImageCompressionMethod", "IconImageSequence"):
-        if kw in ds:
-            del ds[kw]
-    sop_uid = generate_uid()
-    image_type = [str(v) for v in (src.get("ImageType") or [])]
-    ds.ImageType = ["DERIVED", "SECONDARY", *(image_type[2:3] or ["AXIAL"]), *image_type[3:]]
-    ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = series_desc
-    ds.DerivationDescription = derivation
-    if deid_key is None:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = src.SOPClassUID
-        ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-        ds.SourceImageSequence = [ref]
-        ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
-        ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time_
-    ds.Rows, ds.Columns = stored.shape
-    ds.add_new(0x7FE00010, "OW" if stored.dtype.itemsize == 2 else "OB",
-               np.ascontiguousarray(stored).tobytes())
-    fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = ds.SOPClassUID
-    fm.MediaStorageSOPInstanceUID = sop_uid
-    fm.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = fm
-    ds.preamble = b"\0" * 128
-    # A source read as implicit VR holds "US or SS" style elements; resolve them for
-    # explicit VR from the pixel representation.
-    correct_ambiguous_vr(ds, is_little_endian=True)
-    return ds
-
-
 def check_separate(input_path: Path | str, out_dir: Path | str, *, input_name: str = "INPUT",
                    out_name: str = "OUTPUT_DIR") -> None:
     """Refuse an output folder that is, contains, or lies inside the input (symlinks
@@ -594,7 +293,7 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
     tmp.mkdir(parents=True)
     clipped_total = metal_total = 0
     written: list[str] = []
-    try:
+    with staged_dir(tmp, out_dir):
         for idx, corrected, mask in iter_reduced(
                 mar, series.volume_hu, series.pixel_spacing_mm,
                 implant_type=implant_type or "none", batch_size=batch_size, device=dev,
@@ -613,10 +312,6 @@ def apply_to_series(method: str, input_dir: Path | str, out_dir: Path | str, *,
                 fname = f"IM{i + 1:05d}.dcm"
                 ds.save_as(tmp / fname, enforce_file_format=True)
                 written.append(fname)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
     warnings = []
     if clipped_total:
         lo, hi, _ = _stored_range(first)

@@ -62,7 +62,7 @@ def hallucination_map(method_hu: np.ndarray, input_hu: np.ndarray, method_refere
         method_hu, input_hu: ``(H, W)`` HU of the method's output and of the uncorrected input
             (one lesion-absent slice).
         method_reference_hu, input_reference_hu: the ideal image on each one's HU scale
-            (:func:`benchmark.detect.study.hu_calibration`; the ideal image itself for an
+            (:func:`benchmark.detect.calibration.hu_calibration`; the ideal image itself for an
             image at the ideal keV).
         exclude: ``(H, W)`` bool, the metal and its rim: differences there are set to 0 before
             filtering (a method may legitimately change the metal's HU).

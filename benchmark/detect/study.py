@@ -34,10 +34,9 @@ Definitions (docs/detect.md):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,97 +45,22 @@ import numpy as np
 from artifactgsi.lesion_study import SCANS, LesionStudy
 from artifactgsi.phantoms.lesions import Lesion, LesionType
 
-from ..errors import MARBenchError
-from ..metrics.registry import metrics_in_group
+# The calibration, the records and the statistics are re-exported (``X as X``): they lived in
+# this module, and callers import them from here.
+from .calibration import CALIBRATION_BIN_HU as CALIBRATION_BIN_HU
+from .calibration import CALIBRATION_MIN_DISTANCE_MM, hu_calibration
+from .calibration import CALIBRATION_MIN_PIXELS as CALIBRATION_MIN_PIXELS
 from .channels import channelize, make_channels
-from .cho import (
-    auc_empirical,
-    auc_from_dprime,
-    cross_validate,
-    dprime_from_statistics,
-    patient_folds,
-)
+from .cho import cross_validate, patient_folds
 from .hallucination import hallucination_map, ideal_operating_point
+from .records import DetectError, DetectRow, DetectSettings, Key
+from .statistics import SUMMARY_METRICS as SUMMARY_METRICS
+from .statistics import StudyStatistics
+from .statistics import weighted_auc as weighted_auc
 
 #: Names of the rows that come from the study's own images (no method).
 REFERENCE_ROWS = ("ideal", "gsi", "input")
 _REFERENCE_IMAGE = {"ideal": "ideal", "gsi": "gsi", "input": "ordinary"}
-
-#: Body pixels at least this far from the metal fit a row's HU scale (:func:`hu_calibration`).
-CALIBRATION_MIN_DISTANCE_MM = 30.0
-#: Width of the ideal-HU bins of the calibration.
-CALIBRATION_BIN_HU = 20.0
-#: Pixels a calibration bin needs (fewer: the bin is interpolated from its neighbours).
-CALIBRATION_MIN_PIXELS = 30
-
-#: The study's headline values: the metric registry's ``detect`` group, name ->
-#: higher_is_better (:meth:`DetectionStudy._values` computes each of them).
-SUMMARY_METRICS: dict[str, bool] = {k: s.higher_is_better
-                                    for k, s in metrics_in_group("detect").items()}
-
-
-class DetectError(MARBenchError, ValueError):
-    """A detectability study that cannot run as asked (names the setting or file)."""
-
-
-@dataclass(frozen=True)
-class DetectSettings:
-    """Settings of the observer and the statistics (recorded with the results)."""
-
-    channels: str = "lg"  # "lg" (Laguerre-Gauss) or "gabor"
-    n_channels: int = 4  # Laguerre-Gauss channels (few: templates are trained on tens of ROIs)
-    width_factor: float = 1.0  # channel width (LG "a") in lesion diameters
-    ring_factor: float = 1.5  # ROI background: pixels beyond this many diameters
-    folds: int = 2  # cross-validation folds over patients (2 = train on half, test on half)
-    calibrate: bool = True  # put the ideal background on each row's HU scale
-    bootstrap: int = 2000
-    seed: int = 0
-    min_lesions: int = 8  # a (type, band, implant) cell with fewer lesions is not scored
-    halluc_threshold_hu: float | None = None  # None: the study's faintest |contrast|
-
-    def validate(self) -> None:
-        checks = [
-            (self.channels in ("lg", "gabor"), f"channels must be 'lg' or 'gabor', got "
-                                               f"{self.channels!r}"),
-            (self.n_channels >= 1, f"n_channels must be >= 1, got {self.n_channels}"),
-            (self.width_factor > 0, f"width_factor must be > 0, got {self.width_factor}"),
-            (self.ring_factor > 0, f"ring_factor must be > 0, got {self.ring_factor}"),
-            (self.folds >= 2, f"--folds must be >= 2, got {self.folds}"),
-            (self.bootstrap >= 0, f"--bootstrap must be >= 0, got {self.bootstrap}"),
-            (self.min_lesions >= 4, f"min_lesions must be >= 4, got {self.min_lesions}"),
-            (self.halluc_threshold_hu is None or self.halluc_threshold_hu > 0,
-             f"halluc_threshold_hu must be > 0, got {self.halluc_threshold_hu}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise DetectError(msg)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-Key = tuple[str, str, int]  # (patient_id, scan, slice index)
-
-
-@dataclass
-class DetectRow:
-    """One row's raw scores: per lesion statistics and per patient map counts.
-
-    Attributes:
-        name: row name (a method, ``ideal``, ``gsi``, ``input``).
-        t_present, t_absent: ``(N,)`` cross-validated CHO statistics per lesion.
-        false_positive: ``(N,)`` 1 where the observer reports a lesion in the absent ROI at
-            the ideal operating point, 0 where not, NaN where the group is not scored.
-        map_counts: ``(P, n_bands, 2)`` flagged and total pixels of the hallucination map.
-        info: what produced the row (method identity, options, timing).
-    """
-
-    name: str
-    t_present: np.ndarray
-    t_absent: np.ndarray
-    false_positive: np.ndarray
-    map_counts: np.ndarray
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _odd(x: float) -> int:
@@ -144,20 +68,7 @@ def _odd(x: float) -> int:
     return n if n % 2 else n + 1
 
 
-def weighted_auc(tp: np.ndarray, ta: np.ndarray, wp: np.ndarray, wa: np.ndarray) -> float:
-    """Mann-Whitney AUC with case weights (bootstrap multiplicities); NaN if a class weighs 0.
-    """
-    sp, sa = float(wp.sum()), float(wa.sum())
-    if sp <= 0 or sa <= 0:
-        return math.nan
-    order = np.argsort(ta, kind="stable")
-    ta_s, cw = ta[order], np.concatenate([[0.0], np.cumsum(wa[order])])
-    lo = np.searchsorted(ta_s, tp, side="left")
-    hi = np.searchsorted(ta_s, tp, side="right")
-    return float((wp * (cw[lo] + 0.5 * (cw[hi] - cw[lo]))).sum() / (sp * sa))
-
-
-class DetectionStudy:
+class DetectionStudy(StudyStatistics):
     """A lesion study prepared for scoring: lesions, folds, channels, ideal observer.
 
     Args:
@@ -466,137 +377,6 @@ class DetectionStudy:
                     "seconds": round(time.perf_counter() - t0, 2)}
         return row
 
-    # ------------------------------------------------------------------ statistics
-    def _values(self, row: DetectRow, w: np.ndarray) -> dict[str, float]:
-        """Every number of a row under patient weights ``w`` ``(P,)`` (all 1: the estimate;
-        bootstrap multiplicities: a resample)."""
-        lw = w[self.lesion_patient].astype(np.float64)
-        out: dict[str, float] = {}
-        near = self.bands[0]
-        for g in self.scored_groups:
-            idx = self.group_index[g]
-            ok = idx[np.isfinite(row.t_present[idx]) & np.isfinite(row.t_absent[idx])]
-            out[f"auc/{g[0]}/{g[1]}"] = weighted_auc(row.t_present[ok], row.t_absent[ok],
-                                                     lw[ok], lw[ok])
-            out[f"fpf/{g[0]}/{g[1]}"] = _weighted_rate(row.false_positive[idx], lw[idx])
-        for b in self.bands:
-            aucs = [out[f"auc/{t}/{b}"] for t in self.types if (t, b) in self.scored_groups]
-            out[f"auc/all/{b}"] = _nanmean(aucs)
-            idx = np.concatenate([self.group_index[(t, b)] for t in self.types
-                                  if (t, b) in self.scored_groups] or [np.zeros(0, int)])
-            out[f"fpf/all/{b}"] = _weighted_rate(row.false_positive[idx], lw[idx])
-            j = self.bands.index(b)
-            flagged = float((w * row.map_counts[:, j, 0]).sum())
-            total = float((w * row.map_counts[:, j, 1]).sum())
-            out[f"area/all/{b}"] = flagged / total if total > 0 else math.nan
-        out["detect_auc"] = _nanmean([out[f"auc/{t}/{b}"] for t, b in self.scored_groups])
-        out["detect_auc_near"] = out[f"auc/all/{near}"]
-        out["halluc_fpf_near"] = out[f"fpf/all/{near}"]
-        out["halluc_area_near"] = out[f"area/all/{near}"]
-        return out
-
-    def estimates(self, row: DetectRow) -> dict[str, float]:
-        return self._values(row, np.ones(len(self.patients)))
-
-    def bootstrap(self, row: DetectRow) -> dict[str, np.ndarray]:
-        """``{value: (B,)}`` over the shared patient resamples."""
-        draws = [self._values(row, w) for w in self.resamples]
-        keys = draws[0].keys() if draws else self.estimates(row).keys()
-        return {k: np.array([d[k] for d in draws]) for k in keys}
-
-    def summarize(self, row: DetectRow, boot: dict[str, np.ndarray] | None = None
-                  ) -> dict[str, Any]:
-        """JSON-able block of one row: summary metrics with intervals, per group and per band
-        values, per lesion statistics (for paired tests and re-computation)."""
-        est = self.estimates(row)
-        boot = self.bootstrap(row) if boot is None else boot
-
-        def ci(key: str) -> list[float] | None:
-            b = boot.get(key)
-            if b is None or len(b) == 0 or not np.isfinite(b).any():
-                return None
-            lo, hi = np.nanpercentile(b, [2.5, 97.5])
-            return [float(lo), float(hi)]
-
-        groups = []
-        for t, b in self.groups:
-            idx = self.group_index[(t, b)]
-            entry: dict[str, Any] = {"type": t, "band": b, "n_lesions": int(len(idx)),
-                                     "n_patients": int(len(set(self.lesion_patient[idx])))}
-            if (t, b) not in self.scored_groups:
-                entry["reason"] = (f"no implant type has {self.settings.min_lesions} lesions "
-                                   f"of this type and band in every fold")
-                groups.append(entry)
-                continue
-            ok = idx[np.isfinite(row.t_present[idx]) & np.isfinite(row.t_absent[idx])]
-            # d' per implant cell (each has its own template and scale), weighted by size.
-            cells = [cell for c, cell in self.cells.items() if c[:2] == (t, b)]
-            dps = [(dprime_from_statistics(row.t_present[cell], row.t_absent[cell]), len(cell))
-                   for cell in cells]
-            dps = [(d, n) for d, n in dps if math.isfinite(d)]
-            dp = (sum(d * n for d, n in dps) / sum(n for _, n in dps)) if dps else math.nan
-            entry.update({
-                "auc": est[f"auc/{t}/{b}"], "auc_ci": ci(f"auc/{t}/{b}"),
-                "auc_check": auc_empirical(row.t_present[ok], row.t_absent[ok]),
-                "dprime": dp, "auc_dprime": auc_from_dprime(dp),
-                "fpf": est[f"fpf/{t}/{b}"], "fpf_ci": ci(f"fpf/{t}/{b}"),
-                "by_implant": {c[2]: {"n_lesions": int(len(cell)),
-                                      "auc": _num(auc_empirical(row.t_present[cell],
-                                                                row.t_absent[cell]))}
-                               for c, cell in self.cells.items() if c[:2] == (t, b)}})
-            groups.append(entry)
-        bands = {b: {"auc": est[f"auc/all/{b}"], "auc_ci": ci(f"auc/all/{b}"),
-                     "fpf": est[f"fpf/all/{b}"], "fpf_ci": ci(f"fpf/all/{b}"),
-                     "area": est[f"area/all/{b}"], "area_ci": ci(f"area/all/{b}")}
-                 for b in self.bands}
-        summary = {m: est[m] for m in SUMMARY_METRICS}
-        intervals = {m: ci(m) for m in SUMMARY_METRICS}
-        lesions = [{"lesion_id": les.lesion_id, "patient_id": self.patients[pi],
-                    "type": les.type, "band": les.band, "t_present": _num(row.t_present[i]),
-                    "t_absent": _num(row.t_absent[i]),
-                    "false_positive": _num(row.false_positive[i])}
-                   for i, (les, pi) in enumerate(zip(self.lesions, self.lesion_patient,
-                                                     strict=True))]
-        counts = [{"patient_id": pid, "band": b, "flagged": int(row.map_counts[pi, j, 0]),
-                   "pixels": int(row.map_counts[pi, j, 1])}
-                  for pi, pid in enumerate(self.patients) for j, b in enumerate(self.bands)]
-        return {"name": row.name, "info": row.info, "summary": summary,
-                "intervals": intervals, "bands": bands, "groups": groups, "lesions": lesions,
-                "map_counts": counts}
-
-    def paired(self, rows: Sequence[DetectRow], boots: dict[str, dict[str, np.ndarray]],
-               reference: str) -> dict[str, Any]:
-        """Every row against ``reference`` on the summary metrics and per band AUC: the
-        difference, its interval and the one-tailed p-value for "better"."""
-        by = {r.name: r for r in rows}
-        if reference not in by:
-            raise DetectError(f"the reference row {reference!r} is not in the study (rows: "
-                              f"{', '.join(by)})")
-        ref_est = self.estimates(by[reference])
-        out: dict[str, Any] = {}
-        keys = [*SUMMARY_METRICS, *(f"auc/all/{b}" for b in self.bands)]
-        for r in rows:
-            if r.name == reference:
-                continue
-            est = self.estimates(r)
-            entry = {}
-            for k in keys:
-                higher = SUMMARY_METRICS.get(k, True)
-                delta = est[k] - ref_est[k]
-                d = boots[r.name][k] - boots[reference][k] if len(self.resamples) else \
-                    np.zeros(0)
-                d = d[np.isfinite(d)]
-                if len(d):
-                    better = d > 0 if higher else d < 0
-                    p = float((1 + (~better).sum()) / (len(d) + 1))
-                    lo, hi = np.percentile(d, [2.5, 97.5])
-                    entry[k] = {"delta": _num(delta), "ci": [float(lo), float(hi)], "p": p,
-                                "n_boot": int(len(d))}
-                else:
-                    entry[k] = {"delta": _num(delta), "ci": None, "p": None, "n_boot": 0}
-            out[r.name] = entry
-        return out
-
     def describe(self) -> dict[str, Any]:
         """The study's identity and the observer's geometry, for results files."""
         st = self.study
@@ -611,79 +391,6 @@ class DetectionStudy:
                 "scored_groups": [f"{t}/{b}" for t, b in self.scored_groups],
                 "counts": {t: {b: int(len(self.group_index[(t, b)])) for b in self.bands}
                            for t in self.types}}
-
-    def report(self, rows: Sequence[DetectRow], reference: str | None = None
-               ) -> dict[str, Any]:
-        """The whole study as one JSON-able dict (``detect.json``)."""
-        boots = {r.name: self.bootstrap(r) for r in rows}
-        names = [r.name for r in rows]
-        if len(set(names)) != len(names):
-            raise DetectError(f"row names must be unique, got {names}")
-        out = {"format": "marbench-detect/1", "study": self.describe(),
-               "settings": self.settings.to_dict(),
-               "rows": [self.summarize(r, boots[r.name]) for r in rows]}
-        if reference is not None:
-            out["reference"] = reference
-            out["paired"] = self.paired(rows, boots, reference)
-        return out
-
-
-def hu_calibration(ideal_hu: np.ndarray, row_hu: np.ndarray,
-                   bin_hu: float = CALIBRATION_BIN_HU, min_pixels: int = CALIBRATION_MIN_PIXELS
-                   ) -> Callable[[np.ndarray], np.ndarray]:
-    """The HU a row shows for a given ideal HU: the median row HU of the pixels in each bin
-    of ideal HU, interpolated linearly between bins (and shifted by the nearest bin's offset
-    outside them).
-
-    The ideal image is a monochromatic image at the GSI keV; the ordinary image and the
-    methods that keep its look show tissues at the 120 kVp scale (fat darker, bone brighter).
-    Subtracting the ideal background on the row's own scale keeps that difference, which is
-    the same with and without a lesion, out of the observer's way. Medians ignore zero-mean
-    noise.
-    """
-    x = np.asarray(ideal_hu, np.float64).ravel()
-    y = np.asarray(row_hu, np.float64).ravel()
-    if len(x) == 0:
-        return lambda a: np.asarray(a, np.float64)
-    idx = np.floor(x / bin_hu).astype(np.int64)
-    order = np.argsort(idx, kind="stable")
-    idx, xs, ys = idx[order], x[order], y[order]
-    _, start, count = np.unique(idx, return_index=True, return_counts=True)
-    cx, cy = [], []
-    for s0, n in zip(start, count, strict=True):
-        if n >= min_pixels:
-            cx.append(float(np.median(xs[s0:s0 + n])))
-            cy.append(float(np.median(ys[s0:s0 + n])))
-    if not cx:
-        off = float(np.median(y - x))
-        return lambda a: np.asarray(a, np.float64) + off
-    cx_a, cy_a = np.asarray(cx), np.asarray(cy)
-    lo_off, hi_off = cy_a[0] - cx_a[0], cy_a[-1] - cx_a[-1]
-
-    def f(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, np.float64)
-        out = np.interp(a, cx_a, cy_a)
-        out = np.where(a < cx_a[0], a + lo_off, out)
-        return np.where(a > cx_a[-1], a + hi_off, out)
-
-    return f
-
-
-def _weighted_rate(flags: np.ndarray, w: np.ndarray) -> float:
-    """Weighted mean of 0/1 ``flags`` ignoring NaN (NaN when nothing is left)."""
-    ok = np.isfinite(flags)
-    den = float(w[ok].sum())
-    return float((w[ok] * flags[ok]).sum() / den) if den > 0 else math.nan
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(sum(v) / len(v)) if v else math.nan
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def run_study(study: LesionStudy | Path | str, methods: Sequence[tuple[Any, dict[str, Any]]],

@@ -84,7 +84,7 @@ def test_simulate_worker_killed_mid_write_is_retried(serial, cluster, tmp_path):
     marker = tmp_path / "killed"
     # write_ct_series is looked up at call time by write_patient: the first patient's
     # ordinary series is written into its temporary folder, then the worker dies.
-    client.register_plugin(KillOnce("artifactgsi.dicom", "write_ct_series", str(marker),
+    client.register_plugin(KillOnce("artifactgsi.dicom_write", "write_ct_series", str(marker),
                                     "call"))
     raw = tmp_path / "raw"
     simulate_dataset(CFG, raw, scheduler=c.scheduler_address, console=_quiet_console())
@@ -123,7 +123,7 @@ def test_a_task_that_keeps_killing_workers_fails_clearly_and_the_rerun_resumes(s
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             local_cluster() as (c, client):
         marker = tmp_path / "killed"
-        client.register_plugin(KillOnce("artifactgsi.dicom", "write_ct_series", str(marker),
+        client.register_plugin(KillOnce("artifactgsi.dicom_write", "write_ct_series", str(marker),
                                         "call"))
         raw = tmp_path / "raw"
         with pytest.raises(TaskError, match="died 1 time "):

@@ -8,11 +8,14 @@ which the board's verification runs) pays only for its own output.
 
 Layout: ``ROOT/<key hash>/key.json`` says what the folder holds (dataset manifest sha256,
 config, split, protocol settings, the source of the metric code); each state lives in
-``<state>/<reference>/<patient>.npz`` beside ``<patient>.npz.sha256``. A file is written under
-a temporary name and renamed, then its checksum; a file whose checksum is missing or wrong (a
-run cut short, a disk that filled) is deleted and recomputed, never read. Nothing is cached for
-a dataset without a manifest (its content is unknown), and the cache stops growing at its size
-limit (the run goes on, computing what it cannot store).
+``<state>/<reference>/<patient>.safetensors``, one tensor per slice and field (``"<slice
+index>/<field>"``). safetensors because a state is read by mapping the file, not by copying or
+decoding it: the LPIPS features of a slice at 512 px are 10.6 MB per reference, and a warm run
+reads them for every slice. A file is written under a temporary name and renamed, so a file
+under its final name is whole; one that is not (cut short by a full disk or a copy, its
+header and its size disagreeing) or cannot be read is deleted and recomputed, never read.
+Nothing is cached for a dataset without a manifest (its content is unknown), and the cache
+stops growing at its size limit (the run goes on, computing what it cannot store).
 
 The cache is on by default under ``$XDG_CACHE_HOME/artifactgsi/reference`` (else
 ``~/.cache/...``); ``$MARBENCH_REFERENCE_CACHE`` (a folder, or ``off``) and
@@ -42,9 +45,11 @@ CACHE_ENV = "MARBENCH_REFERENCE_CACHE"
 #: Environment variable: the size limit in GB.
 LIMIT_ENV = "MARBENCH_REFERENCE_CACHE_GB"
 #: Bump when the layout or a state's meaning changes.
-CACHE_FORMAT = "marbench-reference-cache/1"
+CACHE_FORMAT = "marbench-reference-cache/2"
 
 State = dict[str, np.ndarray]
+#: Header key prefix of a text field (safetensors tensors are numbers; text goes in the header).
+_TEXT = "text:"
 
 
 def default_cache_root() -> Path | None:
@@ -121,48 +126,60 @@ class ReferenceCache:
     def _path(self, k: tuple[str, str, str]) -> Path:
         assert self.folder is not None
         state, ref, patient = k
-        return self.folder / _safe(state) / _safe(ref) / f"{_safe(patient)}.npz"
+        return self.folder / _safe(state) / _safe(ref) / f"{_safe(patient)}.safetensors"
 
     def _load(self, k: tuple[str, str, str]) -> None:
+        from safetensors import SafetensorError, safe_open
+
         self._loaded.add(k)
         if self.folder is None:
             return
         path = self._path(k)
-        check = path.with_name(path.name + ".sha256")
         if not path.is_file():
             return
         try:
-            want = check.read_text().strip() if check.is_file() else None
-            data = path.read_bytes()
-            if want is None or hashlib.sha256(data).hexdigest() != want:
-                raise ValueError("checksum missing or wrong")
-            import io
-
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            # framework "pt" maps the file (torch.UntypedStorage.from_file, private mapping):
+            # the arrays are views of the page cache, nothing is copied until it is used.
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != CACHE_FORMAT:
+                    raise ValueError("not a reference-cache file of this format")
                 slices: dict[int, State] = {}
-                for name in z.files:
+                for name in f.keys():  # noqa: SIM118 (safe_open has keys(), no iteration)
                     idx, _, field = name.partition("/")
-                    slices.setdefault(int(idx), {})[field] = z[name]
-        except (OSError, ValueError, KeyError) as e:
-            # A file cut short (interrupted run, full disk) is rebuilt, never read.
+                    slices.setdefault(int(idx), {})[field] = f.get_tensor(name).numpy()
+                for name, text in meta.items():
+                    if name.startswith(_TEXT):
+                        idx, _, field = name.removeprefix(_TEXT).partition("/")
+                        t = json.loads(text)
+                        slices.setdefault(int(idx), {})[field] = np.asarray(
+                            t["values"], dtype=str).reshape(t["shape"])
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            # A file cut short or damaged is rebuilt, never read.
             self.rebuilt.append(f"{path} ({e})")
-            for p in (path, check):
-                p.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             return
         self._mem.setdefault(k, {}).update(slices)
 
     def _flush_one(self, k: tuple[str, str, str]) -> None:
+        from safetensors.numpy import save
+
         self._dirty.discard(k)
         if self.folder is None:
             return
         slices = self._mem.get(k, {})
-        arrays = {f"{idx}/{f}": np.asarray(v) for idx, st in sorted(slices.items())
-                  for f, v in st.items()}
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        data = buf.getvalue()
+        arrays: dict[str, np.ndarray] = {}
+        texts: dict[str, str] = {}
+        for idx, st in sorted(slices.items()):
+            for f, v in st.items():
+                # asarray(order="C"), not ascontiguousarray, which makes a 0-d array 1-d
+                a = np.asarray(v, order="C")
+                if a.dtype.kind in "US":  # text (safetensors holds numbers): in the header
+                    texts[f"{_TEXT}{idx}/{f}"] = json.dumps(
+                        {"shape": list(a.shape), "values": [str(x) for x in a.reshape(-1)]})
+                else:
+                    arrays[f"{idx}/{f}"] = a
+        data = save(arrays, metadata={"format": CACHE_FORMAT, **texts})
         path = self._path(k)
         if self.max_bytes is not None and self._used() + len(data) > self.max_bytes:
             self.unwritten += len(slices)
@@ -170,18 +187,13 @@ class ReferenceCache:
                          f"{self.max_bytes / 1e9:.1f} GB (${LIMIT_ENV}); the rest is "
                          "computed each run")
             return
-        check = path.with_name(path.name + ".sha256")
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            check.unlink(missing_ok=True)  # no checksum while the file changes
             tmp = temporary_sibling(path)
             tmp.write_bytes(data)
             os.replace(tmp, path)
             tmp = None
-            tmp2 = temporary_sibling(check)
-            tmp2.write_text(hashlib.sha256(data).hexdigest() + "\n")
-            os.replace(tmp2, check)
             self._size = (self._size or 0) + len(data)
         except OSError as e:  # a full disk costs speed, never the run
             if tmp is not None:

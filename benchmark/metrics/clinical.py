@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from . import ssim as _ssim
 from .protocol import MARBENCH_V1, Protocol
 from .registry import MetricSpec, metrics_in_group
 
@@ -153,24 +154,48 @@ def streak_amplitude(image_hu: np.ndarray, reference_hu: np.ndarray, roi: np.nda
     return float(abs(d[-k:].mean() - d[:k].mean()))
 
 
+def _filled(image_hu: np.ndarray, dilated_metal: np.ndarray, fill_hu: float,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """A float64 copy of the image (into ``out`` when given) with the dilated metal set to
+    ``fill_hu``."""
+    if out is None:
+        out = np.array(image_hu, dtype=np.float64, copy=True)
+    else:
+        np.copyto(out, image_hu)
+    out[dilated_metal] = fill_hu
+    return out
+
+
+def masked_ssim_moments(image_hu: np.ndarray, dilated_metal: np.ndarray, *,
+                        metal_fill_hu: float = 100.0, sigma: float = 1.5) -> _ssim.Moments:
+    """The SSIM moments of one image as the masked SSIM sees it (dilated metal set to
+    ``metal_fill_hu``): what it needs from the image alone (:mod:`.ssim`)."""
+    kernel = _ssim.gaussian_kernel(sigma, _ssim.skimage_radius(sigma))
+    return _ssim.moments(_filled(image_hu, dilated_metal, metal_fill_hu), kernel)
+
+
+def masked_ssim_from(image: _ssim.Moments, reference: _ssim.Moments, region: np.ndarray, *,
+                     data_range: float = 5000.0, sigma: float = 1.5) -> float:
+    """:func:`masked_ssim` from the two images' :func:`masked_ssim_moments`."""
+    if not region.any():
+        return math.nan
+    kernel = _ssim.gaussian_kernel(sigma, _ssim.skimage_radius(sigma))
+    return _ssim.ssim_pair(reference, image, kernel, data_range, region=region)
+
+
 def masked_ssim(image_hu: np.ndarray, reference_hu: np.ndarray, dilated_metal: np.ndarray,
                 region: np.ndarray, *, data_range: float = 5000.0,
                 metal_fill_hu: float = 100.0, sigma: float = 1.5) -> float:
     """AAPM's masked SSIM: dilated metal set to ``metal_fill_hu`` in both images, then the
     skimage SSIM map (Gaussian ``sigma``, population covariance, ``data_range`` in HU)
-    averaged over ``region``; NaN if it is empty."""
-    from skimage.metrics import structural_similarity
-
+    averaged over ``region``; NaN if it is empty. Equals skimage's to about 1e-15
+    (:mod:`.ssim`)."""
     if not region.any():
         return math.nan
-    a = reference_hu.astype(np.float64, copy=True)
-    b = image_hu.astype(np.float64, copy=True)
-    a[dilated_metal] = metal_fill_hu
-    b[dilated_metal] = metal_fill_hu
-    _, smap = structural_similarity(a, b, gaussian_weights=True, sigma=sigma,
-                                    use_sample_covariance=False, data_range=data_range,
-                                    full=True)
-    return float(smap[region].mean())
+    kw = {"metal_fill_hu": metal_fill_hu, "sigma": sigma}
+    return masked_ssim_from(masked_ssim_moments(image_hu, dilated_metal, **kw),
+                            masked_ssim_moments(reference_hu, dilated_metal, **kw), region,
+                            data_range=data_range, sigma=sigma)
 
 
 def dice_and_volume_change(mask: np.ndarray, reference_mask: np.ndarray) -> tuple[float, float]:
@@ -218,27 +243,22 @@ class ClinicalStructures:
     annulus: np.ndarray
 
     def to_state(self) -> dict[str, np.ndarray]:
-        """Packed bits and the grid shape (what :mod:`benchmark.refcache` stores)."""
-        masks = {"body": self.body, "dilated": self.dilated, "tissue": self.tissue,
-                 "annulus": self.annulus}
-        state = {k: np.packbits(v.ravel()) for k, v in masks.items()}
-        state["shape"] = np.asarray(self.body.shape, dtype=np.int64)
-        state["has_roi"] = np.asarray(self.roi is not None)
+        """The masks as (H, W) bool arrays (what :mod:`benchmark.refcache` stores; unpacked,
+        so a cached state is read without decoding)."""
+        state = {"body": self.body, "dilated": self.dilated, "tissue": self.tissue,
+                 "annulus": self.annulus, "has_roi": np.asarray(self.roi is not None)}
         if self.roi is not None:
-            state["roi"] = np.packbits(self.roi.ravel())
+            state["roi"] = self.roi
         return state
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> ClinicalStructures:
-        shape = tuple(int(x) for x in state["shape"])
-        n = shape[0] * shape[1]
+        def mask(k: str) -> np.ndarray:
+            return np.asarray(state[k], dtype=bool)
 
-        def unpack(k: str) -> np.ndarray:
-            return np.unpackbits(state[k], count=n).astype(bool).reshape(shape)
-
-        return cls(body=unpack("body"), dilated=unpack("dilated"), tissue=unpack("tissue"),
-                   roi=unpack("roi") if bool(state["has_roi"]) else None,
-                   annulus=unpack("annulus"))
+        return cls(body=mask("body"), dilated=mask("dilated"), tissue=mask("tissue"),
+                   roi=mask("roi") if bool(state["has_roi"]) else None,
+                   annulus=mask("annulus"))
 
 
 def _as_slice(image_hu: np.ndarray, reference_hu: np.ndarray,
@@ -275,9 +295,11 @@ def clinical_structures(reference_hu: np.ndarray, metal_mask: np.ndarray,
 
 
 def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
-                    regions: ClinicalStructures,
-                    protocol: Protocol = MARBENCH_V1) -> dict[str, float]:
-    """Every clinical metric of one slice, given its :class:`ClinicalStructures`."""
+                    regions: ClinicalStructures, protocol: Protocol = MARBENCH_V1,
+                    ssim_moments: tuple[_ssim.Moments, _ssim.Moments] | None = None
+                    ) -> dict[str, float]:
+    """Every clinical metric of one slice, given its :class:`ClinicalStructures` (and, when
+    the caller has them, the image's and the reference's :func:`masked_ssim_moments`)."""
     image_hu = np.asarray(image_hu, dtype=np.float64)
     reference_hu = np.asarray(reference_hu, dtype=np.float64)
     tissue, dilated = regions.tissue, regions.dilated
@@ -290,10 +312,14 @@ def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
         "noise_sd_hu": noise_sd(image_hu, regions.roi),
         "streak_amplitude_hu": streak_amplitude(image_hu, reference_hu, regions.annulus,
                                                 protocol.streak_tail_fraction),
-        "masked_ssim": masked_ssim(image_hu, reference_hu, dilated, tissue,
-                                   data_range=protocol.clinical_ssim_data_range_hu,
-                                   metal_fill_hu=protocol.clinical_ssim_metal_fill_hu,
-                                   sigma=protocol.ssim_sigma),
+        "masked_ssim": (
+            masked_ssim(image_hu, reference_hu, dilated, tissue,
+                        data_range=protocol.clinical_ssim_data_range_hu,
+                        metal_fill_hu=protocol.clinical_ssim_metal_fill_hu,
+                        sigma=protocol.ssim_sigma) if ssim_moments is None
+            else masked_ssim_from(ssim_moments[0], ssim_moments[1], tissue,
+                                  data_range=protocol.clinical_ssim_data_range_hu,
+                                  sigma=protocol.ssim_sigma)),
         "bone_dice": bone_dice,
         "bone_volume_change": bone_vol,
         "metal_dice": metal_dice,
@@ -319,19 +345,44 @@ def clinical_metrics(image_hu: np.ndarray, reference_hu: np.ndarray, metal_mask:
 
 
 def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
-    """The clinical metrics' computation (registry ``compute``) on the evaluation grid: the
-    regions are a reference state (cached per dataset revision), the scores are per slice."""
+    """The clinical metrics' computation (registry ``compute``) on the evaluation grid.
+
+    The regions and the reference's masked-SSIM moments are reference states (cached per
+    dataset revision); the scored image's masked-SSIM moments are made once per batch and
+    shared by its comparisons (the dilated metal they fill comes from the metal mask alone,
+    so it is the same against GSI and against the ideal image)."""
     p = view.protocol
-    pred = view.pred_eval_hu.cpu().numpy()
-    ref = view.reference_eval_hu.cpu().numpy()
-    metal = view.metal_eval.cpu().numpy()
+    pred = view.pred_eval_np
+    ref = view.reference_eval_np
+    fill = {"metal_fill_hu": p.clinical_ssim_metal_fill_hu, "sigma": p.ssim_sigma}
 
     def make(rows: list[int]) -> list[dict[str, np.ndarray]]:
+        metal = view.metal_eval.cpu().numpy()
         return [clinical_structures(ref[i, 0], metal[i, 0], view.spacing_eval_mm(i),
                                     p).to_state() for i in rows]
 
     states = view.reference_state(f"clinical-regions:{p.eval_size}", make)
-    rows = [clinical_scores(pred[i, 0], ref[i, 0], ClinicalStructures.from_state(st), p)
-            for i, st in enumerate(states)]
+    regions = [ClinicalStructures.from_state(st) for st in states]
+    key = f"masked-ssim-moments:{p.eval_size}:{p.metal_dilation_iterations}:" \
+          f"{p.clinical_ssim_metal_fill_hu}:{p.ssim_sigma}"
+
+    def ref_moments(rows: list[int]) -> list[dict[str, np.ndarray]]:
+        return [masked_ssim_moments(ref[i, 0], regions[i].dilated, **fill).to_state()
+                for i in rows]
+
+    def pred_moments() -> list[_ssim.Moments]:
+        return [masked_ssim_moments(pred[i, 0], regions[i].dilated, **fill)
+                for i in range(view.n)]
+
+    ref_states = view.reference_state(key, ref_moments)
+    preds = view.scored_state(key, pred_moments)
+
+    def one(i: int) -> dict[str, float]:
+        filled = _filled(ref[i, 0], regions[i].dilated, p.clinical_ssim_metal_fill_hu,
+                         out=_ssim.scratch_array("filled", ref.shape[-2:]))
+        ref_m = _ssim.Moments.from_state(filled, ref_states[i], scratch=True)
+        return clinical_scores(pred[i, 0], ref[i, 0], regions[i], p, (preds[i], ref_m))
+
+    rows = [one(i) for i in range(view.n)]
     names = list(rows[0]) if rows else list(CLINICAL_METRICS)
     return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in names}

@@ -58,6 +58,12 @@ class BatchMemo:
             self._store[key] = vals
         return [self._store[key][i] for i in rows]
 
+    def whole(self, key: str, make: Callable[[], Any]) -> Any:
+        """A value for the whole batch (a (B, ...) tensor or array), made once."""
+        if key not in self._store:
+            self._store[key] = make()
+        return self._store[key]
+
 
 @dataclass
 class ScoreView:
@@ -100,26 +106,72 @@ class ScoreView:
             self._grid[key] = make()
         return self._grid[key]
 
+    def _scored_whole(self, key: str, make: Callable[[], Any]) -> Any:
+        """A (B, ...) value of the scored image, made once per batch when a memo is attached
+        (the comparisons of a batch score the same image) and indexed to this view's rows."""
+        if self.memo is None or self.rows is None or self.batch_size is None:
+            return make()
+        value = self.memo.whole(key, make)  # the first comparison of a batch has every row
+        if list(self.rows) == list(range(self.batch_size)):
+            return value
+        return value[self.rows]
+
     @property
     def pred_eval_hu(self) -> torch.Tensor:
         """(B, 1, N, N) the scored image resampled to the protocol's grid, HU."""
         p = self.protocol
-        return self._eval("pred", lambda: resample_hu(self.pred_hu.float(), p.eval_size,
-                                                      p.resample_mode))
+        return self._eval("pred", lambda: self._scored_whole(
+            "grid:pred_eval_hu", lambda: resample_hu(self.pred_hu.float(), p.eval_size,
+                                                     p.resample_mode)))
+
+    @property
+    def pred_eval_np(self) -> np.ndarray:
+        """(B, 1, N, N) float64 numpy :attr:`pred_eval_hu` (what the clinical metrics use)."""
+        return self._eval("pred_np", lambda: self._scored_whole(
+            "grid:pred_eval_np", lambda: self.pred_eval_hu.double().cpu().numpy()))
+
+    @property
+    def reference_eval_np(self) -> np.ndarray:
+        """(B, 1, N, N) float64 numpy :attr:`reference_eval_hu`."""
+        return self._eval("ref_np", lambda: self.reference_eval_hu.double().cpu().numpy())
+
+    @property
+    def pred_unit_np(self) -> np.ndarray:
+        """(B, 1, N, N) float64 numpy :attr:`pred_unit` (what SSIM uses)."""
+        return self._eval("pred_unit_np", lambda: self._scored_whole(
+            "grid:pred_unit_np", lambda: self.pred_unit.double().cpu().numpy()))
+
+    @property
+    def reference_unit_np(self) -> np.ndarray:
+        """(B, 1, N, N) float64 numpy :attr:`reference_unit`."""
+        return self._eval("ref_unit_np", lambda: self.reference_unit.double().cpu().numpy())
 
     @property
     def reference_eval_hu(self) -> torch.Tensor:
-        """(B, 1, N, N) the reference on the protocol's grid, HU."""
+        """(B, 1, N, N) the reference on the protocol's grid, HU (a reference state when it
+        had to be resampled: the same for every method)."""
         p = self.protocol
-        return self._eval("ref", lambda: resample_hu(self.reference_hu.float(), p.eval_size,
-                                                     p.resample_mode))
+
+        def make() -> torch.Tensor:
+            ref = self.reference_hu.float()
+            if self.states is None or tuple(ref.shape[-2:]) == (p.eval_size, p.eval_size):
+                return resample_hu(ref, p.eval_size, p.resample_mode)
+
+            def resampled(rows: list[int]) -> list[State]:
+                grid = resample_hu(ref[rows], p.eval_size, p.resample_mode)
+                return [{"hu": g[0].cpu().numpy()} for g in grid]
+
+            got = self.reference_state(f"grid:{p.eval_size}:{p.resample_mode}", resampled)
+            return torch.stack([torch.from_numpy(np.asarray(g["hu"])) for g in got])[:, None]
+
+        return self._eval("ref", make)
 
     @property
     def pred_unit(self) -> torch.Tensor:
         """(B, 1, N, N) the scored image on the grid, window-clipped and scaled to [0, 1]."""
         p = self.protocol
-        return self._eval("pred_unit", lambda: hu_to_unit(self.pred_eval_hu, p.hu_min,
-                                                          p.hu_max))
+        return self._eval("pred_unit", lambda: self._scored_whole(
+            "grid:pred_unit", lambda: hu_to_unit(self.pred_eval_hu, p.hu_min, p.hu_max)))
 
     @property
     def reference_unit(self) -> torch.Tensor:

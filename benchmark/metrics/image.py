@@ -2,21 +2,22 @@
 
 All three take images already on the evaluation grid and scaled to [0, 1] (see
 :func:`benchmark.metrics.protocol.hu_to_unit`); :func:`image_metrics` does the whole protocol
-from HU. PSNR and SSIM reproduce ``skimage.metrics`` (tested to 1e-4); LPIPS runs the
+from HU. PSNR and SSIM reproduce ``skimage.metrics`` (tested to 1e-12); LPIPS runs the
 ``lpips`` package's network with the real ImageNet AlexNet backbone (:mod:`.lpips_weights`).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import MARBenchError
+from . import ssim as _ssim
 from .lpips_weights import LPIPS_SLICE_OF_CONV, LPIPSWeightsError, load_lpips_backbone
 from .protocol import MARBENCH_V1, Protocol, hu_to_unit, resample_hu
 from .registry import MetricSpec, metrics_in_group
@@ -45,50 +46,34 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.T
     return 10.0 * torch.log10(data_range**2 / mse)  # mse 0 -> inf (IEEE division)
 
 
-def gaussian_kernel_1d(window: int, sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian of odd length ``window`` (float64), as scipy builds it."""
-    if window % 2 != 1:
-        raise ValueError(f"SSIM window must be odd, got {window}")
-    x = torch.arange(window, dtype=torch.float64) - window // 2
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    return g / g.sum()
-
-
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float, *, window: int = 11,
          sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Per-image mean SSIM, (B,) float64 (the mean; the local maps are float32).
+    """Per-image mean SSIM, (B,) float64.
 
     Equals ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=sigma,
-    use_sample_covariance=False, data_range=data_range)``: local statistics under a Gaussian
-    window, averaged over the pixels whose window lies inside the image (skimage filters with
-    reflection and then crops (window - 1) / 2 pixels per side; a 'valid' convolution gives
-    the same pixels directly). The moments are filtered in float32 (a grouped float64
-    convolution is 8x slower on CPU); on [0, 1] images this differs from skimage's float64 by
-    about 1e-7, far below the 1e-4 the tests demand.
+    use_sample_covariance=False, data_range=data_range)`` to about 1e-15 (:mod:`.ssim`): local
+    statistics under a Gaussian window (the border extended by reflection), averaged over the
+    pixels whose window lies inside the image, all in float64.
 
     Args:
         pred, target: (B, 1, H, W) with H, W >= window.
         data_range: span of possible values; sets C1 = (k1 * data_range)^2, C2 likewise.
+        window: the window's width; it must be skimage's for ``sigma`` (11 for 1.5).
     """
     _check_pair(pred, target, "ssim")
     if min(pred.shape[-2:]) < window:
         raise ValueError(f"ssim: images {tuple(pred.shape[-2:])} are smaller than the "
                          f"{window}x{window} window")
-    x = pred.float()
-    y = target.float()
-    g = gaussian_kernel_1d(window, sigma).to(device=x.device, dtype=torch.float32)
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (B, 5, H, W)
-    # Separable filter, one group per moment map.
-    stack = F.conv2d(stack, g.view(1, 1, -1, 1).expand(5, 1, -1, 1).contiguous(), groups=5)
-    stack = F.conv2d(stack, g.view(1, 1, 1, -1).expand(5, 1, 1, -1).contiguous(), groups=5)
-    ux, uy, uxx, uyy, uxy = stack.unbind(1)
-    vx = uxx - ux * ux
-    vy = uyy - uy * uy
-    vxy = uxy - ux * uy
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.double().flatten(1).mean(1)
+    radius = _ssim.check_window(window, sigma)
+    kernel = _ssim.gaussian_kernel(sigma, radius)
+    x = pred.detach().double().cpu().numpy()[:, 0]
+    y = target.detach().double().cpu().numpy()[:, 0]
+
+    def one(i: int) -> float:
+        return _ssim.ssim_pair(_ssim.moments(x[i], kernel), _ssim.moments(y[i], kernel), kernel,
+                               data_range, k1=k1, k2=k2, radius=radius)
+
+    return torch.tensor([one(i) for i in range(x.shape[0])], dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------- LPIPS
@@ -145,10 +130,10 @@ class LPIPSMetric:
         """The channel-normalised backbone features of (B, 1, H, W) images in [0, 1]: one
         (B, C_l, H_l, W_l) float32 tensor per layer, on the model's device.
 
-        :meth:`distance` of two such lists equals ``self(a, b)`` bit for bit: both run the
-        ``lpips`` package's own layers in its order (``LPIPS.forward`` computes each image's
-        features separately too), so the features of a reference can be computed once and
-        kept (:mod:`benchmark.refcache`).
+        :meth:`distance` of two images' features equals ``self(a, b)`` (the tests hold it to
+        1e-6; it is bit for bit on this stack): both run the ``lpips`` package's own layers in
+        its order (``LPIPS.forward`` computes each image's features separately too), so the
+        features of a reference can be computed once and kept (:mod:`benchmark.refcache`).
         """
         import lpips
 
@@ -158,18 +143,38 @@ class LPIPSMetric:
             outs = m.net.forward(m.scaling_layer(x))
             return [lpips.normalize_tensor(outs[k]) for k in range(m.L)]
 
-    def distance(self, feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]
-                 ) -> torch.Tensor:
-        """LPIPS, (B,) float64, from two :meth:`features` lists (the linear heads and the
-        spatial mean of ``lpips.LPIPS.forward``, in its order)."""
+    def _scratch(self, k: int, like: torch.Tensor) -> torch.Tensor:
+        bufs: dict[int, torch.Tensor] = self.__dict__.setdefault("_bufs", {})
+        buf = bufs.get(k)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype \
+                or buf.device != like.device:
+            buf = bufs[k] = torch.empty_like(like)
+        return buf
+
+    def distance(self, feats_a: Sequence[Sequence[torch.Tensor]],
+                 feats_b: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+        """LPIPS, (B,) float64, of B pairs of feature lists (each row: one (C_l, H_l, W_l)
+        tensor per layer, as :meth:`features` gives them per image): the linear heads and
+        the spatial mean of ``lpips.LPIPS.forward``, in its order.
+
+        Row by row, so the references' features are used where they lie (views of the
+        reference cache's mapped files) and never stacked into a batch."""
         m = self.model
+        out = torch.empty(len(feats_a), dtype=torch.float64)
         with torch.inference_mode():
-            val: torch.Tensor | int = 0
-            for k in range(m.L):
-                d = (feats_a[k].to(self.device) - feats_b[k].to(self.device)) ** 2
-                val = val + m.lins[k](d).mean([2, 3], keepdim=True)
-        assert isinstance(val, torch.Tensor)
-        return val.flatten().double().cpu()
+            for i, (row_a, row_b) in enumerate(zip(feats_a, feats_b, strict=True)):
+                val: torch.Tensor | int = 0
+                for k in range(m.L):
+                    a = row_a[k].to(self.device)[None]
+                    # (a - b) ** 2 in place, in a buffer kept from row to row: the same values,
+                    # without a fresh 10 MB allocation (and its page faults) per row
+                    d = self._scratch(k, a)
+                    torch.sub(a, row_b[k].to(self.device)[None], out=d)
+                    d.mul_(d)
+                    val = val + m.lins[k](d).mean([2, 3], keepdim=True)
+                assert isinstance(val, torch.Tensor)
+                out[i] = val.reshape(()).double().cpu()
+        return out
 
 
 def lpips_distance(pred_unit: torch.Tensor, target_unit: torch.Tensor,
@@ -209,16 +214,17 @@ def image_metrics(pred_hu: torch.Tensor, target_hu: torch.Tensor,
 
 def score_image(view: ScoreView) -> dict[str, torch.Tensor]:
     """The image metrics' computation (registry ``compute``): PSNR and SSIM, and LPIPS when
-    the view's resources hold an :class:`LPIPSMetric`. The LPIPS features of the reference are
-    a reference state (cached per dataset revision); the scored image's are computed once per
-    batch and shared by its comparisons."""
+    the view's resources hold an :class:`LPIPSMetric`.
+
+    What depends on the reference alone (its SSIM moments, its LPIPS features) is a reference
+    state (cached per dataset revision); what depends on the scored image alone (its SSIM
+    moments, its LPIPS features) is computed once per batch and shared by its comparisons."""
     p = view.protocol
     pred, ref = view.pred_unit, view.reference_unit
-    out = {
-        "psnr": psnr(pred, ref, p.data_range).cpu(),
-        "ssim": ssim(pred, ref, p.data_range, window=p.ssim_window, sigma=p.ssim_sigma,
-                     k1=p.ssim_k1, k2=p.ssim_k2).cpu(),
-    }
+    # PSNR from the float64 copies SSIM uses (the same values psnr() would make itself)
+    out = {"psnr": psnr(torch.from_numpy(view.pred_unit_np),
+                        torch.from_numpy(view.reference_unit_np), p.data_range),
+           "ssim": _shared_ssim(view)}
     metric = view.resources.get("lpips")
     if metric is not None:
         key = f"lpips-features:{metric.weights_fingerprint}:{p.eval_size}"
@@ -234,9 +240,36 @@ def score_image(view: ScoreView) -> dict[str, torch.Tensor]:
 
         refs = view.reference_state(key, ref_feats)
         preds = view.scored_state(key, pred_feats)
-        n_layers = len(preds[0]) if preds else 0
-        fa = [torch.stack([pf[k] for pf in preds]) for k in range(n_layers)]
-        fb = [torch.stack([torch.from_numpy(np.ascontiguousarray(rf[f"f{k}"])) for rf in refs])
-              for k in range(n_layers)]
-        out["lpips"] = metric.distance(fa, fb)
+        out["lpips"] = metric.distance(
+            preds, [[torch.from_numpy(np.asarray(rf[f"f{k}"])) for k in range(len(rf))]
+                    for rf in refs])
     return out
+
+
+def _shared_ssim(view: ScoreView) -> torch.Tensor:
+    """:func:`ssim` of the view's images on the evaluation grid, (B,) float64, from the scored
+    image's moments (made once per batch) and the reference's (a reference state)."""
+    p = view.protocol
+    if min(view.pred_unit.shape[-2:]) < p.ssim_window:
+        raise ValueError(f"ssim: images {tuple(view.pred_unit.shape[-2:])} are smaller than "
+                         f"the {p.ssim_window}x{p.ssim_window} window")
+    radius = _ssim.check_window(p.ssim_window, p.ssim_sigma)
+    kernel = _ssim.gaussian_kernel(p.ssim_sigma, radius)
+    key = f"ssim-moments:{p.eval_size}:{p.ssim_window}:{p.ssim_sigma}"
+    ref = view.reference_unit_np[:, 0]
+
+    def pred_moments() -> list[_ssim.Moments]:
+        return _ssim.batch_moments(view.pred_unit_np[:, 0], kernel)
+
+    def ref_moments(rows: list[int]) -> list[dict[str, np.ndarray]]:
+        return [m.to_state() for m in _ssim.batch_moments([ref[i] for i in rows], kernel)]
+
+    preds = view.scored_state(key, pred_moments)
+    refs = view.reference_state(key, ref_moments)
+
+    def one(i: int) -> float:
+        my = _ssim.Moments.from_state(ref[i], refs[i], scratch=True)
+        return _ssim.ssim_pair(preds[i], my, kernel, p.data_range, k1=p.ssim_k1, k2=p.ssim_k2,
+                               radius=radius)
+
+    return torch.tensor([one(i) for i in range(view.n)], dtype=torch.float64)

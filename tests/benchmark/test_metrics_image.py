@@ -57,14 +57,69 @@ def test_psnr_and_ssim_equal_skimage(seed: int, shape: tuple[int, ...]):
         x, y = a[i, 0].numpy(), b[i, 0].numpy()
         assert got_p[i].item() == pytest.approx(peak_signal_noise_ratio(x, y, data_range=1.0),
                                                 abs=1e-4)
-        assert got_s[i].item() == pytest.approx(sk_ssim(x, y, 1.0), abs=1e-4)
+        # float64 throughout, the filter OpenCV's instead of scipy's: equal to ~1e-15
+        assert got_s[i].item() == pytest.approx(sk_ssim(x, y, 1.0), abs=1e-12)
 
 
 def test_ssim_data_range_is_explicit():
     a, b = random_pair(2, (1, 1, 32, 32))
     a, b = a * 4000 - 1000, b * 4000 - 1000  # HU-like, span 4000
     assert ssim(a, b, 4000.0)[0].item() == pytest.approx(
-        sk_ssim(a[0, 0].numpy(), b[0, 0].numpy(), 4000.0), abs=1e-4)
+        sk_ssim(a[0, 0].numpy(), b[0, 0].numpy(), 4000.0), abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (37, 64), (11, 11)])
+def test_gaussian_filter_equals_scipy_reflect(shape: tuple[int, int]):
+    """OpenCV's reflect border is scipy's ``mode="reflect"`` (d c b a | a b c d), its float64
+    separable filter equal to scipy's to rounding, the border rows included."""
+    from scipy import ndimage
+
+    from benchmark.metrics import ssim as S
+
+    x = np.random.default_rng(sum(shape)).normal(0.0, 1000.0, shape)
+    got = S.gaussian_filter(x, S.gaussian_kernel(1.5, S.skimage_radius(1.5)))
+    want = ndimage.gaussian_filter(x, 1.5, truncate=3.5, mode="reflect")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+def test_ssim_from_shared_moments_equals_skimage():
+    """The scoring path: the scored image's moments made once and used against two
+    references, each reference's moments through its cached state (mean, variance)."""
+    from benchmark.metrics import ssim as S
+
+    a, b = random_pair(4, (1, 1, 40, 40))
+    _, c = random_pair(5, (1, 1, 40, 40))
+    k = S.gaussian_kernel(1.5, S.skimage_radius(1.5))
+    x = a[0, 0].double().numpy()
+    mx = S.moments(x, k)
+    for ref in (b, c):
+        y = ref[0, 0].double().numpy()
+        my = S.Moments.from_state(y, S.moments(y, k).to_state())
+        got = S.ssim_mean(S.ssim_map(mx, my, S.cross_moment(mx, my, k), 1.0), 5)
+        assert got == pytest.approx(sk_ssim(x, y, 1.0), abs=1e-12)
+
+
+@needs_weights
+def test_lpips_from_cached_features_equals_the_lpips_forward():
+    """What scoring does: each image's features once, the distance row by row from them (the
+    reference's as the cache hands them back, numpy views) equals ``lpips.LPIPS.forward``."""
+    from benchmark.metrics import LPIPSMetric
+
+    metric = LPIPSMetric(WEIGHTS)
+    a, b = random_pair(7, (3, 1, 80, 80))
+    fa, fb = metric.features(a), metric.features(b)
+    rows_a = [[t[i] for t in fa] for i in range(3)]
+    rows_b = [[torch.from_numpy(t[i].numpy().copy()) for t in fb] for i in range(3)]
+    got = metric.distance(rows_a, rows_b)
+    want = metric(a, b)
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert (got > 0).all()
+
+
+def test_ssim_window_must_be_skimages_for_its_sigma():
+    a, b = random_pair(6, (1, 1, 32, 32))
+    with pytest.raises(ValueError, match="window 9 is not skimage's for sigma 1.5"):
+        ssim(a, b, 1.0, window=9)
 
 
 def test_psnr_identical_is_inf_and_aggregation_counts_it():

@@ -101,25 +101,50 @@ def test_another_protocol_or_dataset_revision_never_reads_the_cache(tiny_built, 
 
 
 def test_a_cache_file_cut_short_is_rebuilt_not_read(tiny_built, uncached, tmp_path):
+    from safetensors.numpy import load_file
+
     cache = tmp_path / "cache"
     run_benchmark("li", tiny_built.built, out=tmp_path / "a", verbose=False,
                   lpips=lpips_or_none(), reference_cache=cache)
-    files = sorted(cache.rglob("*.npz"))
-    assert files
+    files = sorted(cache.rglob("*.safetensors"))
+    assert len(files) >= 2
     victim = files[0]
     data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 2])       # as a run killed mid-write would leave it
-    orphan = files[-1]
-    orphan.with_name(orphan.name + ".sha256").unlink()  # checksum never written
+    victim.write_bytes(data[: len(data) // 2])       # cut short (a full disk, a bad copy)
+    emptied = files[-1]
+    emptied.write_bytes(b"")                           # nothing but a name
+    # a run killed mid-write leaves its temporary file, never under the final name
+    stray = victim.with_name(f".{victim.name}.tmp999-deadbeef")
+    stray.write_bytes(data[: len(data) // 3])
     r = run_benchmark("li", tiny_built.built, out=tmp_path / "b", verbose=False,
                       lpips=lpips_or_none(), reference_cache=cache)
     assert r.timing.reference_states_computed > 0
     assert scores(r) == scores(uncached)
-    # rebuilt: both files are whole again and verify
-    for f in (victim, orphan):
-        with np.load(f, allow_pickle=False) as z:
-            assert z.files
-        assert f.with_name(f.name + ".sha256").is_file()
+    # rebuilt: both files are whole again
+    for f in (victim, emptied):
+        assert load_file(f)
+
+
+def test_cache_file_round_trip_keeps_every_dtype_and_shape(tmp_path):
+    root = tmp_path / "cache"
+    states = [{"f": np.arange(12, dtype=np.float32).reshape(3, 4), "m": np.eye(3, dtype=bool),
+               "x": np.asarray(2.5), "n": np.asarray([7], dtype=np.int64),
+               "notes": np.asarray(["metal at the edge", "ü"], dtype=str)},
+              {"f": np.full((3, 4), -1.0, dtype=np.float32), "m": np.zeros((3, 3), bool),
+               "x": np.asarray(np.nan), "n": np.asarray([1], dtype=np.int64),
+               "notes": np.asarray([], dtype=str)}]
+    a = ReferenceCache(root, {"dataset_manifest_sha256": "c" * 64})
+    a.put_many("s", "gsi", [("P1", 3), ("P1", 10)], states)
+    a.close()
+    b = ReferenceCache(root, {"dataset_manifest_sha256": "c" * 64})
+    got = b.get_many("s", "gsi", [("P1", 10), ("P1", 3), ("P1", 4)])
+    assert got[2] is None and b.hits == 2 and b.misses == 1
+    for want, have in zip([states[1], states[0]], got[:2], strict=True):
+        assert set(have) == set(want)
+        for k in want:
+            assert have[k].shape == want[k].shape
+            assert (have[k].dtype.kind == "U") if k == "notes" else have[k].dtype == want[k].dtype
+            np.testing.assert_array_equal(have[k], want[k])
 
 
 def test_no_manifest_means_no_disk_cache(tmp_path):

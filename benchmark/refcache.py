@@ -14,8 +14,10 @@ decoding it: the LPIPS features of a slice at 512 px are 10.6 MB per reference, 
 reads them for every slice. A file is written under a temporary name and renamed, so a file
 under its final name is whole; one that is not (cut short by a full disk or a copy, its
 header and its size disagreeing) or cannot be read is deleted and recomputed, never read.
-Nothing is cached for a dataset without a manifest (its content is unknown), and the cache
-stops growing at its size limit (the run goes on, computing what it cannot store).
+Nothing is cached for a dataset without a manifest (its content is unknown). At its size limit
+the cache deletes other keys' folders, least recently used first (another dataset revision,
+an older version of the metric code); when this key alone fills it, the cache stops growing
+and the run goes on, computing what it cannot store.
 
 The cache is on by default under ``$XDG_CACHE_HOME/artifactgsi/reference`` (else
 ``~/.cache/...``); ``$MARBENCH_REFERENCE_CACHE`` (a folder, or ``off``) and
@@ -104,6 +106,7 @@ class ReferenceCache:
         self.misses = 0
         self.rebuilt: list[str] = []    # files found cut short or corrupt and recomputed
         self.unwritten = 0              # states not stored (size limit, or no room)
+        self.evicted: list[str] = []    # other keys' folders deleted to stay within the limit
         self.note: str | None = None
         self._mem: dict[tuple[str, str, str], dict[int, State]] = {}
         self._loaded: set[tuple[str, str, str]] = set()
@@ -118,6 +121,7 @@ class ReferenceCache:
                     tmp.write_text(json.dumps({"format": CACHE_FORMAT, **key}, indent=2,
                                               sort_keys=True) + "\n")
                     os.replace(tmp, kj)
+                os.utime(kj)  # last used: the least recently used keys are evicted first
             except OSError as e:  # an unwritable cache folder must not stop scoring
                 self.note = f"reference cache {self.folder} is not writable ({e}); not cached"
                 self.folder = None
@@ -182,6 +186,8 @@ class ReferenceCache:
         data = save(arrays, metadata={"format": CACHE_FORMAT, **texts})
         path = self._path(k)
         if self.max_bytes is not None and self._used() + len(data) > self.max_bytes:
+            self._evict(self._used() + len(data) - self.max_bytes)
+        if self.max_bytes is not None and self._used() + len(data) > self.max_bytes:
             self.unwritten += len(slices)
             self.note = (f"reference cache {self.root} reached its limit of "
                          f"{self.max_bytes / 1e9:.1f} GB (${LIMIT_ENV}); the rest is "
@@ -200,6 +206,28 @@ class ReferenceCache:
                 tmp.unlink(missing_ok=True)
             self.unwritten += len(slices)
             self.note = f"reference cache {self.folder}: could not write ({e}); not cached"
+
+    def _evict(self, need: int) -> None:
+        """Delete other keys' folders, least recently used first, until ``need`` bytes are
+        free or none is left (states of an older code version or dataset revision, which
+        this key never reads, must not keep it from being stored)."""
+        import shutil
+
+        if self.root is None or self.folder is None:
+            return
+        others = []
+        for d in Path(self.root).iterdir():
+            kj = d / "key.json"
+            if d.is_dir() and d != self.folder and kj.is_file():
+                others.append((kj.stat().st_mtime, d))
+        for _, d in sorted(others):
+            if need <= 0:
+                break
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            shutil.rmtree(d, ignore_errors=True)
+            self.evicted.append(d.name)
+            need -= size
+            self._size = None  # measured again on next use
 
     def _used(self) -> int:
         if self._size is None:

@@ -166,21 +166,47 @@ def _filled(image_hu: np.ndarray, dilated_metal: np.ndarray, fill_hu: float,
     return out
 
 
-def masked_ssim_moments(image_hu: np.ndarray, dilated_metal: np.ndarray, *,
+Box = tuple[slice, slice]
+
+
+def region_box(region: np.ndarray, sigma: float = 1.5) -> Box:
+    """The rows and columns that a masked SSIM over ``region`` depends on: the region's
+    bounding box grown by the Gaussian window's radius (within the image).
+
+    SSIM at a pixel depends on the images within that radius, so filtering this crop gives
+    the full-image values at every pixel of the region: where the crop ends inside the image
+    the pixels it changes are outside the box, and where it ends at the image's edge the
+    border is reflected exactly as for the whole image. The body rarely fills the field of
+    view, so this is a fraction of the work."""
+    r = _ssim.skimage_radius(sigma)
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    h, w = region.shape
+    return (slice(max(int(rows[0]) - r, 0), min(int(rows[-1]) + 1 + r, h)),
+            slice(max(int(cols[0]) - r, 0), min(int(cols[-1]) + 1 + r, w)))
+
+
+def masked_ssim_moments(image_hu: np.ndarray, dilated_metal: np.ndarray, box: Box, *,
                         metal_fill_hu: float = 100.0, sigma: float = 1.5) -> _ssim.Moments:
     """The SSIM moments of one image as the masked SSIM sees it (dilated metal set to
-    ``metal_fill_hu``): what it needs from the image alone (:mod:`.ssim`)."""
+    ``metal_fill_hu``), within ``box`` (:func:`region_box`): what it needs from the image
+    alone (:mod:`.ssim`)."""
     kernel = _ssim.gaussian_kernel(sigma, _ssim.skimage_radius(sigma))
-    return _ssim.moments(_filled(image_hu, dilated_metal, metal_fill_hu), kernel)
+    filled = _filled(image_hu[box], dilated_metal[box], metal_fill_hu)
+    if filled.size == 0:  # an empty region: nothing to filter (its SSIM is NaN)
+        return _ssim.Moments(image=filled, mean=filled, mean_sq=filled, var=filled)
+    return _ssim.moments(filled, kernel)
 
 
-def masked_ssim_from(image: _ssim.Moments, reference: _ssim.Moments, region: np.ndarray, *,
-                     data_range: float = 5000.0, sigma: float = 1.5) -> float:
-    """:func:`masked_ssim` from the two images' :func:`masked_ssim_moments`."""
+def masked_ssim_from(image: _ssim.Moments, reference: _ssim.Moments, region: np.ndarray,
+                     box: Box, *, data_range: float = 5000.0, sigma: float = 1.5) -> float:
+    """:func:`masked_ssim` from the two images' :func:`masked_ssim_moments` within ``box``."""
     if not region.any():
         return math.nan
     kernel = _ssim.gaussian_kernel(sigma, _ssim.skimage_radius(sigma))
-    return _ssim.ssim_pair(reference, image, kernel, data_range, region=region)
+    return _ssim.ssim_pair(reference, image, kernel, data_range, region=region[box])
 
 
 def masked_ssim(image_hu: np.ndarray, reference_hu: np.ndarray, dilated_metal: np.ndarray,
@@ -189,13 +215,14 @@ def masked_ssim(image_hu: np.ndarray, reference_hu: np.ndarray, dilated_metal: n
     """AAPM's masked SSIM: dilated metal set to ``metal_fill_hu`` in both images, then the
     skimage SSIM map (Gaussian ``sigma``, population covariance, ``data_range`` in HU)
     averaged over ``region``; NaN if it is empty. Equals skimage's to about 1e-15
-    (:mod:`.ssim`)."""
+    (:mod:`.ssim`; computed within :func:`region_box`)."""
     if not region.any():
         return math.nan
+    box = region_box(region, sigma)
     kw = {"metal_fill_hu": metal_fill_hu, "sigma": sigma}
-    return masked_ssim_from(masked_ssim_moments(image_hu, dilated_metal, **kw),
-                            masked_ssim_moments(reference_hu, dilated_metal, **kw), region,
-                            data_range=data_range, sigma=sigma)
+    return masked_ssim_from(masked_ssim_moments(image_hu, dilated_metal, box, **kw),
+                            masked_ssim_moments(reference_hu, dilated_metal, box, **kw),
+                            region, box, data_range=data_range, sigma=sigma)
 
 
 def dice_and_volume_change(mask: np.ndarray, reference_mask: np.ndarray) -> tuple[float, float]:
@@ -296,10 +323,11 @@ def clinical_structures(reference_hu: np.ndarray, metal_mask: np.ndarray,
 
 def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
                     regions: ClinicalStructures, protocol: Protocol = MARBENCH_V1,
-                    ssim_moments: tuple[_ssim.Moments, _ssim.Moments] | None = None
+                    ssim_moments: tuple[_ssim.Moments, _ssim.Moments, Box] | None = None
                     ) -> dict[str, float]:
     """Every clinical metric of one slice, given its :class:`ClinicalStructures` (and, when
-    the caller has them, the image's and the reference's :func:`masked_ssim_moments`)."""
+    the caller has them, the image's and the reference's :func:`masked_ssim_moments` with
+    their box)."""
     image_hu = np.asarray(image_hu, dtype=np.float64)
     reference_hu = np.asarray(reference_hu, dtype=np.float64)
     tissue, dilated = regions.tissue, regions.dilated
@@ -317,7 +345,7 @@ def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
                         data_range=protocol.clinical_ssim_data_range_hu,
                         metal_fill_hu=protocol.clinical_ssim_metal_fill_hu,
                         sigma=protocol.ssim_sigma) if ssim_moments is None
-            else masked_ssim_from(ssim_moments[0], ssim_moments[1], tissue,
+            else masked_ssim_from(ssim_moments[0], ssim_moments[1], tissue, ssim_moments[2],
                                   data_range=protocol.clinical_ssim_data_range_hu,
                                   sigma=protocol.ssim_sigma)),
         "bone_dice": bone_dice,
@@ -348,9 +376,8 @@ def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
     """The clinical metrics' computation (registry ``compute``) on the evaluation grid.
 
     The regions and the reference's masked-SSIM moments are reference states (cached per
-    dataset revision); the scored image's masked-SSIM moments are made once per batch and
-    shared by its comparisons (the dilated metal they fill comes from the metal mask alone,
-    so it is the same against GSI and against the ideal image)."""
+    dataset revision); the masked SSIM works within the box its region needs
+    (:func:`region_box`)."""
     p = view.protocol
     pred = view.pred_eval_np
     ref = view.reference_eval_np
@@ -363,25 +390,25 @@ def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
 
     states = view.reference_state(f"clinical-regions:{p.eval_size}", make)
     regions = [ClinicalStructures.from_state(st) for st in states]
+    boxes = [region_box(r.tissue, p.ssim_sigma) for r in regions]
     key = f"masked-ssim-moments:{p.eval_size}:{p.metal_dilation_iterations}:" \
           f"{p.clinical_ssim_metal_fill_hu}:{p.ssim_sigma}"
 
     def ref_moments(rows: list[int]) -> list[dict[str, np.ndarray]]:
-        return [masked_ssim_moments(ref[i, 0], regions[i].dilated, **fill).to_state()
+        return [masked_ssim_moments(ref[i, 0], regions[i].dilated, boxes[i], **fill).to_state()
                 for i in rows]
 
-    def pred_moments() -> list[_ssim.Moments]:
-        return [masked_ssim_moments(pred[i, 0], regions[i].dilated, **fill)
-                for i in range(view.n)]
-
     ref_states = view.reference_state(key, ref_moments)
-    preds = view.scored_state(key, pred_moments)
 
     def one(i: int) -> dict[str, float]:
-        filled = _filled(ref[i, 0], regions[i].dilated, p.clinical_ssim_metal_fill_hu,
-                         out=_ssim.scratch_array("filled", ref.shape[-2:]))
+        box, dilated = boxes[i], regions[i].dilated
+        # The scored image's moments within this reference's box (the boxes of GSI and of
+        # the ideal image differ, and within a box they cost a fraction of a whole image's).
+        pred_m = masked_ssim_moments(pred[i, 0], dilated, box, **fill)
+        filled = _filled(ref[i, 0][box], dilated[box], p.clinical_ssim_metal_fill_hu,
+                         out=_ssim.scratch_array("filled", pred_m.image.shape))
         ref_m = _ssim.Moments.from_state(filled, ref_states[i], scratch=True)
-        return clinical_scores(pred[i, 0], ref[i, 0], regions[i], p, (preds[i], ref_m))
+        return clinical_scores(pred[i, 0], ref[i, 0], regions[i], p, (pred_m, ref_m, box))
 
     rows = [one(i) for i in range(view.n)]
     names = list(rows[0]) if rows else list(CLINICAL_METRICS)

@@ -99,6 +99,36 @@ def test_noise_is_the_population_sd_in_the_roi():
                                                rel=1e-12)
 
 
+@pytest.mark.parametrize("where", ["corner", "edge", "centre", "two parts", "empty"])
+def test_masked_ssim_within_its_box_equals_skimage_on_the_whole_image(where: str):
+    """The masked SSIM filters only the region's box grown by the window's radius; the
+    region's pixels must get the whole image's values, at the image's edges too."""
+    from skimage.metrics import structural_similarity
+
+    ref, metal = phantom()
+    img = with_streaks(ref, metal, 300.0)
+    dil = dilate_metal(metal, 2)
+    region = np.zeros((N, N), bool)
+    if where == "corner":
+        region[:3, -4:] = True
+    elif where == "edge":
+        region[50:70, :2] = True
+    elif where == "centre":
+        region[60:66, 40:47] = True
+    elif where == "two parts":
+        region[5:9, 5:9] = region[100:104, 110:120] = True
+    region &= ~dil
+    got = masked_ssim(img, ref, dil, region)
+    if where == "empty":
+        assert math.isnan(got)
+        return
+    a, b = ref.copy(), img.copy()
+    a[dil] = b[dil] = 100.0
+    _, smap = structural_similarity(a, b, data_range=5000.0, gaussian_weights=True,
+                                    sigma=1.5, use_sample_covariance=False, full=True)
+    assert got == pytest.approx(float(smap[region].mean()), abs=1e-12)
+
+
 def test_masked_ssim_equals_skimage_with_the_same_mask_and_range_and_the_formula():
     from skimage.metrics import structural_similarity
 

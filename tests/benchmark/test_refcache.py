@@ -147,6 +147,32 @@ def test_cache_file_round_trip_keeps_every_dtype_and_shape(tmp_path):
             np.testing.assert_array_equal(have[k], want[k])
 
 
+def test_at_its_limit_the_cache_evicts_the_least_recently_used_other_key(tmp_path):
+    import os
+
+    root = tmp_path / "cache"
+    state = [{"x": np.zeros(10_000)}]  # 80 kB
+    old = ReferenceCache(root, {"dataset_manifest_sha256": "1" * 64}, max_bytes=200_000)
+    old.put_many("s", "gsi", [("P", 0)], state)
+    old.close()
+    older = ReferenceCache(root, {"dataset_manifest_sha256": "2" * 64}, max_bytes=200_000)
+    older.put_many("s", "gsi", [("P", 0)], state)
+    older.close()
+    os.utime(older.folder / "key.json", (1, 1))  # used long ago
+    new = ReferenceCache(root, {"dataset_manifest_sha256": "3" * 64}, max_bytes=200_000)
+    new.put_many("s", "gsi", [("P", 0)], state)
+    new.close()
+    assert new.evicted == [older.key_hash] and new.unwritten == 0
+    assert not older.folder.exists() and old.folder.exists()
+    assert ReferenceCache(root, new.key).get_many("s", "gsi", [("P", 0)])[0] is not None
+    # this key alone over the limit: nothing of its own is deleted, the rest is not stored
+    big = ReferenceCache(root, new.key, max_bytes=100_000)
+    big.put_many("s", "gsi", [("P", 1)], [{"x": np.zeros(20_000)}])
+    big.close()
+    assert big.unwritten > 0 and new.folder.exists()
+    assert ReferenceCache(root, new.key).get_many("s", "gsi", [("P", 0)])[0] is not None
+
+
 def test_no_manifest_means_no_disk_cache(tmp_path):
     c = ReferenceCache(None, {"dataset_manifest_sha256": None})
     c.put_many("s", "gsi", [("P", 0)], [{"x": np.zeros(2)}])

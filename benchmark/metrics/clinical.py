@@ -372,6 +372,19 @@ def clinical_metrics(image_hu: np.ndarray, reference_hu: np.ndarray, metal_mask:
     return clinical_scores(image_hu, reference_hu, regions, protocol)
 
 
+def _moments_within(outer: Box, m: _ssim.Moments, box: Box) -> _ssim.Moments | None:
+    """The part of moments made within ``outer`` that covers ``box`` (views, no copy), or
+    ``None`` when ``box`` is not inside ``outer``."""
+    (r, c), (ro, co) = box, outer
+    if not (ro.start <= r.start and r.stop <= ro.stop and co.start <= c.start
+            and c.stop <= co.stop):
+        return None
+    sub = (slice(r.start - ro.start, r.stop - ro.start),
+           slice(c.start - co.start, c.stop - co.start))
+    return _ssim.Moments(image=m.image[sub], mean=m.mean[sub], mean_sq=m.mean_sq[sub],
+                         var=m.var[sub])
+
+
 def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
     """The clinical metrics' computation (registry ``compute``) on the evaluation grid.
 
@@ -399,12 +412,18 @@ def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
                 for i in rows]
 
     ref_states = view.reference_state(key, ref_moments)
+    # The scored image's moments, made within the first comparison's boxes and shared: a
+    # later comparison whose box lies inside takes its part of them (the values within a box
+    # do not depend on the crop they were filtered in), else makes its own.
+    shared = view.scored_state(key, lambda: [
+        (boxes[i], masked_ssim_moments(pred[i, 0], regions[i].dilated, boxes[i], **fill))
+        for i in range(view.n)])
 
     def one(i: int) -> dict[str, float]:
         box, dilated = boxes[i], regions[i].dilated
-        # The scored image's moments within this reference's box (the boxes of GSI and of
-        # the ideal image differ, and within a box they cost a fraction of a whole image's).
-        pred_m = masked_ssim_moments(pred[i, 0], dilated, box, **fill)
+        pred_m = _moments_within(*shared[i], box)
+        if pred_m is None:
+            pred_m = masked_ssim_moments(pred[i, 0], dilated, box, **fill)
         filled = _filled(ref[i, 0][box], dilated[box], p.clinical_ssim_metal_fill_hu,
                          out=_ssim.scratch_array("filled", pred_m.image.shape))
         ref_m = _ssim.Moments.from_state(filled, ref_states[i], scratch=True)

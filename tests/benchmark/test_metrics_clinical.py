@@ -187,3 +187,40 @@ def test_scorer_resamples_to_512_and_keeps_hu():
     assert scorer.missing == {"lpips": "disabled by the caller"}
     with pytest.raises(ValueError, match="need metal_mask and pixel_spacing_mm"):
         scorer.update(pred_t, ref_t)
+
+
+@pytest.mark.parametrize("order", ["larger body first", "smaller body first"])
+def test_comparisons_sharing_the_scored_image_match_each_scored_alone(order: str):
+    """Scoring one image against two references in one batch shares its masked-SSIM moments
+    (made within the first reference's box, cut to the second's when it lies inside): every
+    clinical metric must equal the image scored alone against each reference."""
+    from benchmark.metrics.compute import BatchMemo
+
+    n = MARBENCH_V1.eval_size  # on the evaluation grid, so nothing is resampled
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:n, :n]
+
+    def body(ry: float, rx: float) -> np.ndarray:
+        return ((yy - n / 2) / ry) ** 2 + ((xx - n / 2) / rx) ** 2 < 1
+
+    metal = ((yy - 250) ** 2 + (xx - 270) ** 2) < 8**2
+    refs = []
+    for ry, rx in [(200, 160), (150, 120)]:
+        r = np.where(body(ry, rx), 40.0, -1000.0) + rng.normal(0, 5, (n, n))
+        r[body(60, 60)] += 600.0  # bone
+        r[metal] = 3000.0
+        refs.append(r)
+    if order == "smaller body first":
+        refs.reverse()
+    pred = refs[0] + 80.0 * np.sin(np.arctan2(yy - 250, xx - 270) * 9) * body(200, 160)
+    pred[metal] = 3000.0
+    t = lambda a: torch.tensor(a, dtype=torch.float32)[None, None]  # noqa: E731
+    memo = BatchMemo()
+    kw = {"metal_mask": torch.tensor(metal)[None, None], "pixel_spacing_mm": [0.8],
+          "memo": memo, "rows": [0], "batch_size": 1}
+    for kind, ref in zip(["gsi", "ideal"], refs, strict=True):
+        got = Scorer(MARBENCH_V1, lpips=None, clinical=True, reference=kind).update(
+            t(pred), t(ref), **kw)[0]
+        want = clinical_metrics(t(pred)[0, 0].numpy(), t(ref)[0, 0].numpy(), metal, 0.8)
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k

@@ -130,9 +130,9 @@ class LPIPSMetric:
         """The channel-normalised backbone features of (B, 1, H, W) images in [0, 1]: one
         (B, C_l, H_l, W_l) float32 tensor per layer, on the model's device.
 
-        :meth:`distance` of two images' features equals ``self(a, b)`` (the tests hold it to
-        1e-6; it is bit for bit on this stack): both run the ``lpips`` package's own layers in
-        its order (``LPIPS.forward`` computes each image's features separately too), so the
+        :meth:`distance` of two images' features equals ``self(a, b)`` to float32 rounding
+        (the tests hold it to 1e-6): both run the ``lpips`` package's own layers in its
+        order (``LPIPS.forward`` computes each image's features separately too), so the
         features of a reference can be computed once and kept (:mod:`benchmark.refcache`).
         """
         import lpips
@@ -142,6 +142,19 @@ class LPIPSMetric:
         with torch.inference_mode():
             outs = m.net.forward(m.scaling_layer(x))
             return [lpips.normalize_tensor(outs[k]) for k in range(m.L)]
+
+    def _head(self, k: int) -> torch.Tensor:
+        """(C_k,) the weights of linear head ``k`` (``lins[k]``: dropout, then a bias-free
+        1x1 convolution to one channel)."""
+        heads: dict[int, torch.Tensor] = self.__dict__.setdefault("_heads", {})
+        if k not in heads:
+            conv = self.model.lins[k].model[-1]
+            if not isinstance(conv, torch.nn.Conv2d) or conv.bias is not None \
+                    or conv.out_channels != 1 or conv.kernel_size != (1, 1):
+                raise LPIPSUnavailable(f"lpips head {k} is not a bias-free 1x1 convolution to "
+                                       "one channel (an lpips version this code does not know)")
+            heads[k] = conv.weight.detach().reshape(-1)
+        return heads[k]
 
     def _scratch(self, k: int, like: torch.Tensor) -> torch.Tensor:
         bufs: dict[int, torch.Tensor] = self.__dict__.setdefault("_bufs", {})
@@ -154,8 +167,9 @@ class LPIPSMetric:
     def distance(self, feats_a: Sequence[Sequence[torch.Tensor]],
                  feats_b: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
         """LPIPS, (B,) float64, of B pairs of feature lists (each row: one (C_l, H_l, W_l)
-        tensor per layer, as :meth:`features` gives them per image): the linear heads and
-        the spatial mean of ``lpips.LPIPS.forward``, in its order.
+        tensor per layer, as :meth:`features` gives them per image): the squared difference,
+        the linear heads' weighted sum over channels and the spatial mean of
+        ``lpips.LPIPS.forward``, in its order (each head as a matrix-vector product).
 
         Row by row, so the references' features are used where they lie (views of the
         reference cache's mapped files) and never stacked into a batch."""
@@ -171,7 +185,11 @@ class LPIPSMetric:
                     d = self._scratch(k, a)
                     torch.sub(a, row_b[k].to(self.device)[None], out=d)
                     d.mul_(d)
-                    val = val + m.lins[k](d).mean([2, 3], keepdim=True)
+                    # the linear head (a 1x1 convolution to one channel, no bias) as the
+                    # matrix-vector product it is: the same weighted sum over channels,
+                    # without the convolution's reordering of d (a third less time)
+                    head = torch.mv(d.view(d.shape[1], -1).t(), self._head(k))
+                    val = val + head.mean()
                 assert isinstance(val, torch.Tensor)
                 out[i] = val.reshape(()).double().cpu()
         return out

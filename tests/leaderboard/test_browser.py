@@ -101,7 +101,11 @@ def test_gradio_app_serves_the_rows_and_stops(browser, three_entry_board):
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-        page.wait_for_selector("text=good/1", timeout=90_000)
+        # The table fills in after the page loads, row by row: wait for every entry, not the
+        # first one (reading right after the first made this test flaky on a busy machine).
+        page.wait_for_function(
+            "() => ['good/1', 'mid/1', 'bad/1'].every(n => document.body.innerText.includes(n))",
+            timeout=90_000)
         text = page.inner_text("body")
         for name in ("good/1", "mid/1", "bad/1"):
             assert name in text

@@ -116,35 +116,37 @@ class ScoreView:
             return value
         return value[self.rows]
 
+    def _scored_grid(self, key: str, make: Callable[[], Any]) -> Any:
+        """A value of the scored image: made once per view, and once per batch across its
+        comparisons (:meth:`_scored_whole`)."""
+        return self._eval(key, lambda: self._scored_whole(f"grid:{key}", make))
+
     @property
     def pred_eval_hu(self) -> torch.Tensor:
         """(B, 1, N, N) the scored image resampled to the protocol's grid, HU."""
         p = self.protocol
-        return self._eval("pred", lambda: self._scored_whole(
-            "grid:pred_eval_hu", lambda: resample_hu(self.pred_hu.float(), p.eval_size,
-                                                     p.resample_mode)))
+        return self._scored_grid("pred_eval_hu", lambda: resample_hu(
+            self.pred_hu.float(), p.eval_size, p.resample_mode))
 
     @property
     def pred_eval_np(self) -> np.ndarray:
         """(B, 1, N, N) float64 numpy :attr:`pred_eval_hu` (what the clinical metrics use)."""
-        return self._eval("pred_np", lambda: self._scored_whole(
-            "grid:pred_eval_np", lambda: self.pred_eval_hu.double().cpu().numpy()))
+        return self._scored_grid("pred_eval_np", lambda: _float64(self.pred_eval_hu))
 
     @property
     def reference_eval_np(self) -> np.ndarray:
         """(B, 1, N, N) float64 numpy :attr:`reference_eval_hu`."""
-        return self._eval("ref_np", lambda: self.reference_eval_hu.double().cpu().numpy())
+        return self._eval("ref_np", lambda: _float64(self.reference_eval_hu))
 
     @property
     def pred_unit_np(self) -> np.ndarray:
         """(B, 1, N, N) float64 numpy :attr:`pred_unit` (what SSIM uses)."""
-        return self._eval("pred_unit_np", lambda: self._scored_whole(
-            "grid:pred_unit_np", lambda: self.pred_unit.double().cpu().numpy()))
+        return self._scored_grid("pred_unit_np", lambda: _float64(self.pred_unit))
 
     @property
     def reference_unit_np(self) -> np.ndarray:
         """(B, 1, N, N) float64 numpy :attr:`reference_unit`."""
-        return self._eval("ref_unit_np", lambda: self.reference_unit.double().cpu().numpy())
+        return self._eval("ref_unit_np", lambda: _float64(self.reference_unit))
 
     @property
     def reference_eval_hu(self) -> torch.Tensor:
@@ -170,8 +172,8 @@ class ScoreView:
     def pred_unit(self) -> torch.Tensor:
         """(B, 1, N, N) the scored image on the grid, window-clipped and scaled to [0, 1]."""
         p = self.protocol
-        return self._eval("pred_unit", lambda: self._scored_whole(
-            "grid:pred_unit", lambda: hu_to_unit(self.pred_eval_hu, p.hu_min, p.hu_max)))
+        return self._scored_grid("pred_unit", lambda: hu_to_unit(self.pred_eval_hu, p.hu_min,
+                                                                 p.hu_max))
 
     @property
     def reference_unit(self) -> torch.Tensor:
@@ -227,6 +229,10 @@ class ScoreView:
         if self.memo is None or self.rows is None or self.batch_size is None:
             return make()
         return self.memo.get_or_make(key, self.rows, self.batch_size, make)
+
+
+def _float64(t: torch.Tensor) -> np.ndarray:
+    return t.double().cpu().numpy()
 
 
 def compute_metrics(specs: Sequence[MetricSpec], view: ScoreView) -> dict[str, np.ndarray]:

@@ -30,6 +30,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ArtifactGSIError
+from .openmp import apply_openmp_defaults
+
+# Every command line imports this module before torch: OpenMP's settings take effect only then.
+apply_openmp_defaults()
 
 __all__ = ["DeviceError", "KeyValueError", "check_device", "cli_errors", "describe_error",
            "exit_on_sigterm", "fail", "parse_flag_overrides", "parse_key_values", "print_error",

@@ -8,16 +8,18 @@ which the board's verification runs) pays only for its own output.
 
 Layout: ``ROOT/<key hash>/key.json`` says what the folder holds (dataset manifest sha256,
 config, split, protocol settings, the source of the metric code); each state lives in
-``<state>/<reference>/<patient>.safetensors``, one tensor per slice and field (``"<slice
-index>/<field>"``). safetensors because a state is read by mapping the file, not by copying or
-decoding it: the LPIPS features of a slice at 512 px are 10.6 MB per reference, and a warm run
-reads them for every slice. A file is written under a temporary name and renamed, so a file
-under its final name is whole; one that is not (cut short by a full disk or a copy, its
-header and its size disagreeing) or cannot be read is deleted and recomputed, never read.
-Nothing is cached for a dataset without a manifest (its content is unknown). At its size limit
-the cache deletes other keys' folders, least recently used first (another dataset revision,
-an older version of the metric code); when this key alone fills it, the cache stops growing
-and the run goes on, computing what it cannot store.
+``<state>/<reference>/<patient>.safetensors``, one tensor per field holding the patient's
+slices stacked (``"*/<field>"``, the slice indices in the header), or, for a field whose shape
+differs from slice to slice, one per slice (``"<slice index>/<field>"``): a file is read in a
+handful of lookups, not one per slice and field. safetensors because a state is read by mapping
+the file, not by copying or decoding it: the LPIPS features of a slice at 512 px are 10.6 MB
+per reference, and a warm run reads them for every slice. A file is written under a temporary
+name and renamed, so a file under its final name is whole; one that is not (cut short by a full
+disk or a copy, its header and its size disagreeing) or cannot be read is deleted and
+recomputed, never read. Nothing is cached for a dataset without a manifest (its content is
+unknown). At its size limit the cache deletes other keys' folders, least recently used first
+(another dataset revision, an older version of the metric code); when this key alone fills it,
+the cache stops growing and the run goes on, computing what it cannot store.
 
 The cache is on by default under ``$XDG_CACHE_HOME/artifactgsi/reference`` (else
 ``~/.cache/...``); ``$MARBENCH_REFERENCE_CACHE`` (a folder, or ``off``) and
@@ -47,11 +49,13 @@ CACHE_ENV = "MARBENCH_REFERENCE_CACHE"
 #: Environment variable: the size limit in GB.
 LIMIT_ENV = "MARBENCH_REFERENCE_CACHE_GB"
 #: Bump when the layout or a state's meaning changes.
-CACHE_FORMAT = "marbench-reference-cache/2"
+CACHE_FORMAT = "marbench-reference-cache/3"
 
 State = dict[str, np.ndarray]
 #: Header key prefix of a text field (safetensors tensors are numbers; text goes in the header).
 _TEXT = "text:"
+#: Header key prefix of a stacked field's slice indices (its tensor is ``"*/<field>"``).
+_ROWS = "rows:"
 
 
 def default_cache_root() -> Path | None:
@@ -151,7 +155,16 @@ class ReferenceCache:
                 slices: dict[int, State] = {}
                 for name in f.keys():  # noqa: SIM118 (safe_open has keys(), no iteration)
                     idx, _, field = name.partition("/")
-                    slices.setdefault(int(idx), {})[field] = f.get_tensor(name).numpy()
+                    if idx == "*":  # stacked: one row per slice (views of the mapped file)
+                        stack = f.get_tensor(name).numpy()
+                        rows = json.loads(meta[_ROWS + field])
+                        if len(rows) != len(stack):
+                            raise ValueError(f"field {field!r}: {len(stack)} rows for "
+                                             f"{len(rows)} slices")
+                        for j, r in enumerate(rows):
+                            slices.setdefault(int(r), {})[field] = stack[j]
+                    else:
+                        slices.setdefault(int(idx), {})[field] = f.get_tensor(name).numpy()
                 for name, text in meta.items():
                     if name.startswith(_TEXT):
                         idx, _, field = name.removeprefix(_TEXT).partition("/")
@@ -174,6 +187,7 @@ class ReferenceCache:
         slices = self._mem.get(k, {})
         arrays: dict[str, np.ndarray] = {}
         texts: dict[str, str] = {}
+        numeric: dict[str, list[tuple[int, np.ndarray]]] = {}
         for idx, st in sorted(slices.items()):
             for f, v in st.items():
                 # asarray(order="C"), not ascontiguousarray, which makes a 0-d array 1-d
@@ -182,7 +196,13 @@ class ReferenceCache:
                     texts[f"{_TEXT}{idx}/{f}"] = json.dumps(
                         {"shape": list(a.shape), "values": [str(x) for x in a.reshape(-1)]})
                 else:
-                    arrays[f"{idx}/{f}"] = a
+                    numeric.setdefault(f, []).append((idx, a))
+        for f, rows in numeric.items():
+            if len({(a.shape, a.dtype.str) for _, a in rows}) == 1:
+                arrays[f"*/{f}"] = np.stack([a for _, a in rows])
+                texts[_ROWS + f] = json.dumps([idx for idx, _ in rows])
+            else:  # the shape differs from slice to slice: one tensor per slice
+                arrays.update({f"{idx}/{f}": a for idx, a in rows})
         data = save(arrays, metadata={"format": CACHE_FORMAT, **texts})
         path = self._path(k)
         if self.max_bytes is not None and self._used() + len(data) > self.max_bytes:

@@ -19,12 +19,16 @@ Run with code that predates the reference cache (``run_benchmark`` without
 ``reference_cache``), it measures the uncached path only: that is how the "before" column of
 docs/protocol.md was measured.
 
-On a shared machine the speed drifts by 10-30 % over minutes, so each run is paired with a
-floor measured right after it, in the same process, and its ratio is taken to that floor; the
-warm run is repeated ``--repeat`` times and the repeat with the median ratio is reported.
+On a shared machine the speed drifts by 10-30 % over minutes, so each run is paired with the
+floor measured right before and right after it, in the same process, and its ratio is taken
+to their mean; the warm run is repeated ``--repeat`` times and the repeat with the median
+ratio is reported.
+
+Like the command lines, this script gives OpenMP its settings before torch loads
+(``artifactgsi.openmp``).
 
 Usage: python benchmarks/bench_run.py [--sizes 128 256 512] [--slices 8] [--threads 2]
-       [--repeat 3] [--segmenter weights/seg-cpu-demo] [--json OUT.json]
+       [--repeat 5] [--segmenter weights/seg-cpu-demo] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -37,8 +41,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import torch
+from artifactgsi.openmp import apply_openmp_defaults
+
+# As the command lines do, before torch loads OpenMP: torch's threads stop spinning soon after
+# each operation, so the NumPy work of scoring has the cores (artifactgsi.openmp).
+apply_openmp_defaults()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def _timed(store: dict[str, float], key: str, fn):  # type: ignore[no-untyped-def]
@@ -134,7 +144,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     ap.add_argument("--slices", type=int, default=8, help="slices per patient (2 patients)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3,
+    ap.add_argument("--repeat", type=int, default=5,
                     help="warm runs, each with its floor; the median ratio is reported")
     ap.add_argument("--segmenter", default="weights/seg-cpu-demo")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
@@ -163,6 +173,7 @@ def main() -> None:
                 store: dict[str, float] = defaultdict(float)
                 restore = _instrument(store)
                 kw = {"reference_cache": cache} if has_cache else {}
+                before = floor.measure()
                 t0 = time.perf_counter()
                 try:
                     r = run_benchmark("identity", str(folder), out=tmp_path / f"out-{k}",
@@ -174,8 +185,9 @@ def main() -> None:
                 n = r.dataset.n_slices_scored
                 row = {"size": size, "mode": mode, "slices": n,
                        "score_s_per_slice": r.timing.score_s / n, "wall_s_per_slice": wall / n,
-                       **{f"{k}_s_per_slice": v / n for k, v in sorted(store.items())},
-                       **floor.measure()}  # paired: measured right after the run
+                       **{f"{k}_s_per_slice": v / n for k, v in sorted(store.items())}}
+                after = floor.measure()  # paired: the mean of the floors before and after
+                row.update({k: (before[k] + after[k]) / 2 for k in after})
                 row["ratio_to_floor"] = row["score_s_per_slice"] / row["floor_s_per_slice"]
                 if mode == "warm":
                     warm.append(row)
@@ -196,7 +208,10 @@ def main() -> None:
     head = ["px", "mode", "slices", *(k.removesuffix("_s_per_slice") + " s/slice" for k in parts),
             "scoring s/slice", "floor: LPIPS", "floor: segmenter", "floor s/slice",
             "scoring / floor"]
-    print(f"marbench run, identity, every metric, {args.threads} thread(s)")
+    import os
+
+    print(f"marbench run, identity, every metric, {args.threads} thread(s), "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for row in rows:

@@ -29,6 +29,7 @@ from scipy import ndimage
 from . import ssim as _ssim
 from .protocol import MARBENCH_V1, Protocol
 from .registry import MetricSpec, metrics_in_group
+from .slices import map_slices
 
 if TYPE_CHECKING:
     from .compute import ScoreView
@@ -132,7 +133,7 @@ def ct_number_errors(image_hu: np.ndarray, reference_hu: np.ndarray,
     """(RMSE, MAE) in HU of image - reference over ``region``; NaN if it is empty."""
     if not region.any():
         return math.nan, math.nan
-    d = image_hu[region].astype(np.float64) - reference_hu[region].astype(np.float64)
+    d = image_hu[region].astype(np.float64, copy=False) - reference_hu[region]
     return float(np.sqrt(np.mean(d * d))), float(np.mean(np.abs(d)))
 
 
@@ -140,14 +141,15 @@ def noise_sd(image_hu: np.ndarray, roi: np.ndarray | None) -> float:
     """Population standard deviation (HU) of the image in ``roi``; NaN without an ROI."""
     if roi is None or not roi.any():
         return math.nan
-    return float(np.std(image_hu[roi].astype(np.float64)))
+    return float(np.std(image_hu[roi].astype(np.float64, copy=False)))
 
 
 def streak_amplitude(image_hu: np.ndarray, reference_hu: np.ndarray, roi: np.ndarray,
                      tail_fraction: float = 0.05) -> float:
     """|mean of the highest - mean of the lowest ``tail_fraction``| of (image - reference) in
     ``roi``, in HU. Each tail holds ``int(n * tail_fraction)`` pixels (as AAPM); NaN if 0."""
-    d = np.sort(image_hu[roi].astype(np.float64) - reference_hu[roi].astype(np.float64))
+    d = image_hu[roi].astype(np.float64, copy=False) - reference_hu[roi]
+    d.sort()
     k = int(d.size * tail_fraction)
     if k == 0:
         return math.nan
@@ -169,6 +171,29 @@ def _filled(image_hu: np.ndarray, dilated_metal: np.ndarray, fill_hu: float,
 Box = tuple[slice, slice]
 
 
+def bounding_box(mask: np.ndarray) -> Box:
+    """The rows and columns of a (H, W) boolean mask's bounding box (empty slices when the
+    mask is empty)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+
+
+def _union_box(a: Box, b: Box) -> Box:
+    """The smallest box holding two boxes (an empty box holds nothing)."""
+    def empty(box: Box) -> bool:
+        return box[0].start == box[0].stop or box[1].start == box[1].stop
+
+    if empty(a):
+        return b
+    if empty(b):
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop))  # type: ignore[return-value]
+                 for x, y in zip(a, b, strict=True))
+
+
 def region_box(region: np.ndarray, sigma: float = 1.5) -> Box:
     """The rows and columns that a masked SSIM over ``region`` depends on: the region's
     bounding box grown by the Gaussian window's radius (within the image).
@@ -179,13 +204,12 @@ def region_box(region: np.ndarray, sigma: float = 1.5) -> Box:
     border is reflected exactly as for the whole image. The body rarely fills the field of
     view, so this is a fraction of the work."""
     r = _ssim.skimage_radius(sigma)
-    rows = np.flatnonzero(region.any(axis=1))
-    cols = np.flatnonzero(region.any(axis=0))
-    if rows.size == 0:
-        return slice(0, 0), slice(0, 0)
+    rows, cols = bounding_box(region)
+    if rows.start == rows.stop:
+        return rows, cols
     h, w = region.shape
-    return (slice(max(int(rows[0]) - r, 0), min(int(rows[-1]) + 1 + r, h)),
-            slice(max(int(cols[0]) - r, 0), min(int(cols[-1]) + 1 + r, w)))
+    return (slice(max(rows.start - r, 0), min(rows.stop + r, h)),
+            slice(max(cols.start - r, 0), min(cols.stop + r, w)))
 
 
 def masked_ssim_moments(image_hu: np.ndarray, dilated_metal: np.ndarray, box: Box, *,
@@ -278,6 +302,20 @@ class ClinicalStructures:
             state["roi"] = self.roi
         return state
 
+    def extent(self) -> Box:
+        """The bounding box of the body and the dilated metal: every region lies inside it
+        (the tissue, the noise disc and the streak annulus are parts of the body), so the
+        metrics computed on this crop equal those of the whole slice, value for value (the
+        same pixels, gathered in the same order). The body rarely fills the field of view."""
+        return _union_box(bounding_box(self.body), bounding_box(self.dilated))
+
+    def crop(self, box: Box) -> ClinicalStructures:
+        """The structures within ``box`` (views)."""
+        return ClinicalStructures(body=self.body[box], dilated=self.dilated[box],
+                                  tissue=self.tissue[box],
+                                  roi=None if self.roi is None else self.roi[box],
+                                  annulus=self.annulus[box])
+
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> ClinicalStructures:
         def mask(k: str) -> np.ndarray:
@@ -323,11 +361,10 @@ def clinical_structures(reference_hu: np.ndarray, metal_mask: np.ndarray,
 
 def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
                     regions: ClinicalStructures, protocol: Protocol = MARBENCH_V1,
-                    ssim_moments: tuple[_ssim.Moments, _ssim.Moments, Box] | None = None
-                    ) -> dict[str, float]:
-    """Every clinical metric of one slice, given its :class:`ClinicalStructures` (and, when
-    the caller has them, the image's and the reference's :func:`masked_ssim_moments` with
-    their box)."""
+                    masked_ssim_value: float | None = None) -> dict[str, float]:
+    """Every clinical metric of one slice, given its :class:`ClinicalStructures` (or a crop
+    of the images and the structures that holds every region, :meth:`ClinicalStructures.extent`)
+    and, when the caller computed it, the masked SSIM."""
     image_hu = np.asarray(image_hu, dtype=np.float64)
     reference_hu = np.asarray(reference_hu, dtype=np.float64)
     tissue, dilated = regions.tissue, regions.dilated
@@ -344,10 +381,8 @@ def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
             masked_ssim(image_hu, reference_hu, dilated, tissue,
                         data_range=protocol.clinical_ssim_data_range_hu,
                         metal_fill_hu=protocol.clinical_ssim_metal_fill_hu,
-                        sigma=protocol.ssim_sigma) if ssim_moments is None
-            else masked_ssim_from(ssim_moments[0], ssim_moments[1], tissue, ssim_moments[2],
-                                  data_range=protocol.clinical_ssim_data_range_hu,
-                                  sigma=protocol.ssim_sigma)),
+                        sigma=protocol.ssim_sigma) if masked_ssim_value is None
+            else masked_ssim_value),
         "bone_dice": bone_dice,
         "bone_volume_change": bone_vol,
         "metal_dice": metal_dice,
@@ -415,9 +450,9 @@ def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
     # The scored image's moments, made within the first comparison's boxes and shared: a
     # later comparison whose box lies inside takes its part of them (the values within a box
     # do not depend on the crop they were filtered in), else makes its own.
-    shared = view.scored_state(key, lambda: [
-        (boxes[i], masked_ssim_moments(pred[i, 0], regions[i].dilated, boxes[i], **fill))
-        for i in range(view.n)])
+    shared = view.scored_state(key, lambda: map_slices(
+        lambda i: (boxes[i], masked_ssim_moments(pred[i, 0], regions[i].dilated, boxes[i],
+                                                 **fill)), view.n))
 
     def one(i: int) -> dict[str, float]:
         box, dilated = boxes[i], regions[i].dilated
@@ -427,8 +462,12 @@ def score_clinical(view: ScoreView) -> dict[str, np.ndarray]:
         filled = _filled(ref[i, 0][box], dilated[box], p.clinical_ssim_metal_fill_hu,
                          out=_ssim.scratch_array("filled", pred_m.image.shape))
         ref_m = _ssim.Moments.from_state(filled, ref_states[i], scratch=True)
-        return clinical_scores(pred[i, 0], ref[i, 0], regions[i], p, (pred_m, ref_m, box))
+        value = masked_ssim_from(pred_m, ref_m, regions[i].tissue, box,
+                                 data_range=p.clinical_ssim_data_range_hu, sigma=p.ssim_sigma)
+        crop = regions[i].extent()
+        return clinical_scores(pred[i, 0][crop], ref[i, 0][crop], regions[i].crop(crop), p,
+                               value)
 
-    rows = [one(i) for i in range(view.n)]
+    rows = map_slices(one, view.n)
     names = list(rows[0]) if rows else list(CLINICAL_METRICS)
     return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in names}

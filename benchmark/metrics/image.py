@@ -21,6 +21,7 @@ from . import ssim as _ssim
 from .lpips_weights import LPIPS_SLICE_OF_CONV, LPIPSWeightsError, load_lpips_backbone
 from .protocol import MARBENCH_V1, Protocol, hu_to_unit, resample_hu
 from .registry import MetricSpec, metrics_in_group
+from .slices import map_slices
 
 if TYPE_CHECKING:
     from .compute import ScoreView
@@ -239,10 +240,8 @@ def score_image(view: ScoreView) -> dict[str, torch.Tensor]:
     moments, its LPIPS features) is computed once per batch and shared by its comparisons."""
     p = view.protocol
     pred, ref = view.pred_unit, view.reference_unit
-    # PSNR from the float64 copies SSIM uses (the same values psnr() would make itself)
-    out = {"psnr": psnr(torch.from_numpy(view.pred_unit_np),
-                        torch.from_numpy(view.reference_unit_np), p.data_range),
-           "ssim": _shared_ssim(view)}
+    ssim_values, psnr_values = _shared_ssim_psnr(view)
+    out = {"psnr": psnr_values, "ssim": ssim_values}
     metric = view.resources.get("lpips")
     if metric is not None:
         key = f"lpips-features:{metric.weights_fingerprint}:{p.eval_size}"
@@ -264,9 +263,13 @@ def score_image(view: ScoreView) -> dict[str, torch.Tensor]:
     return out
 
 
-def _shared_ssim(view: ScoreView) -> torch.Tensor:
-    """:func:`ssim` of the view's images on the evaluation grid, (B,) float64, from the scored
-    image's moments (made once per batch) and the reference's (a reference state)."""
+def _shared_ssim_psnr(view: ScoreView) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ssim` and PSNR of the view's images on the evaluation grid, each (B,) float64,
+    slice by slice on the scoring threads (:func:`map_slices`).
+
+    SSIM from the scored image's moments (made once per batch) and the reference's (a
+    reference state). PSNR as ``skimage.metrics.peak_signal_noise_ratio`` computes it (NumPy's
+    float64 mean of the squared difference), which equals :func:`psnr` to rounding."""
     p = view.protocol
     if min(view.pred_unit.shape[-2:]) < p.ssim_window:
         raise ValueError(f"ssim: images {tuple(view.pred_unit.shape[-2:])} are smaller than "
@@ -275,9 +278,10 @@ def _shared_ssim(view: ScoreView) -> torch.Tensor:
     kernel = _ssim.gaussian_kernel(p.ssim_sigma, radius)
     key = f"ssim-moments:{p.eval_size}:{p.ssim_window}:{p.ssim_sigma}"
     ref = view.reference_unit_np[:, 0]
+    pred = view.pred_unit_np[:, 0]  # made here: the slices' threads must not run torch
 
     def pred_moments() -> list[_ssim.Moments]:
-        return _ssim.batch_moments(view.pred_unit_np[:, 0], kernel)
+        return _ssim.batch_moments(pred, kernel)
 
     def ref_moments(rows: list[int]) -> list[dict[str, np.ndarray]]:
         return [m.to_state() for m in _ssim.batch_moments([ref[i] for i in rows], kernel)]
@@ -285,9 +289,15 @@ def _shared_ssim(view: ScoreView) -> torch.Tensor:
     preds = view.scored_state(key, pred_moments)
     refs = view.reference_state(key, ref_moments)
 
-    def one(i: int) -> float:
+    def one(i: int) -> tuple[float, float]:
         my = _ssim.Moments.from_state(ref[i], refs[i], scratch=True)
-        return _ssim.ssim_pair(preds[i], my, kernel, p.data_range, k1=p.ssim_k1, k2=p.ssim_k2,
-                               radius=radius)
+        s = _ssim.ssim_pair(preds[i], my, kernel, p.data_range, k1=p.ssim_k1, k2=p.ssim_k2,
+                            radius=radius)
+        d = np.subtract(pred[i], ref[i], out=_ssim.scratch_array("diff", pred[i].shape))
+        mse = np.multiply(d, d, out=d).mean(dtype=np.float64)  # a NumPy float64
+        with np.errstate(divide="ignore"):  # identical images: inf, as psnr() gives
+            return s, float(10.0 * np.log10(np.float64(p.data_range) ** 2 / mse))
 
-    return torch.tensor([one(i) for i in range(view.n)], dtype=torch.float64)
+    rows = map_slices(one, view.n)
+    return (torch.tensor([r[0] for r in rows], dtype=torch.float64),
+            torch.tensor([r[1] for r in rows], dtype=torch.float64))

@@ -186,8 +186,8 @@ def check_window(window: int, sigma: float) -> int:
 
 
 def batch_moments(images: Sequence[np.ndarray], kernel: np.ndarray) -> list[Moments]:
-    """:func:`moments` of each (H, W) image.
+    """:func:`moments` of each (H, W) image, the images spread over the scoring threads
+    (:func:`benchmark.metrics.slices.map_slices`)."""
+    from .slices import map_slices
 
-    One slice after another, in the calling thread: run beside torch's own threads (the LPIPS
-    network, the segmenter), a thread pool here made a whole scoring slower, not faster."""
-    return [moments(im, kernel) for im in images]
+    return map_slices(lambda i: moments(images[i], kernel), len(images))

@@ -126,20 +126,35 @@ def test_a_cache_file_cut_short_is_rebuilt_not_read(tiny_built, uncached, tmp_pa
 
 
 def test_cache_file_round_trip_keeps_every_dtype_and_shape(tmp_path):
+    from safetensors import safe_open
+
     root = tmp_path / "cache"
+    # "f", "m", "x", "n": one shape for every slice (stacked in the file); "v": the shape
+    # differs (one tensor per slice); "roi": only in some slices; "notes": text
     states = [{"f": np.arange(12, dtype=np.float32).reshape(3, 4), "m": np.eye(3, dtype=bool),
                "x": np.asarray(2.5), "n": np.asarray([7], dtype=np.int64),
+               "v": np.arange(3.0), "roi": np.ones((2, 2), bool),
                "notes": np.asarray(["metal at the edge", "ü"], dtype=str)},
               {"f": np.full((3, 4), -1.0, dtype=np.float32), "m": np.zeros((3, 3), bool),
                "x": np.asarray(np.nan), "n": np.asarray([1], dtype=np.int64),
-               "notes": np.asarray([], dtype=str)}]
+               "v": np.arange(5.0), "notes": np.asarray([], dtype=str)},
+              {"f": np.zeros((3, 4), dtype=np.float32), "m": np.ones((3, 3), bool),
+               "x": np.asarray(-1.0), "n": np.asarray([0], dtype=np.int64),
+               "v": np.arange(3.0), "roi": np.zeros((2, 2), bool),
+               "notes": np.asarray(["x"], dtype=str)}]
     a = ReferenceCache(root, {"dataset_manifest_sha256": "c" * 64})
-    a.put_many("s", "gsi", [("P1", 3), ("P1", 10)], states)
+    a.put_many("s", "gsi", [("P1", 3), ("P1", 10), ("P1", 7)], states)
     a.close()
+    (path,) = (root / a.key_hash).rglob("*.safetensors")
+    with safe_open(str(path), framework="np") as f:
+        assert sorted(f.keys()) == ["*/f", "*/m", "*/n", "*/roi", "*/x", "10/v", "3/v", "7/v"]
+        assert f.get_tensor("*/f").shape == (3, 3, 4) and f.get_tensor("*/roi").shape == (2, 2, 2)
     b = ReferenceCache(root, {"dataset_manifest_sha256": "c" * 64})
-    got = b.get_many("s", "gsi", [("P1", 10), ("P1", 3), ("P1", 4)])
-    assert got[2] is None and b.hits == 2 and b.misses == 1
-    for want, have in zip([states[1], states[0]], got[:2], strict=True):
+    got = b.get_many("s", "gsi", [("P1", 10), ("P1", 3), ("P1", 4), ("P1", 7)])
+    assert got[2] is None and b.hits == 3 and b.misses == 1
+    assert "roi" not in got[0]  # type: ignore[operator]
+    for want, have in zip([states[1], states[0], states[2]], [got[0], got[1], got[3]],
+                          strict=True):
         assert set(have) == set(want)
         for k in want:
             assert have[k].shape == want[k].shape

@@ -224,3 +224,38 @@ def test_comparisons_sharing_the_scored_image_match_each_scored_alone(order: str
         want = clinical_metrics(t(pred)[0, 0].numpy(), t(ref)[0, 0].numpy(), metal, 0.8)
         for k, v in want.items():
             assert got[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+
+
+def test_metrics_on_the_body_box_equal_the_whole_slice():
+    """score_clinical computes every metric but the masked SSIM (whose Gaussian window reaches
+    past the regions; it has its own box) within ClinicalStructures.extent(): the same pixels
+    in the same order, so the same values exactly, also when the dilated metal reaches past
+    the body's edge and when a slice has no body at all."""
+    from benchmark.metrics.clinical import clinical_scores, clinical_structures
+
+    ref, _ = phantom()
+    metal = disc(64, 118, 3)  # on the body's edge (radius 55 around 64, 64): sticks out
+    ref = ref.copy()
+    ref[metal] = 3000.0
+    rng = np.random.default_rng(0)
+    pred = ref + rng.normal(0, 20, ref.shape)
+    pred[metal] = 2500.0
+    cases = [(pred, ref, metal), (np.full((N, N), -1000.0), np.full((N, N), -1000.0), metal),
+             (pred, np.full((N, N), -1000.0), np.zeros((N, N), bool))]
+    for image, reference, m in cases:
+        regions = clinical_structures(reference, m, 1.0)
+        box = regions.extent()
+        for part in (regions.body, regions.dilated, regions.tissue, regions.annulus,
+                     regions.roi if regions.roi is not None else regions.body):
+            inside = np.zeros_like(part)
+            inside[box] = part[box]
+            assert np.array_equal(inside, part)  # every region lies in the box
+        whole = clinical_scores(image, reference, regions)
+        cropped = clinical_scores(image[box], reference[box], regions.crop(box),
+                                  masked_ssim_value=whole["masked_ssim"])
+        assert set(whole) == set(cropped)
+        for k, v in whole.items():
+            assert cropped[k] == v or (math.isnan(v) and math.isnan(cropped[k])), k
+    full = clinical_structures(ref, metal, 1.0)
+    assert full.dilated[box := full.extent()].sum() == full.dilated.sum()
+    assert (box[1].stop - box[1].start) < N  # the box is smaller than the image here

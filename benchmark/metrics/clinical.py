@@ -362,9 +362,13 @@ def clinical_structures(reference_hu: np.ndarray, metal_mask: np.ndarray,
 def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
                     regions: ClinicalStructures, protocol: Protocol = MARBENCH_V1,
                     masked_ssim_value: float | None = None) -> dict[str, float]:
-    """Every clinical metric of one slice, given its :class:`ClinicalStructures` (or a crop
-    of the images and the structures that holds every region, :meth:`ClinicalStructures.extent`)
-    and, when the caller computed it, the masked SSIM."""
+    """Every clinical metric of one slice, given its :class:`ClinicalStructures` and, when the
+    caller computed it, the masked SSIM.
+
+    The images and the structures may be cropped to :meth:`ClinicalStructures.extent` (the
+    same values, in less time) when ``masked_ssim_value`` is given: the masked SSIM's
+    Gaussian window reaches past the regions, so it needs the whole slice (or
+    :func:`region_box`)."""
     image_hu = np.asarray(image_hu, dtype=np.float64)
     reference_hu = np.asarray(reference_hu, dtype=np.float64)
     tissue, dilated = regions.tissue, regions.dilated

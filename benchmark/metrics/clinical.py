@@ -181,19 +181,6 @@ def bounding_box(mask: np.ndarray) -> Box:
     return (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
 
 
-def _union_box(a: Box, b: Box) -> Box:
-    """The smallest box holding two boxes (an empty box holds nothing)."""
-    def empty(box: Box) -> bool:
-        return box[0].start == box[0].stop or box[1].start == box[1].stop
-
-    if empty(a):
-        return b
-    if empty(b):
-        return a
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop))  # type: ignore[return-value]
-                 for x, y in zip(a, b, strict=True))
-
-
 def region_box(region: np.ndarray, sigma: float = 1.5) -> Box:
     """The rows and columns that a masked SSIM over ``region`` depends on: the region's
     bounding box grown by the Gaussian window's radius (within the image).
@@ -307,7 +294,7 @@ class ClinicalStructures:
         (the tissue, the noise disc and the streak annulus are parts of the body), so the
         metrics computed on this crop equal those of the whole slice, value for value (the
         same pixels, gathered in the same order). The body rarely fills the field of view."""
-        return _union_box(bounding_box(self.body), bounding_box(self.dilated))
+        return bounding_box(self.body | self.dilated)
 
     def crop(self, box: Box) -> ClinicalStructures:
         """The structures within ``box`` (views)."""

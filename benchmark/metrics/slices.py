@@ -41,7 +41,7 @@ def _pool(size: int) -> ThreadPoolExecutor:
 
 def threads() -> int:
     """How many threads the per-slice work uses: torch's intra-op thread count (what
-    ``torch.set_num_threads`` and ``marbench run --threads`` set)."""
+    ``torch.set_num_threads`` sets)."""
     return max(1, torch.get_num_threads())
 
 

@@ -133,8 +133,15 @@ def ct_number_errors(image_hu: np.ndarray, reference_hu: np.ndarray,
     """(RMSE, MAE) in HU of image - reference over ``region``; NaN if it is empty."""
     if not region.any():
         return math.nan, math.nan
-    d = image_hu[region].astype(np.float64, copy=False) - reference_hu[region]
-    return float(np.sqrt(np.mean(d * d))), float(np.mean(np.abs(d)))
+    return _errors(image_hu[region].astype(np.float64, copy=False) - reference_hu[region])
+
+
+def _errors(d: np.ndarray) -> tuple[float, float]:
+    """(RMSE, MAE) of the differences ``d`` (1-D float64; consumed); NaN if empty."""
+    if d.size == 0:
+        return math.nan, math.nan
+    rmse = float(np.sqrt(np.mean(d * d)))
+    return rmse, float(np.mean(np.abs(d, out=d)))
 
 
 def noise_sd(image_hu: np.ndarray, roi: np.ndarray | None) -> float:
@@ -149,11 +156,20 @@ def streak_amplitude(image_hu: np.ndarray, reference_hu: np.ndarray, roi: np.nda
     """|mean of the highest - mean of the lowest ``tail_fraction``| of (image - reference) in
     ``roi``, in HU. Each tail holds ``int(n * tail_fraction)`` pixels (as AAPM); NaN if 0."""
     d = image_hu[roi].astype(np.float64, copy=False) - reference_hu[roi]
-    d.sort()
     k = int(d.size * tail_fraction)
     if k == 0:
         return math.nan
-    return float(abs(d[-k:].mean() - d[:k].mean()))
+    # Only the tails need order: partitioned around them, each tail then sorted holds the
+    # values of a full sort's tail in its order (so the means are those of a full sort, bit
+    # for bit), in a fraction of the time.
+    n = d.size
+    if 2 * k <= n:
+        d.partition((k - 1, n - k))
+        low, high = np.sort(d[:k]), np.sort(d[n - k:])
+    else:  # the tails overlap
+        d.sort()
+        low, high = d[:k], d[n - k:]
+    return float(abs(high.mean() - low.mean()))
 
 
 def _filled(image_hu: np.ndarray, dilated_metal: np.ndarray, fill_hu: float,
@@ -241,9 +257,10 @@ def dice_and_volume_change(mask: np.ndarray, reference_mask: np.ndarray) -> tupl
 
     Dice is NaN when both are empty; the volume change is NaN when the reference is empty.
     """
-    a = int(mask.sum())
-    r = int(reference_mask.sum())
-    inter = int(np.logical_and(mask, reference_mask).sum())
+    # count_nonzero: the same integers as sum() on booleans, without widening each to int
+    a = int(np.count_nonzero(mask))
+    r = int(np.count_nonzero(reference_mask))
+    inter = int(np.count_nonzero(np.logical_and(mask, reference_mask)))
     dice = 2.0 * inter / (a + r) if a + r else math.nan
     vol = abs(a / r - 1.0) if r else math.nan
     return dice, vol
@@ -359,9 +376,16 @@ def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
     image_hu = np.asarray(image_hu, dtype=np.float64)
     reference_hu = np.asarray(reference_hu, dtype=np.float64)
     tissue, dilated = regions.tissue, regions.dilated
-    rmse, mae = ct_number_errors(image_hu, reference_hu, tissue)
-    bone_dice, bone_vol = bone_integrity(image_hu, reference_hu, tissue, protocol.bone_hu)
-    metal_dice, metal_vol = metal_integrity(image_hu, reference_hu, dilated, protocol.metal_hu)
+    # The tissue's pixels gathered once and shared: the errors and the bone masks of
+    # ct_number_errors and bone_integrity, from the same values in the same order (so the
+    # same numbers), without a pass over the whole grid per metric.
+    image_t, reference_t = image_hu[tissue], reference_hu[tissue]
+    rmse, mae = _errors(image_t - reference_t)
+    lo, hi = protocol.bone_hu
+    bone_dice, bone_vol = dice_and_volume_change((image_t >= lo) & (image_t < hi),
+                                                 (reference_t >= lo) & (reference_t < hi))
+    metal_dice, metal_vol = dice_and_volume_change(image_hu[dilated] > protocol.metal_hu,
+                                                   reference_hu[dilated] > protocol.metal_hu)
     return {
         "ct_rmse_hu": rmse,
         "ct_mae_hu": mae,

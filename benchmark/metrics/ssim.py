@@ -114,28 +114,35 @@ def moments(image: np.ndarray, kernel: np.ndarray) -> Moments:
     return Moments(image=x, mean=ux, mean_sq=sq, var=np.subtract(uxx, sq, out=uxx))
 
 
-def cross_moment(a: Moments, b: Moments, kernel: np.ndarray, out: np.ndarray | None = None
-                 ) -> np.ndarray:
+def cross_moment(a: Moments, b: Moments, kernel: np.ndarray, out: np.ndarray | None = None,
+                 mean_product: np.ndarray | None = None) -> np.ndarray:
     """(H, W) local covariance of two images: E[ab] - mean_a · mean_b, in skimage's order
-    (into ``out`` when given)."""
+    (into ``out`` when given; ``mean_product``: mean_a · mean_b when the caller has it)."""
     shape = a.image.shape
     uab = gaussian_filter(np.multiply(a.image, b.image, out=scratch_array("ab", shape)), kernel,
                           out=out)
-    return np.subtract(uab, np.multiply(a.mean, b.mean, out=scratch_array("mm", shape)), out=uab)
+    if mean_product is None:
+        mean_product = np.multiply(a.mean, b.mean, out=scratch_array("mm", shape))
+    return np.subtract(uab, mean_product, out=uab)
 
 
 def ssim_map(x: Moments, y: Moments, cov: np.ndarray, data_range: float, *,
-             k1: float = 0.01, k2: float = 0.03, scratch: bool = False) -> np.ndarray:
+             k1: float = 0.01, k2: float = 0.03, scratch: bool = False,
+             mean_product: np.ndarray | None = None) -> np.ndarray:
     """(H, W) float64 SSIM map from the two images' moments and their covariance ``cov``
     (:func:`cross_moment`), with skimage's constants C1 = (k1 R)², C2 = (k2 R)² and its
     operations in its order (``structural_similarity(..., full=True)[1]``), in place: ``cov``
-    is overwritten, and with ``scratch`` the map is this thread's scratch array (valid until
-    its next call)."""
+    (and ``mean_product``, ux · uy when the caller has it) is overwritten, and with ``scratch``
+    the map is this thread's scratch array (valid until its next call)."""
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
     shape = cov.shape
-    a1 = np.multiply(x.mean, 2, out=scratch_array("a1", shape) if scratch else None)
-    np.multiply(a1, y.mean, out=a1)             # A1 = 2 * ux * uy + C1
+    if mean_product is None:
+        a1 = np.multiply(x.mean, 2, out=scratch_array("a1", shape) if scratch else None)
+        np.multiply(a1, y.mean, out=a1)         # A1 = 2 * ux * uy + C1
+    else:
+        # (2 ux) uy == 2 (ux uy) bit for bit: doubling is exact, so it commutes with rounding
+        a1 = np.multiply(mean_product, 2, out=mean_product)
     a1 += c1
     a2 = np.multiply(cov, 2, out=cov)           # A2 = 2 * vxy + C2
     a2 += c2
@@ -154,8 +161,10 @@ def ssim_pair(x: Moments, y: Moments, kernel: np.ndarray, data_range: float, *,
     """The mean SSIM of two images from their moments: over the pixels at least ``radius``
     from the edge (skimage's mean SSIM), or over the (H, W) bool ``region``. Every temporary
     is this thread's scratch."""
-    cov = cross_moment(x, y, kernel, out=scratch_array("cov", x.image.shape))
-    smap = ssim_map(x, y, cov, data_range, k1=k1, k2=k2, scratch=True)
+    shape = x.image.shape
+    mm = np.multiply(x.mean, y.mean, out=scratch_array("mm", shape))  # shared by cov and A1
+    cov = cross_moment(x, y, kernel, out=scratch_array("cov", shape), mean_product=mm)
+    smap = ssim_map(x, y, cov, data_range, k1=k1, k2=k2, scratch=True, mean_product=mm)
     if region is not None:
         return float(smap[region].mean())
     if radius is None:

@@ -259,3 +259,60 @@ def test_metrics_on_the_body_box_equal_the_whole_slice():
     full = clinical_structures(ref, metal, 1.0)
     assert full.dilated[box := full.extent()].sum() == full.dilated.sum()
     assert (box[1].stop - box[1].start) < N  # the box is smaller than the image here
+
+
+def _streak_by_full_sort(image: np.ndarray, reference: np.ndarray, roi: np.ndarray,
+                         fraction: float) -> float:
+    d = np.sort(image[roi] - reference[roi])
+    k = int(d.size * fraction)
+    return math.nan if k == 0 else float(abs(d[d.size - k:].mean() - d[:k].mean()))
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05, 0.3, 0.5, 0.7])
+def test_streak_amplitude_equals_the_full_sort(fraction: float):
+    """The tails are found by partition; their means equal a full sort's bit for bit, with
+    ties (integer HU), with overlapping tails (fraction > 0.5) and with NaN."""
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        image = rng.normal(0, 50, (40, 40))
+        reference = rng.normal(0, 5, (40, 40))
+        if trial % 2:  # many ties
+            image, reference = np.round(image), np.round(reference)
+        roi = rng.random((40, 40)) < rng.uniform(0.01, 1.0)
+        if trial == 0:
+            image[roi.nonzero()[0][0], roi.nonzero()[1][0]] = np.nan
+        got = streak_amplitude(image, reference, roi, fraction)
+        want = _streak_by_full_sort(image, reference, roi, fraction)
+        assert got == want or (math.isnan(got) and math.isnan(want))
+
+
+def test_clinical_scores_equal_each_metric_computed_alone():
+    """clinical_scores gathers the tissue once for the CT-number errors and the bone masks:
+    its values equal the per-metric functions (each over the whole grid) exactly."""
+    from benchmark.metrics.clinical import (
+        bone_integrity,
+        clinical_structures,
+        ct_number_errors,
+        metal_integrity,
+        noise_sd,
+    )
+
+    ref, metal = phantom()
+    rng = np.random.default_rng(4)
+    for scale in (0.0, 5.0, 400.0):
+        pred = np.round(ref + rng.normal(0, scale, ref.shape))
+        pred[metal] -= rng.uniform(0, 1000)
+        regions = clinical_structures(ref, metal, 1.0)
+        got = clinical_metrics(pred, ref, metal, 1.0)
+        p = MARBENCH_V1
+        want = dict(zip(("ct_rmse_hu", "ct_mae_hu"),
+                        ct_number_errors(pred, ref, regions.tissue), strict=True))
+        want.update(zip(("bone_dice", "bone_volume_change"),
+                        bone_integrity(pred, ref, regions.tissue, p.bone_hu), strict=True))
+        want.update(zip(("metal_dice", "metal_volume_change"),
+                        metal_integrity(pred, ref, regions.dilated, p.metal_hu), strict=True))
+        want["noise_sd_hu"] = noise_sd(pred, regions.roi)
+        want["streak_amplitude_hu"] = _streak_by_full_sort(pred, ref, regions.annulus,
+                                                           p.streak_tail_fraction)
+        for k, v in want.items():
+            assert got[k] == v, k

@@ -32,11 +32,23 @@ def _pixel(page, canvas: str, x: int, y: int) -> int:
 
 
 def _read_item(page, key, expect_item: str | None = None) -> str:
-    """Wait until an image is on screen; return its item id."""
-    if expect_item is not None:
-        page.wait_for_selector(f"body[data-drawn='{expect_item}']", timeout=10000)
-        return expect_item
-    page.wait_for_selector("body[data-drawn]", timeout=10000)
+    """Wait until an image is on screen; return its item id. A form that never shows it fails
+    with what it shows instead (a lost or doubled key would leave it on another image)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    # 30 s: decoding and drawing take milliseconds, but a loaded CI machine can stall the
+    # browser for seconds
+    try:
+        if expect_item is not None:
+            page.wait_for_selector(f"body[data-drawn='{expect_item}']", timeout=30000)
+            return expect_item
+        page.wait_for_selector("body[data-drawn]", timeout=30000)
+    except PlaywrightTimeout:
+        shown = page.evaluate("[document.body.dataset.drawn, document.getElementById('pos')"
+                              ".textContent, document.getElementById('count').textContent, "
+                              "document.activeElement.id]")
+        raise AssertionError(f"waited for item {expect_item}; the form shows (drawn item, "
+                             f"position, count, focus) {shown}") from None
     return page.evaluate("document.body.dataset.drawn")
 
 

@@ -269,16 +269,22 @@ def dice_and_volume_change(mask: np.ndarray, reference_mask: np.ndarray) -> tupl
 def bone_integrity(image_hu: np.ndarray, reference_hu: np.ndarray, region: np.ndarray,
                    bone_hu: tuple[float, float]) -> tuple[float, float]:
     """(Dice, volume change) of bone = ``bone_hu[0] <= HU < bone_hu[1]`` within ``region``."""
+    return _bone_of(image_hu[region], reference_hu[region], bone_hu)
+
+
+def _bone_of(image_hu: np.ndarray, reference_hu: np.ndarray,
+             bone_hu: tuple[float, float]) -> tuple[float, float]:
+    """:func:`bone_integrity` of pixels already gathered from the region (1-D, HU): the
+    same counts, without a pass over the whole grid."""
     lo, hi = bone_hu
-    return dice_and_volume_change(region & (image_hu >= lo) & (image_hu < hi),
-                                  region & (reference_hu >= lo) & (reference_hu < hi))
+    return dice_and_volume_change((image_hu >= lo) & (image_hu < hi),
+                                  (reference_hu >= lo) & (reference_hu < hi))
 
 
 def metal_integrity(image_hu: np.ndarray, reference_hu: np.ndarray, region: np.ndarray,
                     metal_hu: float) -> tuple[float, float]:
     """(Dice, volume change) of metal = HU > ``metal_hu`` within ``region``."""
-    return dice_and_volume_change(region & (image_hu > metal_hu),
-                                  region & (reference_hu > metal_hu))
+    return dice_and_volume_change(image_hu[region] > metal_hu, reference_hu[region] > metal_hu)
 
 
 @dataclass(frozen=True)
@@ -376,16 +382,12 @@ def clinical_scores(image_hu: np.ndarray, reference_hu: np.ndarray,
     image_hu = np.asarray(image_hu, dtype=np.float64)
     reference_hu = np.asarray(reference_hu, dtype=np.float64)
     tissue, dilated = regions.tissue, regions.dilated
-    # The tissue's pixels gathered once and shared: the errors and the bone masks of
-    # ct_number_errors and bone_integrity, from the same values in the same order (so the
-    # same numbers), without a pass over the whole grid per metric.
+    # The tissue's pixels gathered once, shared by ct_number_errors and bone_integrity (the
+    # same values in the same order, so the same numbers)
     image_t, reference_t = image_hu[tissue], reference_hu[tissue]
     rmse, mae = _errors(image_t - reference_t)
-    lo, hi = protocol.bone_hu
-    bone_dice, bone_vol = dice_and_volume_change((image_t >= lo) & (image_t < hi),
-                                                 (reference_t >= lo) & (reference_t < hi))
-    metal_dice, metal_vol = dice_and_volume_change(image_hu[dilated] > protocol.metal_hu,
-                                                   reference_hu[dilated] > protocol.metal_hu)
+    bone_dice, bone_vol = _bone_of(image_t, reference_t, protocol.bone_hu)
+    metal_dice, metal_vol = metal_integrity(image_hu, reference_hu, dilated, protocol.metal_hu)
     return {
         "ct_rmse_hu": rmse,
         "ct_mae_hu": mae,
